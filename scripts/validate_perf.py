@@ -1,0 +1,304 @@
+"""Model vs measurement: GEMMs on H100/H200 (per shape, MAPE, FP8/BF16 speedup) and published end-to-end points.
+
+    python scripts/validate_perf.py                 # held-out GEMM table + MAPE, roofline baseline, end-to-end
+    python scripts/validate_perf.py --fit h100      # fit the profile's efficiency curves on the calibration split
+    python scripts/validate_perf.py --all-rows      # print every held-out row, not only a sample
+
+Calibration and held-out data are split by model *before* any fit (``CALIBRATION_MODELS`` below): the fit sees
+only Llama-2-7B and Llama-2-70B shapes (+ the copy-bandwidth sweep); errors are reported on Llama-2-13B and
+Llama-3-8B shapes (incl. the 128K-vocabulary lm_head), which the fit never sees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from sim.perf.gemm import gemm_op  # noqa: E402
+from sim.perf.kernels import stream_plan  # noqa: E402
+from sim.perf.engine import run_kernel  # noqa: E402
+from sim.perf.ops import time_op  # noqa: E402
+from sim.profiles import load_raw, validate_profile, load_profile  # noqa: E402
+from sim.roofline import RooflineRates, roofline_op  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+CALIBRATION_MODELS = ("llama-2-7b", "llama-2-70b")
+HELD_OUT_MODELS = ("llama-2-13b", "llama-3-8b")
+CARD_PROFILES = {"H100": "h100", "H200": "h200"}
+COPY_FIT_MAX_BYTES = 3.0e8  # copies above ~512 MB ran at 2.43 TB/s on the H100 (see results/validation.md)
+
+
+def card_profile(card: str) -> str:
+    for key, name in CARD_PROFILES.items():
+        if key in card:
+            return name
+    raise ValueError(f"no profile for card {card!r}")
+
+
+def load_gemm_rows(pattern: str) -> list[dict]:
+    rows = []
+    for path in sorted(glob.glob(pattern)):
+        for r in csv.DictReader(open(path)):
+            if r["status"] != "ok":
+                continue
+            rows.append({"file": os.path.basename(path), "card": r["card"], "profile": card_profile(r["card"]),
+                         "model": r["model"], "layer": r["layer"], "scheme": r["scheme"], "m": int(r["m"]),
+                         "m_run": int(r["m_run"]), "n": int(r["n"]), "k": int(r["k"]),
+                         "measured_s": float(r["latency_s"])})
+    return rows
+
+
+def load_copy_rows(pattern: str) -> list[dict]:
+    rows = []
+    for path in sorted(glob.glob(pattern)):
+        for r in csv.DictReader(open(path)):
+            rows.append({"card": r["card"], "profile": card_profile(r["card"]), "bytes": float(r["bytes_copied"]),
+                         "measured_s": float(r["latency_s"])})
+    return rows
+
+
+def predict_rows(hw, rows):
+    return [time_op(hw, gemm_op(r["m_run"], r["n"], r["k"], r["scheme"])).time_s for r in rows]
+
+
+def predict_copy(hw, rows):
+    return [run_kernel(stream_plan(hw, "copy", r["bytes"], r["bytes"], 0.0)).time_s for r in rows]
+
+
+def mape(pred, meas) -> float:
+    return statistics.mean(abs(p / m - 1.0) for p, m in zip(pred, meas)) if pred else float("nan")
+
+
+def speedup_errors(rows, pred) -> list[float]:
+    """|predicted/measured - 1| of t_bf16 / t_fp8 for every (shape, m) measured in both schemes."""
+    by_key = {}
+    for r, p in zip(rows, pred):
+        by_key.setdefault((r["file"], r["model"], r["layer"], r["m"]), {})[r["scheme"]] = (r["measured_s"], p)
+    errs = []
+    for d in by_key.values():
+        if "bf16" in d and "fp8" in d:
+            meas = d["bf16"][0] / d["fp8"][0]
+            pred = d["bf16"][1] / d["fp8"][1]
+            errs.append(abs(pred / meas - 1.0))
+    return errs
+
+
+# ---------------------------------------------------------------------------------------------------- fitting
+
+FIT_KEYS = [
+    ("memory", "hbm_efficiency_by_transfer_bytes", None),
+    ("matrix_engine", "efficiency_by_flops", "bf16"),
+    ("matrix_engine", "efficiency_by_flops", "fp8"),
+    ("kernel", "launch_overhead_s", None),
+    ("kernel", "split_k_reduction_overhead_s", None),
+    ("matrix_engine", "unit_load_bandwidth_bytes_per_s", None),
+]
+
+
+def _params(raw):
+    """Flat list of (getter, setter) for every fitted scalar in ``raw``."""
+    out = []
+    for sec, key, sub in FIT_KEYS:
+        val = raw[sec][key] if sub is None else raw[sec][key][sub]
+        if isinstance(val, list):
+            for i in range(len(val)):
+                out.append((f"{sec}.{key}{'.' + sub if sub else ''}[{i}]", sec, key, sub, i))
+        else:
+            out.append((f"{sec}.{key}", sec, key, sub, None))
+    return out
+
+
+def _get(raw, p):
+    _, sec, key, sub, i = p
+    val = raw[sec][key] if sub is None else raw[sec][key][sub]
+    return val[i][1] if i is not None else val
+
+
+def _set(raw, p, value):
+    _, sec, key, sub, i = p
+    container = raw[sec] if sub is None else raw[sec][key]
+    name = key if sub is None else sub
+    if i is None:
+        container[name] = value
+    else:
+        lst = [list(x) for x in container[name]]
+        lst[i][1] = min(1.0, value)
+        container[name] = lst
+
+
+def fit_profile(name: str, gemm_rows, copy_rows, rounds: int = 40) -> dict:
+    raw, path = load_raw(name)
+    raw = json.loads(json.dumps(raw))
+    cal = [r for r in gemm_rows if r["profile"] == name and r["model"] in CALIBRATION_MODELS
+           and r["file"].endswith("run1.csv")]
+    copies = [r for r in copy_rows if r["profile"] == name and r["bytes"] <= COPY_FIT_MAX_BYTES]
+    if not cal:
+        raise SystemExit(f"no calibration rows for {name}")
+    meas = [r["measured_s"] for r in cal]
+    cmeas = [r["measured_s"] for r in copies]
+
+    def objective(candidate):
+        hw = validate_profile(candidate, str(path))
+        pred = predict_rows(hw, cal)
+        err = mape(pred, meas) + 0.5 * statistics.mean(speedup_errors(cal, pred))
+        if copies:
+            err += 0.25 * mape(predict_copy(hw, copies), cmeas)
+        return err
+
+    best = objective(raw)
+    print(f"fit {name}: start objective {best:.4f} on {len(cal)} GEMMs + {len(copies)} copies", file=sys.stderr)
+    step = 0.08
+    for rnd in range(rounds):
+        improved = False
+        for p in _params(raw):
+            for direction in (1.0 + step, 1.0 / (1.0 + step)):
+                trial = json.loads(json.dumps(raw))
+                _set(trial, p, _get(raw, p) * direction)
+                try:
+                    val = objective(trial)
+                except Exception:  # noqa: BLE001 - out-of-range trial values are simply rejected
+                    continue
+                if val < best - 1e-6:
+                    best, raw, improved = val, trial, True
+                    break
+        print(f"  round {rnd}: step {step:.3f} objective {best:.4f}", file=sys.stderr)
+        if not improved:
+            step /= 2
+            if step < 0.004:
+                break
+    return {sec + "." + key + ("." + sub if sub else ""): (raw[sec][key] if sub is None else raw[sec][key][sub])
+            for sec, key, sub in FIT_KEYS}
+
+
+def fit_roofline(rows) -> RooflineRates:
+    """Tuned roofline: one launch cost, one HBM rate, one matrix rate per dtype, fitted on calibration rows."""
+    params = {"launch_s": 3e-6, "hbm": 2.8e12, "bf16": 7.2e14, "fp8": 1.3e15}
+    meas = [r["measured_s"] for r in rows]
+    ops = [gemm_op(r["m_run"], r["n"], r["k"], r["scheme"]) for r in rows]
+
+    def rates(p):
+        return RooflineRates(p["launch_s"], p["hbm"], {"bf16": p["bf16"], "fp8": p["fp8"]}, 1e14, 1e11, 0.0)
+
+    def objective(p):
+        return mape([roofline_op(rates(p), op) for op in ops], meas)
+
+    best = objective(params)
+    step = 0.1
+    for _ in range(40):
+        improved = False
+        for key in list(params):
+            for f in (1 + step, 1 / (1 + step)):
+                trial = dict(params, **{key: params[key] * f})
+                val = objective(trial)
+                if val < best:
+                    best, params, improved = val, trial, True
+        if not improved:
+            step /= 2
+            if step < 1e-3:
+                break
+    return rates(params)
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+def gemm_report(gemm_rows, all_rows: bool, out_csv: str | None) -> list[str]:
+    lines = []
+    table = []
+    for name in sorted({r["profile"] for r in gemm_rows}):
+        hw = load_profile(name)
+        for run in sorted({r["file"] for r in gemm_rows if r["profile"] == name}):
+            rows_all = [r for r in gemm_rows if r["profile"] == name and r["file"] == run]
+            cal = [r for r in rows_all if r["model"] in CALIBRATION_MODELS]
+            held = [r for r in rows_all if r["model"] in HELD_OUT_MODELS]
+            roof = fit_roofline(cal)
+            lines.append(f"\n## {name} ({rows_all[0]['card']}), {run}: {len(cal)} calibration rows, "
+                         f"{len(held)} held-out rows")
+            lines.append("| split | scheme | n | event model MAPE | tuned roofline MAPE | event max APE |")
+            lines.append("|---|---|---|---|---|---|")
+            for split_name, rows in (("calibration", cal), ("held-out", held)):
+                pred = predict_rows(hw, rows)
+                rpred = [roofline_op(roof, gemm_op(r["m_run"], r["n"], r["k"], r["scheme"])) for r in rows]
+                for scheme in ("bf16", "fp8"):
+                    idx = [i for i, r in enumerate(rows) if r["scheme"] == scheme]
+                    p = [pred[i] for i in idx]
+                    q = [rpred[i] for i in idx]
+                    m = [rows[i]["measured_s"] for i in idx]
+                    worst = max(abs(a / b - 1) for a, b in zip(p, m))
+                    lines.append(f"| {split_name} | {scheme} | {len(idx)} | {100 * mape(p, m):.2f}% | "
+                                 f"{100 * mape(q, m):.2f}% | {100 * worst:.1f}% |")
+                se = speedup_errors(rows, pred)
+                rse = speedup_errors(rows, rpred)
+                lines.append(f"| {split_name} | fp8/bf16 speedup | {len(se)} | {100 * statistics.mean(se):.2f}% | "
+                             f"{100 * statistics.mean(rse):.2f}% | {100 * max(se):.1f}% |")
+                if split_name == "held-out":
+                    for r, p, q in zip(rows, pred, rpred):
+                        table.append({"profile": name, "run": run, "model": r["model"], "layer": r["layer"],
+                                      "scheme": r["scheme"], "m": r["m"], "n": r["n"], "k": r["k"],
+                                      "measured_us": round(r["measured_s"] * 1e6, 2),
+                                      "event_model_us": round(p * 1e6, 2), "roofline_us": round(q * 1e6, 2),
+                                      "event_err_pct": round(100 * (p / r["measured_s"] - 1), 2),
+                                      "roofline_err_pct": round(100 * (q / r["measured_s"] - 1), 2)})
+            lines.append(f"tuned roofline (fitted on calibration): launch {roof.launch_s * 1e6:.2f} us, HBM "
+                         f"{roof.hbm_bytes_per_s / 1e12:.3f} TB/s, BF16 {roof.matrix_flops_per_s['bf16'] / 1e12:.0f}"
+                         f" TFLOP/s, FP8 {roof.matrix_flops_per_s['fp8'] / 1e12:.0f} TFLOP/s")
+    if out_csv and table:
+        with open(out_csv, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(table[0]))
+            w.writeheader()
+            w.writerows(table)
+    shown = table if all_rows else [t for t in table if t["m"] in (1, 64, 512, 4096)
+                                    and t["run"].endswith("run1.csv")]
+    lines.append("\n| profile | model | layer | scheme | m | measured us | event us | err | roofline us | err |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for t in shown:
+        lines.append(f"| {t['profile']} | {t['model']} | {t['layer']} | {t['scheme']} | {t['m']} | "
+                     f"{t['measured_us']} | {t['event_model_us']} | {t['event_err_pct']:+.1f}% | "
+                     f"{t['roofline_us']} | {t['roofline_err_pct']:+.1f}% |")
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gemm", default=os.path.join(ROOT, "results/perf/gemm_*.csv"))
+    ap.add_argument("--copy", default=os.path.join(ROOT, "results/perf/copy_*.csv"))
+    ap.add_argument("--fit", metavar="PROFILE", help="fit this profile's efficiency curves on calibration data")
+    ap.add_argument("--all-rows", action="store_true")
+    ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end comparison")
+    ap.add_argument("--out", default=os.path.join(ROOT, "results/perf"), help="folder for CSV/markdown outputs")
+    args = ap.parse_args(argv)
+
+    gemm_rows = load_gemm_rows(args.gemm)
+    copy_rows = load_copy_rows(args.copy)
+    if args.fit:
+        t0 = time.time()
+        fitted = fit_profile(args.fit, gemm_rows, copy_rows)
+        print(f"# fitted in {time.time() - t0:.0f} s on {CALIBRATION_MODELS}; paste into hw_profiles/{args.fit}.yaml")
+        for key, value in fitted.items():
+            if isinstance(value, list):
+                value = "[" + ", ".join(f"[{x:.3e}, {y:.3f}]" for x, y in value) + "]"
+            elif isinstance(value, float):
+                value = f"{value:.3e}"
+            print(f"{key}: {value}")
+        return 0
+    lines = ["# GEMM validation (event model vs measurement; tuned roofline side by side)"]
+    lines += gemm_report(gemm_rows, args.all_rows, os.path.join(args.out, "validation_gemm_heldout.csv"))
+    if not args.no_e2e:
+        lines += e2e_report()
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(args.out, "validation_summary.md"), "w") as fh:
+        fh.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

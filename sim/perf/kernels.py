@@ -1,0 +1,212 @@
+"""Kernel plans: how one operation becomes a stream of tile chunks for the event engine.
+
+A plan is pure data computed from the hardware profile: the kernel's fixed cost, and an ordered list of chunks;
+each chunk is loaded from HBM, optionally expanded (INT4 dequantization) on the vector units, processed on the
+matrix engine (or the vector units), and optionally written back. The engine (sim.perf.engine) runs the chunks
+through simpy resources with a bounded number of buffers in flight, so overlap, pipeline fill/drain, wave
+quantization and contention come out of the simulation.
+
+GEMM tiling follows a GPU/MME library: output tiles (tile_m x tile_n) are spread over ``units`` matrix units in
+waves; when there are fewer tiles than units, K is split (split-K) and a reduction kernel adds the partial sums.
+All units of a wave work in lockstep, so a wave is simulated as one aggregate over its active units; identical
+full waves in the middle of a long GEMM are merged (their chunks grow, the pipeline's fill and drain stay exact).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from sim.profiles import HardwareProfile
+
+MAX_MIDDLE_WAVE_GROUPS = 4
+STREAM_CHUNKS = 4
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One pipeline step of a kernel (aggregated over the units active in it).
+
+    load_bytes: HBM bytes read; load_rate_bytes_per_s: the rate they arrive at;
+    dequant_hidden_s: vector-unit work that overlaps matrix work; serial_s: work that occupies the matrix engine
+    (matrix math plus any dequantization that cannot overlap it); serial_resource: "matrix" or "vector";
+    write_bytes: HBM bytes written after the step.
+    """
+
+    load_bytes: float
+    load_rate_bytes_per_s: float
+    dequant_hidden_s: float
+    dequant_serial_s: float
+    compute_s: float
+    compute_resource: str
+    write_bytes: float
+    write_rate_bytes_per_s: float
+    repeat: int = 1
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """What the engine runs for one kernel. ``info`` carries the tiling choice etc. for reports."""
+
+    name: str
+    fixed_s: float
+    chunks: tuple[Chunk, ...]
+    link_s: float = 0.0
+    buffers: int = 2
+    info: dict = field(default_factory=dict, compare=False)
+
+
+def _hbm_rate(hw: HardwareProfile, total_bytes: float) -> float:
+    mem = hw.memory
+    return mem.hbm_bandwidth_bytes_per_s * mem.hbm_efficiency_by_transfer_bytes(max(total_bytes, 1.0))
+
+
+def _vector_rate(hw: HardwareProfile) -> float:
+    return hw.vector_engine.peak_flops_per_s * hw.vector_engine.efficiency
+
+
+def _split_k(hw: HardwareProfile, tiles_mn: int, k: int) -> int:
+    me = hw.matrix_engine
+    slots = me.units * me.concurrent_tiles_per_unit
+    if tiles_mn >= slots:
+        return 1
+    return max(1, min(me.split_k_max, slots // tiles_mn, k // me.split_k_min_k))
+
+
+
+def _wave_groups(waves: int) -> list[int]:
+    """Waves per simulated group: the first and last alone, the middle merged into a few groups."""
+    if waves <= 2 + MAX_MIDDLE_WAVE_GROUPS:
+        return [1] * waves
+    middle = waves - 2
+    base, extra = divmod(middle, MAX_MIDDLE_WAVE_GROUPS)
+    return [1] + [base + (1 if i < extra else 0) for i in range(MAX_MIDDLE_WAVE_GROUPS)] + [1]
+
+
+@dataclass(frozen=True)
+class GemmShape:
+    """y (m x n) = x (m x k) @ W.T (W: n x k). Bytes per element of each operand as stored in HBM."""
+
+    m: int
+    n: int
+    k: int
+    matrix_dtype: str
+    activation_bytes: float
+    weight_bytes: float
+    output_bytes: float = 2.0
+    fused_dequant: bool = False
+
+
+def _tile_estimate(hw: HardwareProfile, g: GemmShape, tm: int, tn: int, tile_eff: float) -> tuple[float, dict]:
+    """Closed-form time of one tiling (used only to pick the tile, as a library heuristic would)."""
+    me = hw.matrix_engine
+    units = me.units * me.concurrent_tiles_per_unit
+    mt, nt = math.ceil(g.m / tm), math.ceil(g.n / tn)
+    split = _split_k(hw, mt * nt, g.k)
+    tiles = mt * nt * split
+    waves = math.ceil(tiles / units)
+    kk = g.k / split
+    flops = 2.0 * g.m * g.n * g.k
+    unit_rate = (me.peak_flops_per_s[g.matrix_dtype] / units * me.efficiency_by_flops[g.matrix_dtype](flops)
+                 * tile_eff)
+    tile_compute_s = 2.0 * tm * tn * kk / unit_rate
+    dequant_s = 0.0
+    if g.fused_dequant:
+        per_unit_vec = _vector_rate(hw) / units
+        dequant_s = tn * kk * hw.dequant.ops_per_weight / per_unit_vec
+    tile_s = tile_compute_s + dequant_s * (1.0 - hw.dequant.fused_overlap_fraction)
+    tile_s = max(tile_s, dequant_s)
+    total_bytes = g.m * g.k * g.activation_bytes + g.n * g.k * g.weight_bytes + g.m * g.n * g.output_bytes
+    active = min(units, tiles)
+    rate = min(_hbm_rate(hw, total_bytes),
+               active * me.unit_load_bandwidth_bytes_per_s / me.concurrent_tiles_per_unit)
+    est = max(waves * tile_s, total_bytes / rate)
+    if split > 1:
+        est += hw.kernel.split_k_reduction_overhead_s
+    info = {"tile_m": tm, "tile_n": tn, "tile_efficiency": tile_eff, "split_k": split, "tiles": tiles,
+            "waves": waves}
+    return est, info
+
+
+def gemm_plan(hw: HardwareProfile, g: GemmShape, name: str = "gemm") -> KernelPlan:
+    """Plan of one GEMM on one device (tiling picked by the fastest closed-form estimate)."""
+    me = hw.matrix_engine
+    best = min((_tile_estimate(hw, g, tm, tn, eff) for tm, tn, eff in me.tile_shapes), key=lambda e: e[0])
+    info = dict(best[1])
+    tm, tn, split, tiles = info["tile_m"], info["tile_n"], info["split_k"], info["tiles"]
+    slots_per_unit = me.concurrent_tiles_per_unit
+    units = me.units * slots_per_unit
+    flops = 2.0 * g.m * g.n * g.k
+    unit_rate = (me.peak_flops_per_s[g.matrix_dtype] / units * me.efficiency_by_flops[g.matrix_dtype](flops)
+                 * info["tile_efficiency"])
+    kk = g.k / split
+    kc = max(1, min(me.k_chunks_per_tile, math.ceil(kk / 64)))
+    in_bytes = g.m * g.k * g.activation_bytes + g.n * g.k * g.weight_bytes
+    partial_bytes = g.m * g.n * 4.0 * split if split > 1 else 0.0
+    if partial_bytes <= hw.memory.on_chip_bytes:
+        partial_bytes = 0.0  # split-K partial sums small enough to be reduced in on-chip memory (L2 / SRAM)
+    out_bytes = g.m * g.n * g.output_bytes if not partial_bytes else partial_bytes
+    total_bytes = in_bytes + out_bytes + (partial_bytes + g.m * g.n * g.output_bytes if partial_bytes else 0.0)
+    hbm_rate = _hbm_rate(hw, total_bytes)
+    per_unit_vec = _vector_rate(hw) / units
+    overlap = hw.dequant.fused_overlap_fraction
+
+    chunks = []
+    remaining = tiles
+    for group in _wave_groups(math.ceil(tiles / units)):
+        active = min(units, remaining)
+        remaining -= active * group
+        if group > 1:
+            active = units
+        share = active * group / tiles
+        rate = min(hbm_rate, active * me.unit_load_bandwidth_bytes_per_s / slots_per_unit)
+        compute_s = group * 2.0 * tm * tn * kk / kc / unit_rate
+        dequant_s = group * tn * (kk / kc) * hw.dequant.ops_per_weight / per_unit_vec if g.fused_dequant else 0.0
+        for c in range(kc):
+            chunks.append(Chunk(
+                load_bytes=in_bytes * share / kc, load_rate_bytes_per_s=rate,
+                dequant_hidden_s=dequant_s * overlap, dequant_serial_s=dequant_s * (1.0 - overlap),
+                compute_s=compute_s, compute_resource="matrix",
+                write_bytes=out_bytes * share if c == kc - 1 else 0.0, write_rate_bytes_per_s=rate))
+    fixed = hw.kernel.launch_overhead_s
+    if split > 1:
+        # reduction kernel: its own fixed cost, then read the fp32 partials and write the output
+        fixed += hw.kernel.split_k_reduction_overhead_s
+        if partial_bytes:
+            chunks.append(Chunk(partial_bytes, hbm_rate, 0.0, 0.0, 0.0, "vector", g.m * g.n * g.output_bytes,
+                                hbm_rate))
+    info.update({"hbm_bytes": total_bytes, "flops": flops, "k_chunks": kc})
+    return KernelPlan(name, fixed, tuple(chunks), buffers=me.pipeline_buffers, info=info)
+
+
+def stream_plan(hw: HardwareProfile, name: str, read_bytes: float, write_bytes: float, vector_flops: float,
+                matrix_flops: float = 0.0, matrix_dtype: str = "bf16", dequant_weights: float = 0.0) -> KernelPlan:
+    """Plan of a streaming kernel (elementwise ops, attention, a separate dequantization pass)."""
+    total = read_bytes + write_bytes
+    rate = _hbm_rate(hw, total)
+    vec_s = vector_flops / _vector_rate(hw)
+    vec_s += dequant_weights * hw.dequant.ops_per_weight / _vector_rate(hw)
+    me = hw.matrix_engine
+    mat_s = 0.0
+    if matrix_flops:
+        mat_s = matrix_flops / (me.peak_flops_per_s[matrix_dtype] * me.efficiency_by_flops[matrix_dtype](matrix_flops))
+    chunks = []
+    for _ in range(STREAM_CHUNKS):
+        if mat_s:
+            # attention: softmax/rescale on the vector units overlaps the matrix work of the next block
+            chunks.append(Chunk(read_bytes / STREAM_CHUNKS, rate, vec_s / STREAM_CHUNKS, 0.0,
+                                mat_s / STREAM_CHUNKS, "matrix", write_bytes / STREAM_CHUNKS, rate))
+        else:
+            chunks.append(Chunk(read_bytes / STREAM_CHUNKS, rate, 0.0, 0.0, vec_s / STREAM_CHUNKS,
+                                "dequant" if dequant_weights else "vector", write_bytes / STREAM_CHUNKS, rate))
+    return KernelPlan(name, hw.kernel.launch_overhead_s, tuple(chunks), buffers=2,
+                      info={"hbm_bytes": total, "flops": vector_flops + matrix_flops})
+
+
+def allreduce_plan(hw: HardwareProfile, name: str, message_bytes: float, tp: int) -> KernelPlan:
+    """Ring-style all-reduce of message_bytes across tp devices: 2 (tp - 1) / tp of the message on each link."""
+    ic = hw.interconnect
+    wire = 2.0 * (tp - 1) / tp * message_bytes
+    link_s = ic.link_latency_s + wire / (ic.link_bandwidth_bytes_per_s * ic.allreduce_efficiency)
+    return KernelPlan(name, hw.kernel.launch_overhead_s, (), link_s=link_s,
+                      info={"link_bytes": wire, "hbm_bytes": 2.0 * message_bytes})

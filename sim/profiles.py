@@ -1,0 +1,475 @@
+"""Hardware profiles: YAML files in hw_profiles/ -> validated, frozen ``HardwareProfile`` objects.
+
+A profile file holds the performance sections (memory, matrix engine, vector engine, kernel costs, dequantization,
+interconnect, host), a ``sources`` mapping that gives the provenance of every number (dotted key -> text), and a
+``numerics`` section that ``sim.datapath.parse_numerics`` validates. ``extends: <name or path>`` deep-merges the
+file over its parent at the raw-mapping level, before validation, so that every section (numerics too) inherits.
+Overrides (``--set memory.hbm_bandwidth_bytes_per_s=3.0e12`` on the CLI) are applied after the merge, also before
+validation; an overridden number's source becomes ``override``.
+
+Units: SI everywhere (bytes, seconds, bytes/s, FLOP/s); the unit is part of every key. PyYAML reads ``3.35e12``
+(no dot, no exponent sign) as a *string*; files must write ``3.35e+12`` and validation rejects a string where a
+number belongs, naming file, key, value and what is expected.
+
+Public API::
+
+    load_profile(name_or_path, overrides=None) -> HardwareProfile
+    list_profiles() -> list[str]
+    parse_overrides(["memory.hbm_bandwidth_bytes_per_s=3.0e12", ...]) -> dict
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from sim.errors import ConfigError, describe_value
+
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "hw_profiles"
+
+MATRIX_DTYPES = ("bf16", "fp8")
+DEQUANT_PLACEMENTS = ("fused", "vector_pass")
+
+
+def _spec(help_text: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+          choices: tuple[str, ...] | None = None, optional: bool = False, default: Any = dataclasses.MISSING):
+    """Field metadata: help text and the allowed range/choices (read by the validator and the README)."""
+    meta = {"help": help_text, "lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "optional": optional}
+    if default is dataclasses.MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Piecewise-linear curve y(x), interpolated in log10(x), clamped at both ends.
+
+    points: ((x0, y0), (x1, y1), ...) with x strictly increasing and positive.
+    """
+
+    points: tuple[tuple[float, float], ...]
+
+    def __call__(self, x: float) -> float:
+        pts = self.points
+        if x <= pts[0][0]:
+            return pts[0][1]
+        if x >= pts[-1][0]:
+            return pts[-1][1]
+        lx = math.log10(x)
+        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+            if x <= x1:
+                l0, l1 = math.log10(x0), math.log10(x1)
+                return y0 + (y1 - y0) * (lx - l0) / (l1 - l0)
+        return pts[-1][1]  # unreachable
+
+    def to_list(self) -> list[list[float]]:
+        return [[x, y] for x, y in self.points]
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    capacity_bytes: float = _spec("device memory (HBM) capacity", lo=0, lo_open=True)
+    reserved_bytes: float = _spec("memory the runtime, framework and allocator keep for themselves", lo=0)
+    hbm_bandwidth_bytes_per_s: float = _spec("peak HBM bandwidth (datasheet), read + write", lo=0, lo_open=True)
+    hbm_efficiency_by_transfer_bytes: Curve = _spec(
+        "achievable fraction of peak HBM bandwidth for a kernel moving x bytes in total (size-dependent)",
+        lo=0, hi=1)
+    on_chip_bytes: float = _spec("on-chip memory a kernel can keep data in (L2 / SRAM)", lo=0)
+
+
+@dataclass(frozen=True)
+class MatrixEngineSpec:
+    units: int = _spec("independent matrix-engine units that work on output tiles in parallel (SMs, MMEs)", lo=1)
+    peak_flops_per_s: Mapping[str, float] = _spec("dense peak matrix FLOP/s by operand dtype (bf16, fp8)",
+                                                  lo=0, lo_open=True)
+    efficiency_by_flops: Mapping[str, Curve] = _spec(
+        "achievable fraction of peak matrix FLOP/s (per active unit) for a GEMM of x FLOP, by dtype", lo=0, hi=1)
+    tile_shapes: tuple[tuple[int, int, float], ...] = _spec(
+        "output tiles [tile_m, tile_n, relative_efficiency] the GEMM library may pick (rows of activations, "
+        "columns of weights, matrix rate of that tile relative to the best); the model picks the fastest, as a "
+        "library heuristic does", lo=1)
+    concurrent_tiles_per_unit: int = _spec("tiles resident on one unit at a time, sharing its rate (occupancy); "
+                                           "more makes waves finer", lo=1)
+    unit_load_bandwidth_bytes_per_s: float = _spec(
+        "most bytes/s one unit can pull from HBM (limits small GEMMs that occupy few units)", lo=0, lo_open=True)
+    pipeline_buffers: int = _spec("tile buffers in flight per unit (2 = double buffering)", lo=1)
+    k_chunks_per_tile: int = _spec("pipeline stages a tile's K loop is split into in the event model", lo=1)
+    split_k_max: int = _spec("largest split-K factor the library uses to fill idle units", lo=1)
+    split_k_min_k: int = _spec("smallest K slice per split", lo=1)
+
+
+@dataclass(frozen=True)
+class VectorEngineSpec:
+    peak_flops_per_s: float = _spec("peak vector (non-matrix) BF16 FLOP/s of the whole chip", lo=0, lo_open=True)
+    efficiency: float = _spec("achievable fraction of the vector peak in elementwise/dequant kernels", lo=0, hi=1,
+                              lo_open=True)
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    launch_overhead_s: float = _spec("fixed cost of one kernel inside a captured graph / compiled recipe "
+                                     "(launch, prologue, epilogue, tail)", lo=0)
+    split_k_reduction_overhead_s: float = _spec("fixed cost of the extra reduction kernel a split-K GEMM runs",
+                                                lo=0)
+
+
+@dataclass(frozen=True)
+class DequantSpec:
+    placement: str = _spec("where INT4 weights are expanded: 'fused' (in the GEMM main loop, per tile, on the "
+                           "vector units next to the matrix engine) or 'vector_pass' (a separate vector kernel "
+                           "that writes expanded weights to HBM, re-read by the GEMM)", choices=DEQUANT_PLACEMENTS)
+    ops_per_weight: float = _spec("vector operations to expand one INT4 weight (unpack, zero, scale, convert), "
+                                  "in units of the vector peak's FLOP", lo=0)
+    fused_overlap_fraction: float = _spec("fraction of fused dequant time hidden under matrix work (0: serial with "
+                                          "it, 1: fully overlapped on separate units)", lo=0, hi=1)
+
+
+@dataclass(frozen=True)
+class InterconnectSpec:
+    link_bandwidth_bytes_per_s: float = _spec("scale-up bandwidth per device per direction", lo=0, lo_open=True)
+    link_latency_s: float = _spec("latency of one collective step between devices", lo=0)
+    allreduce_efficiency: float = _spec("achievable fraction of link bandwidth in an all-reduce", lo=0, hi=1,
+                                        lo_open=True)
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    step_overhead_s: float = _spec("host/scheduler time per forward step not hidden behind device work", lo=0)
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """One accelerator, validated. Every number is SI with its unit in its name; ``sources`` gives provenance.
+
+    ``numerics`` is whatever ``sim.datapath.parse_numerics`` returns (None when the file has no numerics section).
+    """
+
+    name: str
+    description: str
+    source: str
+    memory: MemorySpec
+    matrix_engine: MatrixEngineSpec
+    vector_engine: VectorEngineSpec
+    kernel: KernelSpec
+    dequant: DequantSpec
+    interconnect: InterconnectSpec
+    host: HostSpec
+    sources: Mapping[str, str]
+    numerics: Any = None
+    raw: Mapping[str, Any] = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        """The resolved performance sections as plain data (for writing next to results)."""
+        out: dict[str, Any] = {"name": self.name, "description": self.description, "source": self.source}
+        for sec_name, _ in _SECTIONS:
+            out[sec_name] = _to_plain(getattr(self, sec_name))
+        out["sources"] = dict(self.sources)
+        return out
+
+
+_SECTIONS = (
+    ("memory", MemorySpec),
+    ("matrix_engine", MatrixEngineSpec),
+    ("vector_engine", VectorEngineSpec),
+    ("kernel", KernelSpec),
+    ("dequant", DequantSpec),
+    ("interconnect", InterconnectSpec),
+    ("host", HostSpec),
+)
+_TOP_KEYS = {"name", "description", "extends", "sources", "numerics"} | {s for s, _ in _SECTIONS}
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, Curve):
+        return obj.to_list()
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, Mapping):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+def list_profiles() -> list[str]:
+    """Names of the profiles shipped in hw_profiles/ (file stems), sorted."""
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def _resolve_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text:
+        path = Path(text)
+        if not path.is_absolute() and relative_to is not None and (relative_to / path).exists():
+            path = relative_to / path
+        if not path.exists():
+            raise ConfigError(text, "", "profile file not found")
+        return path
+    path = PROFILE_DIR / f"{text}.yaml"
+    if not path.exists():
+        raise ConfigError(text, "", f"unknown profile; expected one of {list_profiles()} or a path to a .yaml file")
+    return path
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), "", f"not valid YAML: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "", f"expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: Mapping, over: Mapping) -> dict:
+    """Recursive merge of mappings: keys of ``over`` win; nested mappings merge; lists and scalars replace."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_raw(name_or_path: str | Path, _chain: tuple[str, ...] = ()) -> tuple[dict, Path]:
+    """The raw mapping of a profile with its ``extends`` chain merged in (no validation yet)."""
+    path = _resolve_path(name_or_path, relative_to=PROFILE_DIR)
+    key = str(path.resolve())
+    if key in _chain:
+        raise ConfigError(str(path), "extends", f"circular 'extends' chain: {' -> '.join(_chain + (key,))}")
+    data = _read_yaml(path)
+    parent = data.get("extends")
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise ConfigError(str(path), "extends", f"value {describe_value(parent)}: expected a profile name")
+        base, _ = load_raw(_resolve_path(parent, relative_to=path.parent), _chain + (key,))
+        base.pop("name", None)
+        data = deep_merge(base, {k: v for k, v in data.items() if k != "extends"})
+    return data, path
+
+
+_NUMBER_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def parse_override_value(text: str) -> Any:
+    """A CLI override value: YAML semantics, plus scientific notation without a dot (``3e12``) as a number."""
+    stripped = text.strip()
+    if _NUMBER_RE.match(stripped):
+        number = float(stripped)
+        return int(number) if re.match(r"^[-+]?\d+$", stripped) else number
+    try:
+        return yaml.safe_load(stripped)
+    except yaml.YAMLError as exc:
+        raise ConfigError("--set", stripped, f"cannot parse value: {exc}") from exc
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["a.b=1e9", "dequant.placement=fused"]`` -> ``{"a.b": 1e9, "dequant.placement": "fused"}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError("--set", item, "expected KEY=VALUE with a dotted key, e.g. "
+                                             "memory.hbm_bandwidth_bytes_per_s=3.0e12")
+        key, value = item.split("=", 1)
+        out[key.strip()] = parse_override_value(value)
+    return out
+
+
+def apply_overrides(raw: dict, overrides: Mapping[str, Any], source: str) -> dict:
+    """Set dotted keys in a copy of ``raw``; the key must already exist (a typo is an error, not a new field)."""
+    out = deep_merge(raw, {})
+    sources = dict(out.get("sources") or {})
+    for dotted, value in overrides.items():
+        if isinstance(value, str):
+            value = parse_override_value(value) if _NUMBER_RE.match(value.strip()) else value
+        parts = dotted.split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                raise ConfigError(source, dotted, f"override of an unknown section '{'.'.join(parts[:i + 1])}'")
+            child = dict(child)
+            node[part] = child
+            node = child
+        if not isinstance(node, dict) or parts[-1] not in node:
+            raise ConfigError(source, dotted, "override of an unknown key; keys are dotted paths of the profile "
+                                              "file, e.g. memory.hbm_bandwidth_bytes_per_s")
+        node[parts[-1]] = value
+        sources[dotted] = "override"
+    out["sources"] = sources
+    return out
+
+
+def load_profile(name_or_path: str | Path, overrides: Mapping[str, Any] | None = None) -> HardwareProfile:
+    """Load, merge (``extends``), override and validate a hardware profile.
+
+    name_or_path: a shipped profile name (``"h100"``) or a path to a YAML file.
+    overrides: dotted keys -> values (numbers, strings; strings are parsed like ``--set`` values).
+    Raises ConfigError naming the file, key, value and what was expected.
+    """
+    raw, path = load_raw(name_or_path)
+    source = str(path)
+    if overrides:
+        raw = apply_overrides(raw, overrides, source)
+    return validate_profile(raw, source)
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+def _check_number(value: Any, source: str, key: str, meta: Mapping, integer: bool = False) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        hint = ""
+        if isinstance(value, str) and _NUMBER_RE.match(value.strip()):
+            hint = " (PyYAML reads '1e9' as a string: write 1.0e+9)"
+        raise ConfigError(source, key, f"value {describe_value(value)}: expected "
+                                       f"{'an integer' if integer else 'a number'}{hint}")
+    if integer and not isinstance(value, int):
+        raise ConfigError(source, key, f"value {describe_value(value)}: expected an integer")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(source, key, f"value {describe_value(value)}: expected a finite number")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        raise ConfigError(source, key, f"value {describe_value(value)}: expected "
+                                       f"{'>' if meta.get('lo_open') else '>='} {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(source, key, f"value {describe_value(value)}: expected <= {hi}")
+    return value if integer else float(value)
+
+
+def _check_curve(value: Any, source: str, key: str, meta: Mapping) -> Curve:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(source, key, f"value {describe_value(value)}: expected a non-empty list of [x, y] pairs")
+    points = []
+    for i, pair in enumerate(value):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ConfigError(source, f"{key}[{i}]", f"value {describe_value(pair)}: expected an [x, y] pair")
+        x = _check_number(pair[0], source, f"{key}[{i}][0]", {"lo": 0, "lo_open": True})
+        y = _check_number(pair[1], source, f"{key}[{i}][1]", meta)
+        if points and x <= points[-1][0]:
+            raise ConfigError(source, f"{key}[{i}][0]", f"value {describe_value(pair[0])}: expected x values "
+                                                        "strictly increasing")
+        points.append((x, y))
+    return Curve(tuple(points))
+
+
+def _check_dtype_map(value: Any, source: str, key: str, meta: Mapping, item) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(source, key, f"value {describe_value(value)}: expected a mapping by dtype "
+                                       f"{list(MATRIX_DTYPES)}")
+    unknown = sorted(set(value) - set(MATRIX_DTYPES))
+    if unknown:
+        raise ConfigError(source, f"{key}.{unknown[0]}", f"unknown dtype; expected one of {list(MATRIX_DTYPES)}")
+    missing = [d for d in MATRIX_DTYPES if d not in value]
+    if missing:
+        raise ConfigError(source, f"{key}.{missing[0]}", "missing; every matrix dtype needs a value")
+    return {d: item(value[d], source, f"{key}.{d}", meta) for d in MATRIX_DTYPES}
+
+
+def _check_tiles(value: Any, source: str, key: str, meta: Mapping) -> tuple:
+    expected = "[tile_m, tile_n, relative_efficiency]"
+    if not isinstance(value, list) or not value:
+        raise ConfigError(source, key, f"value {describe_value(value)}: expected a list of {expected}")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, list) or len(item) != 3:
+            raise ConfigError(source, f"{key}[{i}]", f"value {describe_value(item)}: expected {expected}")
+        tm = _check_number(item[0], source, f"{key}[{i}][0]", meta, integer=True)
+        tn = _check_number(item[1], source, f"{key}[{i}][1]", meta, integer=True)
+        eff = _check_number(item[2], source, f"{key}[{i}][2]", {"lo": 0, "hi": 1, "lo_open": True})
+        out.append((tm, tn, eff))
+    return tuple(out)
+
+
+def _validate_section(cls, value: Any, source: str, prefix: str):
+    if not isinstance(value, dict):
+        raise ConfigError(source, prefix, f"value {describe_value(value)}: expected a mapping")
+    names = {f.name for f in fields(cls)}
+    for key in value:
+        if key not in names:
+            raise ConfigError(source, f"{prefix}.{key}", f"unknown key; expected one of {sorted(names)}")
+    kwargs = {}
+    for f in fields(cls):
+        key = f"{prefix}.{f.name}"
+        meta = f.metadata
+        if f.name not in value:
+            raise ConfigError(source, key, f"missing ({meta['help']})")
+        v = value[f.name]
+        if f.type in ("float", float):
+            kwargs[f.name] = _check_number(v, source, key, meta)
+        elif f.type in ("int", int):
+            kwargs[f.name] = _check_number(v, source, key, meta, integer=True)
+        elif f.type in ("Curve", Curve):
+            kwargs[f.name] = _check_curve(v, source, key, meta)
+        elif f.type == "Mapping[str, float]":
+            kwargs[f.name] = _check_dtype_map(v, source, key, meta, _check_number)
+        elif f.type == "Mapping[str, Curve]":
+            kwargs[f.name] = _check_dtype_map(v, source, key, meta, _check_curve)
+        elif f.type == "tuple[tuple[int, int, float], ...]":
+            kwargs[f.name] = _check_tiles(v, source, key, meta)
+        elif f.type in ("str", str):
+            if not isinstance(v, str):
+                raise ConfigError(source, key, f"value {describe_value(v)}: expected a string")
+            if meta.get("choices") and v not in meta["choices"]:
+                raise ConfigError(source, key, f"value {describe_value(v)}: expected one of {list(meta['choices'])}")
+            kwargs[f.name] = v
+        else:  # pragma: no cover - schema error, not user error
+            raise TypeError(f"unsupported field type {f.type!r} in {cls.__name__}")
+    return cls(**kwargs)
+
+
+def numeric_keys(raw: Mapping, prefix: str = "") -> list[str]:
+    """Dotted keys of the performance sections whose values are numbers or curves (need a source)."""
+    out = []
+    for sec, _ in _SECTIONS:
+        for key, value in (raw.get(sec) or {}).items():
+            if isinstance(value, (int, float, list, dict)) and not isinstance(value, bool):
+                out.append(f"{sec}.{key}")
+    return out
+
+
+def validate_profile(raw: Mapping, source: str) -> HardwareProfile:
+    """Validate a merged raw mapping into a HardwareProfile (see load_profile)."""
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise ConfigError(source, str(key), f"unknown top-level key; expected one of {sorted(_TOP_KEYS)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(source, "name", f"value {describe_value(name)}: expected a non-empty string")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(source, "description", f"value {describe_value(description)}: expected a string")
+    sections = {}
+    for sec_name, cls in _SECTIONS:
+        if sec_name not in raw:
+            raise ConfigError(source, sec_name, "missing section")
+        sections[sec_name] = _validate_section(cls, raw[sec_name], source, sec_name)
+    sources = raw.get("sources") or {}
+    if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+        raise ConfigError(source, "sources", "expected a mapping of dotted key -> provenance text")
+    for key in numeric_keys(raw):
+        if key not in sources:
+            raise ConfigError(source, f"sources.{key}", "missing provenance: every number needs a source "
+                                                        "(datasheet, paper, measured here with date and card, "
+                                                        "or assumed)")
+    numerics = None
+    if raw.get("numerics") is not None:
+        try:
+            from sim import datapath  # imported lazily: the numerics schema belongs to sim.datapath
+        except ModuleNotFoundError as exc:  # the numerics owner's module is absent: keep only the raw section
+            if exc.name != "sim.datapath":
+                raise
+        else:
+            numerics = datapath.parse_numerics(raw["numerics"], source=source)
+    return HardwareProfile(name=name, description=description, source=source, numerics=numerics, raw=raw,
+                           sources=dict(sources), **sections)
