@@ -208,6 +208,84 @@ def fit_roofline(rows) -> RooflineRates:
     return rates(params)
 
 
+# ------------------------------------------------------------------------------------------------ end to end
+
+# Published points (shared facts file). batch "max": the largest batch whose weights + KV cache fit (capped at
+# 2048), as "max batch" benchmark runs do. replicas: independent copies of the model on the system's devices.
+E2E_POINTS = [
+    # system, profile, model, scheme, in, out, batch, tp, replicas, kv, metric, published, source
+    ("1x Gaudi 2", "gaudi2", "llama-2-7b", "fp8", 128, 128, 1230, 1, 1, "fp8", "tok/s", 13137, "Intel Gaudi perf page, SW 1.18"),
+    ("1x Gaudi 2", "gaudi2", "llama-2-7b", "fp8", 2048, 2048, 81, 1, 1, "fp8", "tok/s", 1953, "Intel Gaudi perf page, SW 1.18"),
+    ("1x Gaudi 2", "gaudi2", "llama-3.1-8b", "fp8", 128, 128, 2429, 1, 1, "fp8", "tok/s", 18201, "Intel Gaudi perf page, SW 1.18"),
+    ("1x Gaudi 2", "gaudi2", "llama-3.1-8b", "fp8", 2048, 2048, 155, 1, 1, "fp8", "tok/s", 5511, "Intel Gaudi perf page, SW 1.18"),
+    ("1x Gaudi 2", "gaudi2", "llama-2-7b", "fp8", 128, 1, 1, 1, 1, "fp8", "ttft_ms", 7.62, "Intel Gaudi perf page, low-latency"),
+    ("1x Gaudi 2", "gaudi2", "llama-2-7b", "fp8", 2048, 1, 1, 1, 1, "fp8", "ttft_ms", 56.31, "Intel Gaudi perf page, low-latency"),
+    ("1x Gaudi 3", "gaudi3", "llama-2-7b", "fp8", 128, 128, 1536, 1, 1, "fp8", "tok/s", 19810, "Intel Gaudi 3 perf page, SW 1.18"),
+    ("1x Gaudi 3", "gaudi3", "llama-2-7b", "fp8", 2048, 2048, 75, 1, 1, "fp8", "tok/s", 2734, "Intel Gaudi 3 perf page, SW 1.18"),
+    ("1x Gaudi 3", "gaudi3", "llama-3.1-8b", "fp8", 128, 128, 1536, 1, 1, "fp8", "tok/s", 24310, "Intel Gaudi 3 perf page, SW 1.18"),
+    ("1x Gaudi 3", "gaudi3", "llama-3.1-8b", "fp8", 2048, 2048, 364, 1, 1, "fp8", "tok/s", 7405, "Intel Gaudi 3 perf page, SW 1.18"),
+    ("8x Gaudi 3", "gaudi3", "llama-3.1-70b", "fp8", 128, 128, 4000, 8, 1, "fp8", "tok/s", 15008, "Intel Gaudi 3 perf page, SW 1.18"),
+    ("8x Gaudi 3", "gaudi3", "llama-3.1-70b", "fp8", 2048, 2048, 600, 8, 1, "fp8", "tok/s", 8946, "Intel Gaudi 3 perf page, SW 1.18"),
+    ("8x Gaudi 2", "gaudi2", "llama-2-70b", "fp8", 256, 292, "max", 8, 1, "fp8", "tok/s", 8035, "MLPerf Inference v4.0 offline (in=256 assumed)"),
+    ("8x H100", "h100", "llama-2-70b", "fp8", 256, 292, "max", 2, 4, "fp8", "tok/s", 21806, "MLPerf Inference v4.0 offline (in=256 assumed, 4x TP2)"),
+    ("8x H200", "h200", "llama-2-70b", "fp8", 256, 292, "max", 1, 8, "fp8", "tok/s", 27738, "MLPerf Inference v4.0 offline (in=256 assumed, 8x TP1)"),
+    ("1x H100", "h100", "llama-3.1-8b", "fp8", 128, 128, "max", 1, 1, "fp8", "tok/s", 28312, "TensorRT-LLM perf overview"),
+    ("1x H100", "h100", "llama-3.1-8b", "fp8", 2048, 2048, "max", 1, 1, "fp8", "tok/s", 9305, "TensorRT-LLM perf overview"),
+    ("1x H200", "h200", "llama-3.1-8b", "fp8", 128, 128, "max", 1, 1, "fp8", "tok/s", 27911, "TensorRT-LLM perf overview"),
+    ("1x H200", "h200", "llama-3.1-8b", "fp8", 2048, 2048, "max", 1, 1, "fp8", "tok/s", 12194, "TensorRT-LLM perf overview"),
+    ("1x H800", "h800", "llama-2-7b", "bf16", 128, 128, "max", 1, 1, "bf16", "tok/s", 11116, "TensorRT-LLM issue #2300 (FP16)"),
+    ("1x H800", "h800", "llama-2-7b", "fp8", 128, 128, "max", 1, 1, "fp8", "tok/s", 18758, "TensorRT-LLM issue #2300"),
+    ("1x H800", "h800", "llama-2-7b", "w4a8", 128, 128, "max", 1, 1, "fp8", "tok/s", 10146, "TensorRT-LLM issue #2300 (W4A8-AWQ)"),
+    ("1x Gaudi 2", "gaudi2", "llama-2-7b", "bf16", 128, 128, 1, 1, 1, "bf16", "e2e_s", 0.878, "argonne-lcf/LLM-Inference-Bench"),
+    ("1x Gaudi 2", "gaudi2", "llama-2-7b", "bf16", 128, 128, 16, 1, 1, "bf16", "e2e_s", 1.148, "argonne-lcf/LLM-Inference-Bench"),
+    ("1x Gaudi 2", "gaudi2", "llama-2-7b", "bf16", 128, 128, 64, 1, 1, "bf16", "e2e_s", 2.079, "argonne-lcf/LLM-Inference-Bench"),
+    ("1x H100", "h100", "llama-2-7b", "bf16", 128, 128, 1, 1, 1, "bf16", "e2e_s", 0.844, "argonne-lcf/LLM-Inference-Bench (TRT-LLM FP16)"),
+    ("1x H100", "h100", "llama-2-7b", "bf16", 128, 128, 16, 1, 1, "bf16", "e2e_s", 0.989, "argonne-lcf/LLM-Inference-Bench (TRT-LLM FP16)"),
+    ("1x H100", "h100", "llama-2-7b", "bf16", 128, 128, 64, 1, 1, "bf16", "e2e_s", 1.372, "argonne-lcf/LLM-Inference-Bench (TRT-LLM FP16)"),
+]
+MAX_BATCH = 2048
+
+
+def max_batch(hw, model, scheme, in_len, out_len, tp, kv) -> int:
+    from sim.workload import memory_footprint
+
+    cap = hw.memory.capacity_bytes - hw.memory.reserved_bytes
+    lo, hi = 1, MAX_BATCH
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if memory_footprint(model, scheme, mid, in_len, out_len, tp, kv).total_bytes <= cap:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def e2e_report() -> list[str]:
+    from sim.perf import simulate
+
+    lines = ["\n# End-to-end: model vs published (static batch: one prefill of the whole batch, then decode)",
+             "| system | model | precision | in/out | batch | metric | published | model | error | bound (prefill/decode) | fits |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (system, prof, model, scheme, in_len, out_len, batch, tp, replicas, kv, metric, published,
+         source) in E2E_POINTS:
+        hw = load_profile(prof)
+        b = max_batch(hw, model, scheme, in_len, out_len, tp, kv) if batch == "max" else batch
+        r = simulate(hw, model, scheme=scheme, batch=b, input_len=in_len, output_len=out_len, tp=tp,
+                     kv_cache_dtype=kv)
+        if metric == "tok/s":
+            value = r.output_tokens_per_s * replicas
+        elif metric == "ttft_ms":
+            value = r.prefill_latency_s * 1e3
+        else:
+            value = r.e2e_latency_s
+        err = value / published - 1.0
+        bounds = f"{r.bound['prefill']}/{r.bound.get('decode', '-')}"
+        lines.append(f"| {system} | {model} | {scheme} | {in_len}/{out_len} | {b}{' (max)' if batch == 'max' else ''}"
+                     f" | {metric} | {published:g} | {value:.4g} | {100 * err:+.1f}% | {bounds} | "
+                     f"{'yes' if r.memory.fits else 'NO'} |")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------------- report
 
 def gemm_report(gemm_rows, all_rows: bool, out_csv: str | None) -> list[str]:

@@ -94,6 +94,9 @@ class MatrixEngineSpec:
         "output tiles [tile_m, tile_n, relative_efficiency] the GEMM library may pick (rows of activations, "
         "columns of weights, matrix rate of that tile relative to the best); the model picks the fastest, as a "
         "library heuristic does", lo=1)
+    work_distribution: str = _spec("how tiles map to units: 'waves' (each tile on one unit; the last wave may "
+                                   "leave units idle) or 'stream_k' (persistent kernels share the K loop of the "
+                                   "last tiles so every unit stays busy)", choices=("waves", "stream_k"))
     concurrent_tiles_per_unit: int = _spec("tiles resident on one unit at a time, sharing its rate (occupancy); "
                                            "more makes waves finer", lo=1)
     unit_load_bandwidth_bytes_per_s: float = _spec(

@@ -105,6 +105,8 @@ def _tile_estimate(hw: HardwareProfile, g: GemmShape, tm: int, tn: int, tile_eff
     split = _split_k(hw, mt * nt, g.k)
     tiles = mt * nt * split
     waves = math.ceil(tiles / units)
+    if me.work_distribution == "stream_k":
+        waves = tiles / units if tiles > units else 1
     kk = g.k / split
     flops = 2.0 * g.m * g.n * g.k
     unit_rate = (me.peak_flops_per_s[g.matrix_dtype] / units * me.efficiency_by_flops[g.matrix_dtype](flops)
@@ -153,12 +155,17 @@ def gemm_plan(hw: HardwareProfile, g: GemmShape, name: str = "gemm") -> KernelPl
 
     chunks = []
     remaining = tiles
+    stream_k = me.work_distribution == "stream_k" and tiles > units
     for group in _wave_groups(math.ceil(tiles / units)):
         active = min(units, remaining)
         remaining -= active * group
         if group > 1:
             active = units
         share = active * group / tiles
+        if stream_k and active < units:
+            # the last partial wave's K loops are shared by all units: same work, all units busy
+            group = active / units
+            active = units
         rate = min(hbm_rate, active * me.unit_load_bandwidth_bytes_per_s / slots_per_unit)
         compute_s = group * 2.0 * tm * tn * kk / kc / unit_rate
         dequant_s = group * tn * (kk / kc) * hw.dequant.ops_per_weight / per_unit_vec if g.fused_dequant else 0.0

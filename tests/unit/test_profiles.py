@@ -145,3 +145,14 @@ def test_profile_is_frozen_and_serialisable():
     d = p.to_dict()
     json.dumps(d)
     assert d["memory"]["hbm_bandwidth_bytes_per_s"] == 3.67e12
+
+
+def test_readme_explains_every_field():
+    from dataclasses import fields
+
+    from sim.profiles import _SECTIONS
+    text = (PROFILE_DIR / "README.md").read_text()
+    for sec, cls in _SECTIONS:
+        assert f"### `{sec}`" in text
+        for f in fields(cls):
+            assert f"| `{f.name}` |" in text, (sec, f.name)
