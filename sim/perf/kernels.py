@@ -27,10 +27,10 @@ STREAM_CHUNKS = 4
 class Chunk:
     """One pipeline step of a kernel (aggregated over the units active in it).
 
-    load_bytes: HBM bytes read; load_rate_bytes_per_s: the rate they arrive at;
-    dequant_hidden_s: vector-unit work that overlaps matrix work; serial_s: work that occupies the matrix engine
-    (matrix math plus any dequantization that cannot overlap it); serial_resource: "matrix" or "vector";
-    write_bytes: HBM bytes written after the step.
+    load_bytes arrive from HBM at load_rate_bytes_per_s; dequant_hidden_s is INT4 expansion on the vector units
+    (its own pipeline stage, overlapping matrix work); dequant_serial_s is expansion that cannot overlap and holds
+    the compute resource; compute_s is the work on compute_resource ("matrix", "vector" or "dequant" for a
+    separate expansion pass); write_bytes go back to HBM after the step.
     """
 
     load_bytes: float
@@ -41,7 +41,6 @@ class Chunk:
     compute_resource: str
     write_bytes: float
     write_rate_bytes_per_s: float
-    repeat: int = 1
 
 
 @dataclass(frozen=True)
