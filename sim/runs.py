@@ -186,15 +186,18 @@ def render_json(out: RunOutput) -> str:
     return to_json(_json_doc(out))
 
 
-def _json_doc(out: RunOutput) -> dict:
-    return {
+def _json_doc(out: RunOutput, with_ops: bool = True) -> dict:
+    """The JSON document of a run; without ops (they are in ops.csv) for the files of an --out directory."""
+    doc = {
         "format_version": OUT_FORMAT_VERSION,
         "units": {"*_s": "seconds", "*_bytes": "bytes", "*_tokens_per_s": "output tokens per second, whole system",
                   "*_speedup*": "ratio to bf16 (higher is faster)"},
         "request": asdict(out.request),
         "summary": out.summary,
-        "simulations": out.simulations,
     }
+    if with_ops:
+        doc["simulations"] = out.simulations
+    return doc
 
 
 # -------------------------------------------------------------------------------------------- out dir
@@ -215,7 +218,7 @@ def write_out_dir(out: RunOutput, directory: Path) -> list[Path]:
     for name, data in out.profiles.items():
         put(f"profile_{Path(name).stem}.json", to_json(data))
     put("results.csv", to_csv(out.summary))
-    put("results.json", render_json(out))
+    put("results.json", to_json(_json_doc(out, with_ops=False)))
     put("ops.csv", to_csv(out.ops, _op_keys(out.ops)))
     written += plot_out_dir(directory)
     return written
