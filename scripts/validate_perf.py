@@ -101,6 +101,7 @@ FIT_KEYS = [
     ("kernel", "launch_overhead_s", None),
     ("kernel", "split_k_reduction_overhead_s", None),
     ("matrix_engine", "unit_load_bandwidth_bytes_per_s", None),
+    ("matrix_engine", "tile_shapes", None),
 ]
 
 
@@ -120,7 +121,7 @@ def _params(raw):
 def _get(raw, p):
     _, sec, key, sub, i = p
     val = raw[sec][key] if sub is None else raw[sec][key][sub]
-    return val[i][1] if i is not None else val
+    return val[i][-1] if i is not None else val
 
 
 def _set(raw, p, value):
@@ -131,7 +132,7 @@ def _set(raw, p, value):
         container[name] = value
     else:
         lst = [list(x) for x in container[name]]
-        lst[i][1] = min(1.0, value)
+        lst[i][-1] = min(1.0, value)  # the last element of a curve point / tile is its efficiency
         container[name] = lst
 
 
@@ -359,10 +360,12 @@ def main(argv=None) -> int:
     if args.fit:
         t0 = time.time()
         fitted = fit_profile(args.fit, gemm_rows, copy_rows)
+        with open(os.path.join(args.out, f"fit_{args.fit}.json"), "w") as fh:
+            json.dump(fitted, fh, indent=1)
         print(f"# fitted in {time.time() - t0:.0f} s on {CALIBRATION_MODELS}; paste into hw_profiles/{args.fit}.yaml")
         for key, value in fitted.items():
             if isinstance(value, list):
-                value = "[" + ", ".join(f"[{x:.3e}, {y:.3f}]" for x, y in value) + "]"
+                value = "[" + ", ".join("[" + ", ".join(f"{v:.4g}" for v in item) + "]" for item in value) + "]"
             elif isinstance(value, float):
                 value = f"{value:.3e}"
             print(f"{key}: {value}")

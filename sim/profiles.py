@@ -127,8 +127,9 @@ class DequantSpec:
     placement: str = _spec("where INT4 weights are expanded: 'fused' (in the GEMM main loop, per tile, on the "
                            "vector units next to the matrix engine) or 'vector_pass' (a separate vector kernel "
                            "that writes expanded weights to HBM, re-read by the GEMM)", choices=DEQUANT_PLACEMENTS)
-    ops_per_weight: float = _spec("vector operations to expand one INT4 weight (unpack, zero, scale, convert), "
-                                  "in units of the vector peak's FLOP", lo=0)
+    ops_per_weight: Mapping[str, float] = _spec(
+        "vector operations to expand one INT4 weight (unpack, zero, scale, convert) by target dtype (bf16 for "
+        "W4A16, fp8 for W4A8), in units of the vector peak's FLOP", lo=0)
     fused_overlap_fraction: float = _spec("fraction of fused dequant time hidden under matrix work (0: serial with "
                                           "it, 1: fully overlapped on separate units)", lo=0, hi=1)
 
@@ -414,7 +415,7 @@ def _validate_section(cls, value: Any, source: str, prefix: str):
             kwargs[f.name] = _check_number(v, source, key, meta, integer=True)
         elif f.type in ("Curve", Curve):
             kwargs[f.name] = _check_curve(v, source, key, meta)
-        elif f.type == "Mapping[str, float]":
+        elif f.type in ("Mapping[str, float]",):
             kwargs[f.name] = _check_dtype_map(v, source, key, meta, _check_number)
         elif f.type == "Mapping[str, Curve]":
             kwargs[f.name] = _check_dtype_map(v, source, key, meta, _check_curve)

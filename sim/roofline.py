@@ -37,9 +37,14 @@ class RooflineRates:
                    ic.link_bandwidth_bytes_per_s * ic.allreduce_efficiency, ic.link_latency_s)
 
 
-def roofline_op(rates: RooflineRates, op: Op, dequant_ops_per_weight: float = 0.0,
+def roofline_op(rates: RooflineRates, op: Op, dequant_ops_per_weight: dict | float = 0.0,
                 dequant_placement: str = "fused") -> float:
-    """Roofline seconds of one invocation of ``op``."""
+    """Roofline seconds of one invocation of ``op``.
+
+    dequant_ops_per_weight: vector ops to expand one INT4 weight, by target dtype (or one number for all).
+    """
+    if isinstance(dequant_ops_per_weight, dict):
+        dequant_ops_per_weight = dequant_ops_per_weight.get(op.matrix_dtype, 0.0)
     if op.kind == "allreduce":
         wire = 2.0 * (op.tp - 1) / op.tp * op.link_bytes
         return rates.launch_s + rates.link_latency_s + wire / rates.link_bytes_per_s

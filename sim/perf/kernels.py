@@ -114,7 +114,7 @@ def _tile_estimate(hw: HardwareProfile, g: GemmShape, tm: int, tn: int, tile_eff
     dequant_s = 0.0
     if g.fused_dequant:
         per_unit_vec = _vector_rate(hw) / units
-        dequant_s = tn * kk * hw.dequant.ops_per_weight / per_unit_vec
+        dequant_s = tn * kk * hw.dequant.ops_per_weight[g.matrix_dtype] / per_unit_vec
     tile_s = tile_compute_s + dequant_s * (1.0 - hw.dequant.fused_overlap_fraction)
     tile_s = max(tile_s, dequant_s)
     total_bytes = g.m * g.k * g.activation_bytes + g.n * g.k * g.weight_bytes + g.m * g.n * g.output_bytes
@@ -167,7 +167,8 @@ def gemm_plan(hw: HardwareProfile, g: GemmShape, name: str = "gemm") -> KernelPl
             active = units
         rate = min(hbm_rate, active * me.unit_load_bandwidth_bytes_per_s / slots_per_unit)
         compute_s = group * 2.0 * tm * tn * kk / kc / unit_rate
-        dequant_s = group * tn * (kk / kc) * hw.dequant.ops_per_weight / per_unit_vec if g.fused_dequant else 0.0
+        dequant_s = (group * tn * (kk / kc) * hw.dequant.ops_per_weight[g.matrix_dtype] / per_unit_vec
+                     if g.fused_dequant else 0.0)
         for c in range(kc):
             chunks.append(Chunk(
                 load_bytes=in_bytes * share / kc, load_rate_bytes_per_s=rate,
@@ -187,11 +188,15 @@ def gemm_plan(hw: HardwareProfile, g: GemmShape, name: str = "gemm") -> KernelPl
 
 def stream_plan(hw: HardwareProfile, name: str, read_bytes: float, write_bytes: float, vector_flops: float,
                 matrix_flops: float = 0.0, matrix_dtype: str = "bf16", dequant_weights: float = 0.0) -> KernelPlan:
-    """Plan of a streaming kernel (elementwise ops, attention, a separate dequantization pass)."""
+    """Plan of a streaming kernel (elementwise ops, attention, a separate dequantization pass).
+
+    dequant_weights: INT4 weights this kernel expands to ``matrix_dtype`` (a separate dequantization pass).
+    """
     total = read_bytes + write_bytes
     rate = _hbm_rate(hw, total)
     vec_s = vector_flops / _vector_rate(hw)
-    vec_s += dequant_weights * hw.dequant.ops_per_weight / _vector_rate(hw)
+    if dequant_weights:
+        vec_s += dequant_weights * hw.dequant.ops_per_weight[matrix_dtype] / _vector_rate(hw)
     me = hw.matrix_engine
     mat_s = 0.0
     if matrix_flops:

@@ -56,7 +56,8 @@ def op_plans(hw: HardwareProfile, op: Op) -> list[KernelPlan]:
             expanded = {"bf16": 2.0, "fp8": 1.0}[op.matrix_dtype]
             weights = float(op.n) * op.k
             expand = stream_plan(hw, f"{op.name}.dequant", read_bytes=weights * op.weight_bytes_per_element,
-                                 write_bytes=weights * expanded, vector_flops=0.0, dequant_weights=weights)
+                                 write_bytes=weights * expanded, vector_flops=0.0, matrix_dtype=op.matrix_dtype,
+                                 dequant_weights=weights)
             shape = GemmShape(op.m, op.n, op.k, op.matrix_dtype, op.activation_bytes_per_element, expanded)
             return [expand, gemm_plan(hw, shape, op.name)]
         shape = GemmShape(op.m, op.n, op.k, op.matrix_dtype, op.activation_bytes_per_element,

@@ -15,6 +15,7 @@ from sim.models import ModelConfig, load_model
 from sim.perf.engine import BOUND_NAMES, CATEGORIES
 from sim.perf.ops import resolve_profile, time_op
 from sim.profiles import HardwareProfile
+from sim.roofline import RooflineRates, roofline_op
 from sim.workload import Op, decode_ops, get_scheme, memory_footprint, prefill_ops
 
 SPLIT_KEYS = tuple(f"{c}_s" for c in CATEGORIES)
@@ -22,7 +23,10 @@ SPLIT_KEYS = tuple(f"{c}_s" for c in CATEGORIES)
 
 @dataclass(frozen=True)
 class OpResult:
-    """One op of one step: per-invocation time and its split; ``repeat`` invocations per step."""
+    """One op of one step: per-invocation time and its split; ``repeat`` invocations per step.
+
+    time_s is the event model's; roofline_time_s the roofline twin's (sim.roofline) for the same op.
+    """
 
     phase: str
     name: str
@@ -34,6 +38,7 @@ class OpResult:
     bytes: float
     bound: str
     split: dict
+    roofline_time_s: float = 0.0
     info: dict = field(default_factory=dict)
 
     @property
@@ -43,7 +48,7 @@ class OpResult:
     def to_dict(self) -> dict:
         return {"phase": self.phase, "op": self.name, "kind": self.kind, "scope": self.scope, "repeat": self.repeat,
                 "time_s": self.time_s, "total_time_s": self.total_time_s, "flops": self.flops,
-                "hbm_bytes": self.bytes, "bound": self.bound, **self.split,
+                "hbm_bytes": self.bytes, "bound": self.bound, **self.split, "roofline_time_s": self.roofline_time_s,
                 **{k: v for k, v in self.info.items() if k in ("tile_m", "tile_n", "split_k", "waves")}}
 
 
@@ -60,6 +65,11 @@ class StepResult:
     @property
     def bound(self) -> str:
         return _bound_of(self.ops, self.host_overhead_s)
+
+    @property
+    def roofline_time_s(self) -> float:
+        """The same step by the roofline twin (ops' roofline times plus the host overhead)."""
+        return sum(o.roofline_time_s * o.repeat for o in self.ops) + self.host_overhead_s
 
     def split(self) -> dict:
         out = {k: sum(o.split[k] * o.repeat for o in self.ops) for k in SPLIT_KEYS}
@@ -150,6 +160,7 @@ class SimulationResult:
             if step is None:
                 continue
             steps[step.phase] = {"context_len": step.context_len, "step_time_s": step.time_s,
+                                 "roofline_step_time_s": step.roofline_time_s,
                                  "host_overhead_s": step.host_overhead_s, "bound": step.bound,
                                  "split": step.split(), "ops": [o.to_dict() for o in step.ops]}
         return {
@@ -169,10 +180,12 @@ class SimulationResult:
 def simulate_step(hw: HardwareProfile, ops: list[Op], phase: str, context_len: int) -> StepResult:
     """Simulate one step's ops (memoized per distinct op) and add the host overhead."""
     results = []
+    rates = RooflineRates.from_profile(hw)
     for op in ops:
         t = time_op(hw, op)
+        roof = roofline_op(rates, op, hw.dequant.ops_per_weight, hw.dequant.placement)
         results.append(OpResult(phase, op.name, op.kind, op.scope, op.repeat, t.time_s, op.flops, op.bytes,
-                                t.bound, t.split, t.info))
+                                t.bound, t.split, roof, t.info))
     host = hw.host.step_overhead_s
     return StepResult(phase, context_len, sum(r.total_time_s for r in results) + host, host, tuple(results))
 
