@@ -291,9 +291,10 @@ def _check_datapath_consistency(dp: DatapathSpec, operand_biases, source: str, w
         raise ConfigError(source, f"{where}.accumulator_significand_bits",
                           f"value {dp.accumulator_significand_bits}: with the accumulator in the alignment it may "
                           f"have at most alignment_fraction_bits + 1 = {dp.alignment_fraction_bits + 1} bits")
-    if dp.alignment_fraction_bits + 2 + dp.products_per_step.bit_length() + 1 > 62:
+    if dp.alignment_fraction_bits + 2 + (dp.products_per_step + 1).bit_length() > 53:
         raise ConfigError(source, f"{where}.alignment_fraction_bits",
-                          "too many fraction bits for products_per_step: a step's sum must fit 62 bits")
+                          "too many fraction bits for products_per_step: a step's exact sum must fit the 53 bits "
+                          "of a float64")
     if dp.promotion_interval_k and dp.promotion_interval_k % dp.products_per_step:
         raise ConfigError(source, f"{where}.promotion_interval_k",
                           f"value {dp.promotion_interval_k}: expected a multiple of products_per_step "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 
 import numpy as np
 from numba import njit, prange
@@ -25,16 +26,11 @@ from numba.cpython.unsafe.numbers import leading_zeros
 from sim import formats
 from sim.datapath import NumericsSpec
 
-__all__ = ["fp8_gemm", "fp8_gemm_reference", "resolve_numerics", "prepare_operand"]
+__all__ = ["fp8_gemm", "fp8_gemm_reference", "resolve_numerics", "operand_tables", "OperandTables"]
 
-# Alignment exponent given to a zero operand: far below any real exponent, so a zero product never sets E and
-# its term shifts out entirely. Sums of two stay well inside int32.
-ZERO_EXPONENT = -30000
 # float32's exponent range: the accumulator and partial sums live in it on every chip modelled.
 _F32_MIN_NORMAL_EXP = -126
 _F32_MAX_EXP = 127
-_POW2_OFFSET = 1074
-_POW2 = np.ldexp(1.0, np.arange(-_POW2_OFFSET, 1024)).astype(np.float64)
 
 
 # ------------------------------------------------------------------------------------------- hardware resolution
@@ -60,20 +56,24 @@ def resolve_numerics(hw) -> NumericsSpec:
 
 
 @dataclass(frozen=True)
-class _OperandTables:
-    """Per-code decode tables (256 entries) of one format for one chip's alignment."""
+class OperandTables:
+    """Per-code tables (256 entries) of one FP8 format as one chip's alignment sees it.
 
-    significand: np.ndarray  # int8: signed integer significand s, value = s * 2^(exponent - mantissa_bits)
-    exponent: np.ndarray  # int16: alignment exponent (floor(log2|x|), raised to the chip's floor); ZERO_EXPONENT
-    valid: np.ndarray  # bool: False for NaN/inf codes
+    value: float32 decoded value (0 for NaN/inf codes). power: float32 2^(alignment exponent), the exponent being
+    floor(log2|x|) raised to the chip's operand_exponent_floor; 0 for zeros and NaN/inf. valid: False for NaN/inf.
+    """
+
+    value: np.ndarray
+    power: np.ndarray
+    valid: np.ndarray
 
 
-def _operand_tables(fmt: formats.FloatFormat, exponent_floor) -> _OperandTables:
+@lru_cache(maxsize=None)
+def operand_tables(fmt: formats.FloatFormat, exponent_floor) -> OperandTables:
+    """Decode tables of ``fmt`` for a chip whose operand exponent floor is ``exponent_floor`` (None = none)."""
     values = formats.decode_table(fmt).astype(np.float64)
-    sig = np.zeros(256, np.int8)
-    exp = np.full(256, ZERO_EXPONENT, np.int16)
     valid = np.isfinite(values)
-    m = fmt.mantissa_bits
+    power = np.zeros(256, np.float64)
     for code in range(256):
         v = values[code]
         if not valid[code] or v == 0.0:
@@ -81,19 +81,15 @@ def _operand_tables(fmt: formats.FloatFormat, exponent_floor) -> _OperandTables:
         e = math.frexp(abs(v))[1] - 1
         if exponent_floor is not None and e < exponent_floor:
             e = exponent_floor
-        s = math.ldexp(abs(v), m - e)
-        if s != int(s):  # the chip's exponent floor would need a fractional significand
-            raise ValueError(f"format {fmt.name}: value {v!r} has no integer significand at the chip's operand "
-                             f"exponent floor {exponent_floor}")
-        sig[code] = -int(s) if v < 0 else int(s)
-        exp[code] = e
-    return _OperandTables(sig, exp, valid)
-
-
-def prepare_operand(codes: np.ndarray, fmt: formats.FloatFormat, exponent_floor) -> tuple[np.ndarray, np.ndarray]:
-    """(significands int8, exponents int16), both the shape of ``codes``: what the kernel reads per element."""
-    t = _operand_tables(fmt, exponent_floor)
-    return t.significand[codes], t.exponent[codes]
+            significand = math.ldexp(abs(v), fmt.mantissa_bits - e)
+            if significand != int(significand):  # the shifted significand would lose bits: not modelled
+                raise ValueError(f"format {fmt.name}: value {v!r} loses bits when aligned at the chip's operand "
+                                 f"exponent floor {exponent_floor}; not modelled")
+        power[code] = math.ldexp(1.0, e)
+    value = np.where(valid, values, 0.0).astype(np.float32)
+    for arr in (value, power, valid):
+        arr.flags.writeable = False
+    return OperandTables(value, power.astype(np.float32), valid)
 
 
 # ------------------------------------------------------------------------------------------- Numba kernel
@@ -183,97 +179,169 @@ def _add_exact_and_round(s, s_lsb, acc, acc_lsb, p, nearest_even, ftz):
 
 
 @njit(cache=True)
-def _chain(a_sig, a_exp, b_sig, b_exp, k0, k1, products_per_step, fraction_bits, product_shift, acc_in_alignment,
-           acc_bits, nearest_even, ftz, promotion, exponent_floor, pow2):
-    """One accumulation chain over K in [k0, k1) for one output; returns its float32 result.
-
-    a_sig/a_exp and b_sig/b_exp are one row of A and of B^T (length K). product_shift = fraction_bits - m_a - m_b.
-    """
-    acc = np.int64(0)  # accumulator = acc * 2^acc_lsb
-    acc_lsb = np.int64(0)
-    acc_inf = 0
-    promoted = np.float32(0.0)
-    acc_shift = fraction_bits - (acc_bits - 1)
-    k = k0
-    while k < k1:
-        k_end = k + products_per_step
-        if k_end > k1:
-            k_end = k1
-        if acc_inf == 0:
-            big_e = np.int32(ZERO_EXPONENT)
-            acc_top = np.int64(0)
-            if acc_in_alignment and acc != 0:
-                acc_top = 63 - leading_zeros(acc if acc > 0 else -acc) + acc_lsb
-                big_e = np.int32(acc_top)
-            for j in range(k, k_end):
-                e = np.int32(a_exp[j]) + np.int32(b_exp[j])
-                if e > big_e:
-                    big_e = e
-            if big_e > ZERO_EXPONENT // 2:  # some term is non-zero
-                if big_e < exponent_floor:
-                    big_e = np.int32(exponent_floor)
-                total = np.int64(0)
-                for j in range(k, k_end):
-                    prod = np.int32(a_sig[j]) * np.int32(b_sig[j])
-                    d = big_e - (np.int32(a_exp[j]) + np.int32(b_exp[j]))
-                    if d > 31:
-                        d = 31
-                    mag = ((prod if prod > 0 else -prod) << product_shift) >> d
-                    total += -mag if prod < 0 else mag
-                grid_lsb = np.int64(big_e) - fraction_bits
-                if acc_in_alignment:
-                    if acc != 0:
-                        d = np.int64(big_e) - acc_top
-                        if d > 62:
-                            d = 62
-                        mag = ((acc if acc > 0 else -acc) << acc_shift) >> d
-                        total += -mag if acc < 0 else mag
-                    acc, acc_lsb, acc_inf = _round_scaled(total, grid_lsb, acc_bits, nearest_even, ftz)
-                else:
-                    acc, acc_lsb, acc_inf = _add_exact_and_round(total, grid_lsb, acc, acc_lsb, acc_bits,
-                                                                 nearest_even, ftz)
-        if promotion > 0 and (k_end - k0) % promotion == 0:
-            promoted = promoted + _to_float32(acc, acc_lsb, acc_inf, pow2)
-            acc = np.int64(0)
-            acc_lsb = np.int64(0)
-            acc_inf = 0
-        k = k_end
-    if promotion > 0:
-        return promoted + _to_float32(acc, acc_lsb, acc_inf, pow2)
-    return _to_float32(acc, acc_lsb, acc_inf, pow2)
+def _add_and_round_exactly(x, y, p, nearest_even, ftz):
+    """x + y (float64 values) rounded once to p bits in float32's range, through integers (the rare case where the
+    float64 sum is inexact)."""
+    mx, ex = math.frexp(x)
+    my, ey = math.frexp(y)
+    s, lsb, overflow = _add_exact_and_round(np.int64(math.ldexp(mx, 53)), np.int64(ex - 53),
+                                            np.int64(math.ldexp(my, 53)), np.int64(ey - 53), p, nearest_even, ftz)
+    if overflow != 0:
+        return math.inf if overflow > 0 else -math.inf
+    return math.ldexp(np.float64(s), lsb)
 
 
-@njit(cache=True, inline="always")
-def _to_float32(acc, acc_lsb, acc_inf, pow2):
-    if acc_inf != 0:
-        return np.float32(np.inf) if acc_inf > 0 else np.float32(-np.inf)
-    if acc == 0:
-        return np.float32(0.0)
-    return np.float32(np.float64(acc) * pow2[acc_lsb + _POW2_OFFSET])  # exact: acc has at most 24 bits
+# Outputs per column chunk (vector lanes) and rows per tile: a chunk of B (P x LANES values per step) is reused
+# from L1 by the rows of a tile.
+_LANES = 64
+_ROWS = 8
+_F32_MIN_NORMAL = 2.0**_F32_MIN_NORMAL_EXP
 
 
 @njit(cache=True, parallel=True)
-def _gemm_kernel(a_sig, a_exp, b_sig, b_exp, out, products_per_step, fraction_bits, product_shift, acc_in_alignment,
-                 acc_bits, nearest_even, ftz, promotion, exponent_floor, part_bounds, scale, pow2):
-    """out[m, n] (float32) = the chip's A[m] . B[n]; rows of K along the last axis; parallel over columns n.
+def _gemm_kernel(a_val, a_pow, b_codes, lut_val, lut_pow, sum_witness, out, products_per_step, fraction_bits,
+                 acc_in_alignment, acc_bits, nearest_even, ftz, promotion, floor_pow, part_bounds, scale):
+    """out[m, n] = the chip's A[m] . B[n] (float32), for every datapath described by the arguments.
 
-    part_bounds (int64, parts + 1): K is cut into chains [part_bounds[i], part_bounds[i+1]) summed in float32.
+    a_val, a_pow: float32 (M, K): A's values and 2^(alignment exponent) (0 for zeros). b_codes: uint8 (N, K) with
+    lut_val/lut_pow (float32, 256) decoding them the same way. sum_witness: a float32 or float64 array whose dtype
+    holds each step's truncated sum exactly. part_bounds: int64 (parts + 1) K offsets of the split-K chains.
+
+    Exactness: FP8 values and their products are exact in float32 (at most 8 significant bits, exponents within
+    2^-149..2^127 for biases 0..62); truncating to the grid 2^(E - fraction_bits) is trunc(v * 2^(fraction_bits - E)),
+    a power-of-two scaling; the step sum is an integer below 2^(fraction_bits + 2 + log2(steps + 1)), exact in
+    sum_witness's dtype; the accumulator (at most 24 bits) lives exactly in float64 and is rounded by editing its
+    float64 bit pattern. Parallel over chunks of output columns only.
     """
-    m_rows = a_sig.shape[0]
-    n_cols = b_sig.shape[0]
+    m_rows, k_len = a_val.shape
+    n_cols = b_codes.shape[0]
+    n_chunks = (n_cols + _LANES - 1) // _LANES
     parts = part_bounds.shape[0] - 1
-    for n in prange(n_cols):  # each n owns column n of out: independent outputs, B row reused from cache
-        for m in range(m_rows):
-            total = np.float32(0.0)
+    two_f = 2.0**fraction_bits
+    drop = 53 - acc_bits
+    low_bits = (np.int64(1) << drop) - 1
+    half_minus_one = (np.int64(1) << (drop - 1)) - 1
+    sub_scale = 2.0 ** (-_F32_MIN_NORMAL_EXP + acc_bits - 1)  # float32-subnormal grid of a p-bit accumulator
+    sub_step = 1.0 / sub_scale
+    overflow_at = 2.0 ** (_F32_MAX_EXP + 1)
+    for chunk in prange(n_chunks):
+        n0 = chunk * _LANES
+        width = min(_LANES, n_cols - n0)
+        b_val = np.zeros((k_len, _LANES), np.float32)  # this chunk of B, decoded once, K-major
+        b_pow = np.zeros((k_len, _LANES), np.float32)
+        for kb in range(0, k_len, _LANES):  # blocked transpose: reads and writes stay within a few cache lines
+            kb_end = min(kb + _LANES, k_len)
+            for lane in range(width):
+                row = b_codes[n0 + lane]
+                for k in range(kb, kb_end):
+                    code = row[k]
+                    b_val[k, lane] = lut_val[code]
+                    b_pow[k, lane] = lut_pow[code]
+        acc = np.zeros((_ROWS, _LANES), np.float64)
+        acc_bits_view = acc.view(np.int64)
+        promoted = np.zeros((_ROWS, _LANES), np.float32)
+        result = np.zeros((_ROWS, _LANES), np.float32)
+        big = np.zeros(_LANES, np.float32)  # 2^E per lane
+        grid = np.zeros(_LANES, sum_witness.dtype)  # 2^(fraction_bits - E)
+        total = np.zeros(_LANES, sum_witness.dtype)
+        work = np.zeros(_LANES, np.float64)
+        work_bits = work.view(np.int64)
+        spare = np.zeros(_LANES, np.float64)
+        spare_bits = spare.view(np.int64)
+        for m0 in range(0, m_rows, _ROWS):
+            rows = min(_ROWS, m_rows - m0)
             for part in range(parts):
-                value = _chain(a_sig[m], a_exp[m], b_sig[n], b_exp[n], part_bounds[part], part_bounds[part + 1],
-                               products_per_step, fraction_bits, product_shift, acc_in_alignment, acc_bits,
-                               nearest_even, ftz, promotion, exponent_floor, pow2)
-                total = value if part == 0 else total + value
-            result = total * scale
-            if ftz and abs(result) < np.float32(1.1754943508222875e-38):
-                result = np.float32(0.0)
-            out[m, n] = result
+                k0 = part_bounds[part]
+                k1 = part_bounds[part + 1]
+                acc[:, :] = 0.0
+                promoted[:, :] = 0.0
+                k = k0
+                while k < k1:
+                    k_end = min(k + products_per_step, k1)
+                    for i in range(rows):
+                        av = a_val[m0 + i]
+                        ap = a_pow[m0 + i]
+                        ac = acc[i]
+                        ac_bits = acc_bits_view[i]
+                        for lane in range(_LANES):
+                            big[lane] = floor_pow
+                        if acc_in_alignment:
+                            for lane in range(_LANES):
+                                work_bits[lane] = ac_bits[lane] & 0x7FF0000000000000  # 2^floor(log2|acc|)
+                            for lane in range(_LANES):
+                                v = np.float32(work[lane])
+                                big[lane] = v if v > big[lane] else big[lane]
+                        for j in range(k, k_end):
+                            pa = ap[j]
+                            bp = b_pow[j]
+                            for lane in range(_LANES):
+                                v = pa * bp[lane]
+                                big[lane] = v if v > big[lane] else big[lane]
+                        for lane in range(_LANES):
+                            grid[lane] = two_f / np.float64(big[lane]) if big[lane] > 0 else 0.0
+                            total[lane] = 0.0
+                        for j in range(k, k_end):
+                            va = av[j]
+                            bv = b_val[j]
+                            for lane in range(_LANES):
+                                total[lane] += np.trunc(va * bv[lane] * grid[lane])
+                        if acc_in_alignment:
+                            for lane in range(_LANES):
+                                g = np.float64(grid[lane])
+                                t = np.float64(total[lane]) + np.trunc(ac[lane] * g)
+                                work[lane] = t / g if g > 0 else 0.0
+                        else:
+                            inexact = False
+                            for lane in range(_LANES):
+                                g = np.float64(grid[lane])
+                                x = np.float64(total[lane]) / g if g > 0 else 0.0
+                                s = ac[lane] + x
+                                back = s - ac[lane]
+                                err = (ac[lane] - (s - back)) + (x - back)  # TwoSum: s + err == ac + x exactly
+                                inexact |= err != 0.0
+                                work[lane] = s
+                                spare[lane] = x
+                            if inexact:  # rare: redo those lanes exactly through integers
+                                for lane in range(_LANES):
+                                    x = spare[lane]
+                                    s = work[lane]
+                                    back = s - ac[lane]
+                                    if (ac[lane] - (s - back)) + (x - back) != 0.0 and not math.isinf(ac[lane]):
+                                        work[lane] = _add_and_round_exactly(ac[lane], x, acc_bits, nearest_even,
+                                                                            ftz)
+                        # Round to acc_bits significant bits on the float64 pattern (RZ: drop the bits; RNE: add
+                        # half an ulp minus one plus the kept lsb, then drop), then fix the float32-subnormal range,
+                        # overflow and an accumulator that is already infinite.
+                        for lane in range(_LANES):
+                            b = work_bits[lane]
+                            up = (half_minus_one + ((b >> drop) & 1)) if nearest_even else 0
+                            spare_bits[lane] = (b + up) & ~low_bits
+                        for lane in range(_LANES):
+                            x = work[lane]
+                            r = spare[lane]
+                            y = x * sub_scale
+                            y = (np.rint(y) if nearest_even else np.trunc(y)) * sub_step
+                            y = 0.0 if ftz and abs(y) < _F32_MIN_NORMAL else y
+                            r = y if abs(x) < _F32_MIN_NORMAL else r
+                            r = math.copysign(math.inf, x) if abs(r) >= overflow_at else r
+                            ac[lane] = ac[lane] if math.isinf(ac[lane]) else r
+                        if promotion > 0 and (k_end - k0) % promotion == 0:
+                            for lane in range(_LANES):
+                                promoted[i, lane] = promoted[i, lane] + np.float32(ac[lane])
+                                ac[lane] = 0.0
+                    k = k_end
+                for i in range(rows):
+                    for lane in range(_LANES):
+                        v = np.float32(acc[i, lane])
+                        if promotion > 0:
+                            v = promoted[i, lane] + v
+                        result[i, lane] = v if part == 0 else result[i, lane] + v
+            for i in range(rows):
+                for lane in range(width):
+                    r = result[i, lane] * scale
+                    if ftz and abs(r) < np.float32(_F32_MIN_NORMAL):
+                        r = np.float32(0.0)
+                    out[m0 + i, n0 + lane] = r
 
 
 # ------------------------------------------------------------------------------------------- public entry point
@@ -320,7 +388,7 @@ def _validate(a, b, spec: NumericsSpec, a_format, b_format, scale_a, scale_b, fa
     if out_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"out_dtype: expected 'float32' or 'bfloat16', got {out_dtype!r}")
     for name, arr, f in (("a", a, fa), ("b", b, fb)):
-        tables = _operand_tables(f, spec.datapath.operand_exponent_floor)
+        tables = operand_tables(f, spec.datapath.operand_exponent_floor)
         if arr.size and not tables.valid[arr].all():
             bad = int(arr[~tables.valid[arr]][0])
             raise ValueError(f"{name}: code 0x{bad:02x} is NaN or inf in {f.name}; the chip's handling of special "
@@ -365,6 +433,25 @@ def _fold_scale_into_bias(spec: NumericsSpec, fmt: formats.FloatFormat, scale: n
     return formats.get_format(f"{fmt.base_name}_b{new_bias}"), np.float32(1.0)
 
 
+_FLOAT32_WITNESS = np.zeros(1, np.float32)
+_FLOAT64_WITNESS = np.zeros(1, np.float64)
+
+
+def _step_sum_witness(dp, ta: OperandTables, tb: OperandTables, floor_pow: float) -> np.ndarray:
+    """float32 when every step's truncated sum and its grid scale are exact in float32 (2x the SIMD width), else
+    float64 (always exact: sums stay below 2^53 by the datapath's validation)."""
+    f = dp.alignment_fraction_bits
+    sum_bits = f + 2 + (dp.products_per_step + 1).bit_length()
+    powers_a, powers_b = ta.power[ta.power > 0], tb.power[tb.power > 0]
+    if not (powers_a.size and powers_b.size):
+        return _FLOAT64_WITNESS
+    lowest = max(float(powers_a.min()) * float(powers_b.min()), floor_pow)
+    highest = float(powers_a.max()) * float(powers_b.max())
+    if sum_bits <= 24 and math.ldexp(1.0, f) / lowest < 2.0**127 and math.ldexp(1.0, f) / highest >= 2.0**-126:
+        return _FLOAT32_WITNESS
+    return _FLOAT64_WITNESS
+
+
 def fp8_gemm(a: np.ndarray, b: np.ndarray, *, hw, a_format=None, b_format=None, scale_a=1.0, scale_b=1.0,
              fast_accum: bool = False, split_k: int = 1, out_dtype: str = "float32") -> np.ndarray:
     """C = A @ B^T computed bit for bit as the chip ``hw`` does, accumulator starting at +0.
@@ -391,16 +478,16 @@ def fp8_gemm(a: np.ndarray, b: np.ndarray, *, hw, a_format=None, b_format=None, 
     spec = resolve_numerics(hw)
     plan = _validate(a, b, spec, a_format, b_format, scale_a, scale_b, fast_accum, split_k, out_dtype)
     dp = spec.datapath
-    a_sig, a_exp = prepare_operand(a, plan.a_format, dp.operand_exponent_floor)
-    b_sig, b_exp = prepare_operand(b, plan.b_format, dp.operand_exponent_floor)
+    ta = operand_tables(plan.a_format, dp.operand_exponent_floor)
+    tb = operand_tables(plan.b_format, dp.operand_exponent_floor)
     out = np.empty((a.shape[0], b.shape[0]), dtype=np.float32)
-    product_shift = dp.alignment_fraction_bits - plan.a_format.mantissa_bits - plan.b_format.mantissa_bits
-    exponent_floor = dp.alignment_exponent_floor if dp.alignment_exponent_floor is not None else ZERO_EXPONENT
+    floor_pow = 0.0 if dp.alignment_exponent_floor is None else math.ldexp(1.0, dp.alignment_exponent_floor)
     if out.size:
-        _gemm_kernel(a_sig, a_exp, b_sig, b_exp, out, dp.products_per_step, dp.alignment_fraction_bits,
-                     product_shift, dp.accumulator_in_alignment, dp.accumulator_significand_bits,
-                     dp.step_rounding == "nearest_even", dp.flush_subnormals, plan.promotion, exponent_floor,
-                     plan.part_bounds, plan.scale, _POW2)
+        _gemm_kernel(ta.value[a], ta.power[a], np.ascontiguousarray(b), tb.value, tb.power,
+                     _step_sum_witness(dp, ta, tb, floor_pow), out, dp.products_per_step,
+                     dp.alignment_fraction_bits, dp.accumulator_in_alignment, dp.accumulator_significand_bits,
+                     dp.step_rounding == "nearest_even", dp.flush_subnormals, plan.promotion, np.float32(floor_pow),
+                     plan.part_bounds, plan.scale)
     if plan.out_dtype == "bfloat16":
         out = formats.round_to_bfloat16(out)
     return out

@@ -1,6 +1,7 @@
 """sim.mac: the generic FP8 matrix-engine kernel against golden vectors (zero tolerance) and its Python twin."""
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,24 @@ def test_kernel_equals_twin_on_cancellation():
     for chip in ("h100", "gaudi3"):
         assert _same_bits(fp8_gemm(a, b, hw=chip), fp8_gemm_reference(a, b, hw=chip))
         assert np.all(fp8_gemm(a[:, :64], a[:, :64] ^ np.uint8(0x80), hw=chip).diagonal() < 0)
+
+
+def test_tiny_addends_after_large_accumulator():
+    # e5m2: acc ~ 2^31 from one product, then steps of products down to 2^-32: on Gaudi 2 the exact sum of the
+    # accumulator and a step spans more than float64's 53 bits, which the kernel rounds through its integer path.
+    rng = np.random.default_rng(9)
+    tiny = rng.choice([-1, 1], size=(4, 255)) * np.exp2(rng.integers(-16, -8, size=(4, 255)))
+    tiny = formats.encode(tiny.astype(np.float32), "float8_e5m2")
+    big = formats.encode(np.array([57344.0, -49152.0, 40960.0, 57344.0], np.float32), "float8_e5m2")[:, None]
+    a = np.concatenate([big, tiny], axis=1)
+    b = np.concatenate([big, tiny[::-1]], axis=1)
+    va, vb = formats.decode(a, "float8_e5m2"), formats.decode(b, "float8_e5m2")
+    acc = Fraction(float(va[0, 0]) * float(vb[0, 0]))
+    step2 = sum(Fraction(float(x)) * Fraction(float(y)) for x, y in zip(va[0, 16:32], vb[0, 16:32]))
+    assert Fraction(float(acc) + float(step2)) != acc + step2  # the case really needs more than float64
+    for chip in ("gaudi2", "gaudi3"):
+        args = dict(hw=chip, a_format="float8_e5m2", b_format="float8_e5m2")
+        assert _same_bits(fp8_gemm(a, b, **args), fp8_gemm_reference(a, b, **args))
 
 
 def test_overflow_to_inf_matches_twin():
