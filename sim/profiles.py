@@ -130,6 +130,10 @@ class DequantSpec:
     ops_per_weight: Mapping[str, float] = _spec(
         "vector operations to expand one INT4 weight (unpack, zero, scale, convert) by target dtype (bf16 for "
         "W4A16, fp8 for W4A8), in units of the vector peak's FLOP", lo=0)
+    expand_per_row_tile: bool = _spec(
+        "fused placement: true if every output row tile re-expands its weight tile (expansion in registers inside "
+        "the GEMM main loop, as on Hopper: cost grows with the rows M); false if each weight is expanded once per "
+        "GEMM and kept on chip for all rows (staged in SRAM, as a Gaudi graph can)")
     fused_overlap_fraction: float = _spec("fraction of fused dequant time hidden under matrix work (0: serial with "
                                           "it, 1: fully overlapped on separate units)", lo=0, hi=1)
 
@@ -421,6 +425,10 @@ def _validate_section(cls, value: Any, source: str, prefix: str):
             kwargs[f.name] = _check_dtype_map(v, source, key, meta, _check_curve)
         elif f.type == "tuple[tuple[int, int, float], ...]":
             kwargs[f.name] = _check_tiles(v, source, key, meta)
+        elif f.type in ("bool", bool):
+            if not isinstance(v, bool):
+                raise ConfigError(source, key, f"value {describe_value(v)}: expected true or false")
+            kwargs[f.name] = v
         elif f.type in ("str", str):
             if not isinstance(v, str):
                 raise ConfigError(source, key, f"value {describe_value(v)}: expected a string")
@@ -432,7 +440,7 @@ def _validate_section(cls, value: Any, source: str, prefix: str):
     return cls(**kwargs)
 
 
-def numeric_keys(raw: Mapping, prefix: str = "") -> list[str]:
+def numeric_keys(raw: Mapping) -> list[str]:
     """Dotted keys of the performance sections whose values are numbers or curves (need a source)."""
     out = []
     for sec, _ in _SECTIONS:
@@ -461,6 +469,10 @@ def validate_profile(raw: Mapping, source: str) -> HardwareProfile:
     sources = raw.get("sources") or {}
     if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
         raise ConfigError(source, "sources", "expected a mapping of dotted key -> provenance text")
+    known = {f"{sec}.{f.name}" for sec, cls in _SECTIONS for f in fields(cls)}
+    for key in sources:
+        if ".".join(str(key).split(".")[:2]) not in known:
+            raise ConfigError(source, f"sources.{key}", "provenance for a key the profile does not have")
     for key in numeric_keys(raw):
         if key not in sources:
             raise ConfigError(source, f"sources.{key}", "missing provenance: every number needs a source "

@@ -115,6 +115,8 @@ def _tile_estimate(hw: HardwareProfile, g: GemmShape, tm: int, tn: int, tile_eff
     if g.fused_dequant:
         per_unit_vec = _vector_rate(hw) / units
         dequant_s = tn * kk * hw.dequant.ops_per_weight[g.matrix_dtype] / per_unit_vec
+        if not hw.dequant.expand_per_row_tile:
+            dequant_s /= mt  # each weight tile expanded once and shared by the mt row tiles
     tile_s = tile_compute_s + dequant_s * (1.0 - hw.dequant.fused_overlap_fraction)
     tile_s = max(tile_s, dequant_s)
     total_bytes = g.m * g.k * g.activation_bytes + g.n * g.k * g.weight_bytes + g.m * g.n * g.output_bytes
@@ -151,6 +153,7 @@ def gemm_plan(hw: HardwareProfile, g: GemmShape, name: str = "gemm") -> KernelPl
     hbm_rate = _hbm_rate(hw, total_bytes)
     per_unit_vec = _vector_rate(hw) / units
     overlap = hw.dequant.fused_overlap_fraction
+    row_tiles_sharing = 1 if hw.dequant.expand_per_row_tile else math.ceil(g.m / tm)
 
     chunks = []
     remaining = tiles
@@ -168,7 +171,7 @@ def gemm_plan(hw: HardwareProfile, g: GemmShape, name: str = "gemm") -> KernelPl
         rate = min(hbm_rate, active * me.unit_load_bandwidth_bytes_per_s / slots_per_unit)
         compute_s = group * 2.0 * tm * tn * kk / kc / unit_rate
         dequant_s = (group * tn * (kk / kc) * hw.dequant.ops_per_weight[g.matrix_dtype] / per_unit_vec
-                     if g.fused_dequant else 0.0)
+                     / row_tiles_sharing if g.fused_dequant else 0.0)
         for c in range(kc):
             chunks.append(Chunk(
                 load_bytes=in_bytes * share / kc, load_rate_bytes_per_s=rate,

@@ -123,3 +123,13 @@ def test_w4a16_expansion_is_cheaper_than_w4a8_per_weight():
     assert hw.dequant.ops_per_weight["bf16"] < hw.dequant.ops_per_weight["fp8"]
     big16 = gemm_timing(hw, 4096, 12288, 4096, "w4a16")
     assert big16.split["dequant_s"] > 0 and big16.time_s > predict_gemm(hw, 4096, 12288, 4096, "bf16")
+
+
+def test_expansion_shared_across_row_tiles_costs_less_at_large_m():
+    per_tile = load_profile("gaudi3", {"dequant.placement": "fused", "dequant.expand_per_row_tile": True})
+    once = load_profile("gaudi3", {"dequant.placement": "fused", "dequant.expand_per_row_tile": False})
+    big_per_tile = gemm_timing(per_tile, 4096, 12288, 4096, "w4a8")
+    big_once = gemm_timing(once, 4096, 12288, 4096, "w4a8")
+    assert big_once.split["dequant_s"] < 0.5 * big_per_tile.split["dequant_s"]
+    # a single row tile: nothing to share, same cost
+    assert predict_gemm(per_tile, 1, 12288, 4096, "w4a8") == pytest.approx(predict_gemm(once, 1, 12288, 4096, "w4a8"))

@@ -156,3 +156,14 @@ def test_readme_explains_every_field():
         assert f"### `{sec}`" in text
         for f in fields(cls):
             assert f"| `{f.name}` |" in text, (sec, f.name)
+
+
+def test_booleans_and_stale_sources_are_checked(tmp_path):
+    raw = _perf_only("h100")
+    raw["dequant"]["expand_per_row_tile"] = "yes"
+    with pytest.raises(ConfigError, match=r"dequant\.expand_per_row_tile.*expected true or false"):
+        load_profile(_write(tmp_path, "a", yaml.safe_dump(raw)))
+    raw = _perf_only("h100")
+    raw["sources"]["memory.hbm_speed"] = "datasheet"
+    with pytest.raises(ConfigError, match=r"sources\.memory\.hbm_speed"):
+        load_profile(_write(tmp_path, "b", yaml.safe_dump(raw)))
