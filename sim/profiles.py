@@ -300,7 +300,7 @@ def apply_overrides(raw: dict, overrides: Mapping[str, Any], source: str) -> dic
     sources = dict(out.get("sources") or {})
     for dotted, value in overrides.items():
         if isinstance(value, str):
-            value = parse_override_value(value) if _NUMBER_RE.match(value.strip()) else value
+            value = parse_override_value(value)
         parts = dotted.split(".")
         node = out
         for i, part in enumerate(parts[:-1]):

@@ -124,7 +124,7 @@ class MemoryFootprint:
 
 def _check_args(model: ModelConfig, batch: int, tokens: int, tp: int, kv_cache_dtype: str, what: str) -> None:
     for name, value in (("batch", batch), (what, tokens), ("tp", tp)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == what else 1):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r}: expected a positive integer")
     if model.num_attention_heads % tp or model.intermediate_size % tp:
         raise ValueError(f"tp={tp}: must divide num_attention_heads ({model.num_attention_heads}) and "
@@ -234,17 +234,24 @@ def decode_ops(model: ModelConfig | str, scheme: Scheme | str, batch: int, conte
 
 
 def memory_footprint(model: ModelConfig | str, scheme: Scheme | str, batch: int, input_len: int, output_len: int,
-                     tp: int = 1, kv_cache_dtype: str = "bf16", extra_workspace_bytes: float = 0.0) -> MemoryFootprint:
-    """Weights, KV cache (for input_len + output_len tokens per sequence) and activation workspace per device."""
+                     tp: int = 1, kv_cache_dtype: str = "bf16", extra_workspace_bytes: float = 0.0,
+                     prefill_batch: int | None = None) -> MemoryFootprint:
+    """Weights, KV cache (for input_len + output_len tokens per sequence) and activation workspace per device.
+
+    prefill_batch: sequences prefilled together in one step (default: all ``batch``); sizes the workspace.
+    """
     model, s = load_model(model), get_scheme(scheme)
     _check_args(model, batch, input_len, tp, kv_cache_dtype, "input_len")
+    if isinstance(output_len, bool) or not isinstance(output_len, int) or output_len < 0:
+        raise ValueError(f"output_len={output_len!r}: expected a non-negative integer")
+    prefill_batch = batch if prefill_batch is None else min(prefill_batch, batch)
     linear = sum(n * k for n, k in model.linear_shapes().values()) / tp
     embed = model.vocab_size * model.hidden_size * 2.0 / tp
     weights = model.num_layers * (linear * s.weight_bytes_per_element + 2 * model.hidden_size * 2.0)
     weights += embed * (1 if model.tie_word_embeddings else 2) + model.hidden_size * 2.0
     kv = (2.0 * model.num_layers * _kv_heads_per_device(model, tp) * model.head_dim * batch
           * (input_len + output_len) * _BYTES[kv_cache_dtype])
-    m = batch * input_len
+    m = prefill_batch * input_len
     widest = max((model.num_attention_heads + 2 * model.num_key_value_heads) * model.head_dim,
                  2 * model.intermediate_size) / tp
     workspace = m * (widest + 2 * model.hidden_size) * 2.0 + batch * model.vocab_size / tp * 4.0

@@ -72,7 +72,6 @@ def _split_k(hw: HardwareProfile, tiles_mn: int, k: int) -> int:
     return max(1, min(me.split_k_max, slots // tiles_mn, k // me.split_k_min_k))
 
 
-
 def _wave_groups(waves: int) -> list[int]:
     """Waves per simulated group: the first and last alone, the middle merged into a few groups."""
     if waves <= 2 + MAX_MIDDLE_WAVE_GROUPS:

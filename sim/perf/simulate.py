@@ -105,7 +105,8 @@ class SimulationResult:
     decode_time_per_token_s: mean decode step time (each step emits one token per sequence).
     e2e_latency_s: prefill + all decode steps; output_tokens_per_s: batch * output_len / e2e_latency_s (whole
     system: all tp devices together); decode_tokens_per_s: batch / decode_time_per_token_s.
-    prefill / decode: a representative step each (decode: at the mean context), with per-op breakdowns.
+    prefill / decode: a representative step each (prefill: the first prefill step, which is the whole prefill
+    unless max_prefill_tokens splits it; decode: at the mean context), with per-op breakdowns.
     """
 
     hardware: str
@@ -199,13 +200,16 @@ def _sample_points(first: int, last: int, samples: int) -> list[int]:
 
 def simulate(hw: HardwareProfile | str, model: ModelConfig | str, *, scheme: str, batch: int, input_len: int,
              output_len: int, tp: int = 1, kv_cache_dtype: str = "bf16", decode_samples: int = 16,
-             overrides: dict | None = None) -> SimulationResult:
+             max_prefill_tokens: int | None = None, overrides: dict | None = None) -> SimulationResult:
     """Simulate a batch of ``batch`` requests of input_len prompt tokens and output_len generated tokens.
 
     hw: profile name or HardwareProfile (``overrides``: dotted profile keys -> values, as ``--set``);
     model: model name or ModelConfig; scheme: bf16 | fp8 | w4a16 | w4a8; tp: tensor-parallel degree (each device
     simulated, all-reduces on the scale-up link); kv_cache_dtype: bf16 | fp8; decode_samples: decode steps
-    simulated exactly (others interpolated; >= output_len simulates every step).
+    simulated exactly (others interpolated; >= output_len simulates every step); max_prefill_tokens: prefill in
+    steps of at most this many tokens (whole prompts per step, at least one prompt), as serving engines bound
+    their batched tokens; None prefills the whole batch in one step. The prefill latency is then the sum of the
+    steps (the batch's first tokens come after the last one) and the workspace is sized for one step.
     """
     hw = resolve_profile(hw, overrides)
     model = load_model(model)
@@ -218,7 +222,17 @@ def simulate(hw: HardwareProfile | str, model: ModelConfig | str, *, scheme: str
     if decode_samples < 2:
         raise ValueError("decode_samples: expected at least 2")
 
-    prefill = simulate_step(hw, prefill_ops(model, s, batch, input_len, tp, kv_cache_dtype), "prefill", input_len)
+    if max_prefill_tokens is not None and (isinstance(max_prefill_tokens, bool) or
+                                           not isinstance(max_prefill_tokens, int) or max_prefill_tokens < 1):
+        raise ValueError(f"max_prefill_tokens={max_prefill_tokens!r}: expected a positive integer or None")
+    seqs_per_step = batch if max_prefill_tokens is None else max(1, min(batch, max_prefill_tokens // input_len))
+    full_steps, rest = divmod(batch, seqs_per_step)
+    prefill = simulate_step(hw, prefill_ops(model, s, seqs_per_step, input_len, tp, kv_cache_dtype), "prefill",
+                            input_len)
+    prefill_total = full_steps * prefill.time_s
+    if rest:
+        prefill_total += simulate_step(hw, prefill_ops(model, s, rest, input_len, tp, kv_cache_dtype), "prefill",
+                                       input_len).time_s
     samples: list[tuple[int, float]] = []
     decode_step = None
     decode_total = 0.0
@@ -238,19 +252,20 @@ def simulate(hw: HardwareProfile | str, model: ModelConfig | str, *, scheme: str
         decode_step = simulate_step(hw, decode_ops(model, s, batch, mid, tp, kv_cache_dtype), "decode", mid)
     n_decode = max(output_len - 1, 0)
     per_token = decode_total / n_decode if n_decode else 0.0
-    e2e = prefill.time_s + decode_total
+    e2e = prefill_total + decode_total
     extra = 0.0
     if s.dequant and hw.dequant.placement == "vector_pass":
         extra = max(n * k for n, k in model.linear_shapes().values()) / tp * s.expanded_weight_bytes_per_element
-    fp = memory_footprint(model, s, batch, input_len, output_len, tp, kv_cache_dtype, extra)
+    fp = memory_footprint(model, s, batch, input_len, output_len, tp, kv_cache_dtype, extra, seqs_per_step)
     capacity = hw.memory.capacity_bytes - hw.memory.reserved_bytes
     memory = MemoryUse(fp.weights_bytes, fp.kv_cache_bytes, fp.workspace_bytes, fp.total_bytes, capacity,
                        fp.total_bytes <= capacity)
     return SimulationResult(
         hardware=hw.name, model=model.name, scheme=s.name, batch=batch, input_len=input_len, output_len=output_len,
         tp=tp, options={"kv_cache_dtype": kv_cache_dtype, "decode_samples": decode_samples,
+                        "max_prefill_tokens": max_prefill_tokens, "prefill_steps": full_steps + (1 if rest else 0),
                         "dequant_placement": hw.dequant.placement, "overrides": dict(overrides or {})},
-        prefill_latency_s=prefill.time_s, decode_time_per_token_s=per_token, decode_total_s=decode_total,
+        prefill_latency_s=prefill_total, decode_time_per_token_s=per_token, decode_total_s=decode_total,
         e2e_latency_s=e2e, output_tokens_per_s=batch * output_len / e2e if e2e > 0 else math.inf,
         decode_tokens_per_s=batch / per_token if per_token else 0.0, prefill=prefill, decode=decode_step,
         decode_samples=tuple(samples), memory=memory, profile=hw, model_config=model)

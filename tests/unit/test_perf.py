@@ -133,3 +133,15 @@ def test_expansion_shared_across_row_tiles_costs_less_at_large_m():
     assert big_once.split["dequant_s"] < 0.5 * big_per_tile.split["dequant_s"]
     # a single row tile: nothing to share, same cost
     assert predict_gemm(per_tile, 1, 12288, 4096, "w4a8") == pytest.approx(predict_gemm(once, 1, 12288, 4096, "w4a8"))
+
+
+def test_prefill_in_bounded_steps_shrinks_workspace_not_work():
+    kw = dict(scheme="bf16", batch=64, input_len=1024, output_len=4)
+    whole = simulate("h100", "llama-2-7b", **kw)
+    steps = simulate("h100", "llama-2-7b", max_prefill_tokens=8192, **kw)
+    assert steps.options["prefill_steps"] == 8 and whole.options["prefill_steps"] == 1
+    assert steps.memory.workspace_bytes < whole.memory.workspace_bytes / 6
+    # same work in 8 compute-bound steps: within 10 % of one big step, plus 7 more host overheads
+    assert steps.prefill_latency_s == pytest.approx(whole.prefill_latency_s, rel=0.10)
+    with pytest.raises(ValueError, match="max_prefill_tokens"):
+        simulate("h100", "llama-2-7b", max_prefill_tokens=0, **kw)
