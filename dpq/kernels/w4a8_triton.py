@@ -1,0 +1,295 @@
+"""Fused W4A8 GEMM for Hopper in Triton: y = (x8 @ FP8(s_g (q - z))^T) * (s_x s_t), bf16 or float32 out.
+
+The packed INT4 codes, group scales and zero points (``dpq.packed``) are read from HBM once per tile and expanded to
+FP8 E4M3 in registers; the FP8 tensor-core dot accumulates in float32 registers; the per-tensor scales are applied
+in the epilogue. Nothing of full size is written back: per weight element the kernel streams 0.5 byte of codes plus
+5 bytes per group (float32 scale, uint8 zero; groups of 32, 64 or 128 along K).
+
+Layout ("swap AB"): the kernel computes the transposed product y^T = w8 @ x8^T, so that the weight rows fill the
+tensor core's M dimension (64 or 128) and the few tokens of a decode step fill its narrow N dimension (16 and up).
+Each program owns BLOCK_N weight rows x BLOCK_T tokens and one contiguous slice of K (split-K for small M * N).
+
+Numerics (the data of hw_profiles/h100-triton-w4a8.yaml; see results/gpu/README.md for the measurement):
+
+* expansion: s_g (q - z) is one float32 multiply (RNE), clamped to +-max and converted with ``cvt.rn.satfinite``:
+  the same codes as ``sim.formats.encode(..., saturate=True)``;
+* the dot: Hopper's FP8 tensor-core step (32 products plus the accumulator, 13 fraction bits, truncation). With
+  ``promote_k=0`` (default) Triton keeps one chain over the program's K slice (its default
+  ``max_num_imprecise_acc`` on sm_90 exceeds any K): no float32 promotion, like cuBLAS's fast accumulation; with
+  ``promote_k=P`` (P dividing the group size) Triton adds the chain into a float32 register every P elements; with
+  groups of 128 and P = 128 that is cuBLAS's default (non-fast) accumulation;
+* split-K: each part writes its float32 chain result; a second kernel adds the parts in order (part 0 first) in
+  float32, then multiplies by float32(s_x s_t) once and rounds to bf16 (deterministic, no atomics).
+
+Public API::
+
+    PackedW4A8Weight.from_packed(p, device) / .from_arrays(...)
+    w4a8_matmul(x8, weight, act_scale, *, out_dtype="bfloat16", config=None) -> torch (M, N)
+    KernelConfig, default_config(m, n, k, num_sms), split_k_parts(k, group_size, config) -> part lengths along K
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+GROUP_SIZES = (32, 64, 128)  # one group of the packed format per K step of the kernel (BLOCK_K = group_size)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile shape and launch parameters of one w4a8_matmul call.
+
+    block_n: weight rows per program (the tensor core's M: 64 or 128); block_t: tokens per program (16..256);
+    split_k: parts K is cut into (contiguous, whole groups; parts then summed in order); num_warps, num_stages:
+    Triton launch options; promote_k: 0 = one accumulation chain per part, else the elements of K after which
+    Triton promotes the chain into float32 (``max_num_imprecise_acc``; it must divide the group size, since
+    Triton promotes within one ``tl.dot`` and each dot covers one group).
+    """
+
+    block_n: int = 64
+    block_t: int = 16
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 4
+    promote_k: int = 0
+
+    def __post_init__(self):
+        for name in ("block_n", "block_t", "split_k", "num_warps", "num_stages"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"KernelConfig.{name}={v!r}: expected a positive integer")
+        if self.block_n not in (64, 128, 256) or self.block_t not in (16, 32, 64, 128, 256):
+            raise ValueError(f"KernelConfig: block_n {self.block_n} must be 64/128/256 and block_t {self.block_t} "
+                             f"16/32/64/128/256 (tensor-core tile sizes)")
+        if self.promote_k < 0 or (self.promote_k and self.promote_k % 32):
+            raise ValueError(f"KernelConfig.promote_k={self.promote_k}: expected 0 or a multiple of 32")
+
+
+def default_config(m: int, n: int, k: int, num_sms: int = 132, group_size: int = 128) -> KernelConfig:
+    """The tile heuristic: narrow token tiles and split-K at decode, 128 x 128 tiles for prefill."""
+    if m <= 64:
+        block_t = 16 if m <= 16 else 32 if m <= 32 else 64
+        block_n, warps, stages = 64, 4, 4
+    else:
+        block_t, block_n, warps, stages = 128, 128, 8, 3
+    tiles = math.ceil(n / block_n) * math.ceil(m / block_t)
+    k_tiles = k // group_size
+    split = 1
+    if tiles < 2 * num_sms:
+        split = max(1, min(math.ceil(2 * num_sms / tiles), k_tiles // 4 or 1))
+    return KernelConfig(block_n=block_n, block_t=block_t, split_k=split, num_warps=warps, num_stages=stages)
+
+
+def split_k_parts(k: int, config: KernelConfig, group_size: int = 128) -> tuple[int, ...]:
+    """Lengths along K of the parts the kernel sums in order (what ``sim.mac.fp8_gemm(split_k=...)`` takes)."""
+    k_tiles = k // group_size
+    per = math.ceil(k_tiles / config.split_k)
+    parts = []
+    t = 0
+    while t < k_tiles:
+        parts.append(min(per, k_tiles - t) * group_size)
+        t += per
+    return tuple(parts)
+
+
+@dataclass(frozen=True)
+class PackedW4A8Weight:
+    """A packed W4A8 weight on the GPU, as the kernel reads it (fields as in ``dpq.packed.PackedLinear``).
+
+    codes: torch.uint8 (N, K / 2), column 2j in the low nibble; group_scales: torch.float32 (N, K / group_size);
+    zeros: torch.uint8 (N, K / group_size); tensor_scale: s_t; fp8_max: the FP8 format's largest finite value.
+    """
+
+    codes: object
+    group_scales: object
+    zeros: object
+    group_size: int
+    tensor_scale: float
+    fp8_max: float
+
+    @property
+    def n(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.codes.shape[1] * 2)
+
+    @classmethod
+    def from_arrays(cls, codes, group_scales, zeros, group_size: int, tensor_scale: float, fp8_max: float,
+                    device: str = "cuda") -> "PackedW4A8Weight":
+        """From numpy (or torch) arrays of the packed format; checks shapes and the group size."""
+        import torch
+
+        def dev(a, dtype):
+            t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+            if t.dtype != dtype:
+                raise TypeError(f"expected {dtype}, got {t.dtype}")
+            return t.to(device).contiguous()
+        c, s, z = dev(codes, torch.uint8), dev(group_scales, torch.float32), dev(zeros, torch.uint8)
+        n, k = c.shape[0], c.shape[1] * 2
+        if group_size not in GROUP_SIZES:
+            raise ValueError(f"group_size={group_size}: the Triton W4A8 kernel expands one group per K step and "
+                             f"takes group sizes {GROUP_SIZES} (use the cublas kernel for others)")
+        if k % group_size or s.shape != (n, k // group_size) or z.shape != s.shape:
+            raise ValueError(f"codes {tuple(c.shape)}, group_scales {tuple(s.shape)}, zeros {tuple(z.shape)}: "
+                             f"expected (N, K/2), (N, K/{group_size}), (N, K/{group_size})")
+        return cls(c, s, z, int(group_size), float(tensor_scale), float(fp8_max))
+
+    @classmethod
+    def from_packed(cls, p, device: str = "cuda") -> "PackedW4A8Weight":
+        """From a ``dpq.packed.PackedLinear`` with int_asym weights and FP8 expansion."""
+        from sim.formats import get_format
+
+        if p.weight_encoding != "int_asym" or p.expansion != "fp8":
+            raise ValueError(f"layer {p.name!r}: the W4A8 kernel needs int_asym weights with FP8 expansion")
+        fmt = get_format(p.fp8_format)
+        return cls.from_arrays(p.codes, p.group_scales, p.zeros, p.group_size, p.tensor_scale,
+                               float(fmt.max_finite), device)
+
+
+_KERNELS = {}
+
+
+def _kernels():
+    """Compile-on-first-use: triton is imported only when the kernel runs."""
+    if _KERNELS:
+        return _KERNELS["main"], _KERNELS["reduce"]
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError as exc:
+        raise ImportError("the fused W4A8 kernel needs Triton (installed with CUDA builds of torch): "
+                          'pip install -e ".[torch]"') from exc
+
+    @triton.jit
+    def w4a8_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, out_ptr, part_ptr,
+                    M, N, K, stride_xm, stride_cn, stride_sn, stride_zn, stride_om,
+                    out_scale, k_tiles_per_split,
+                    BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                    FP8_MAX: tl.constexpr, OUT_BF16: tl.constexpr, PROMOTE_K: tl.constexpr):
+        pid_n = tl.program_id(0)
+        pid_t = tl.program_id(1)
+        pid_s = tl.program_id(2)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        offs_kb = tl.arange(0, BLOCK_K // 2)
+        offs_k = tl.arange(0, BLOCK_K)
+        n_mask = offs_n < N
+        t_mask = offs_t < M
+        k_tiles = K // BLOCK_K
+        kt_begin = pid_s * k_tiles_per_split
+        kt_end = kt_begin + k_tiles_per_split
+        if kt_end > k_tiles:
+            kt_end = k_tiles
+        code_rows = codes_ptr + offs_n[:, None].to(tl.int64) * stride_cn
+        x_rows = x_ptr + offs_t[:, None].to(tl.int64) * stride_xm
+        acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+        for kt in range(kt_begin, kt_end):
+            byte0 = kt * (BLOCK_K // 2)
+            packed = tl.load(code_rows + (byte0 + offs_kb)[None, :], mask=n_mask[:, None], other=0)
+            s_g = tl.load(scales_ptr + offs_n.to(tl.int64) * stride_sn + kt, mask=n_mask, other=1.0)
+            z = tl.load(zeros_ptr + offs_n.to(tl.int64) * stride_zn + kt, mask=n_mask, other=0).to(tl.int32)
+            # low nibble = even column, high nibble = odd column: interleaving restores K order
+            q = tl.interleave((packed & 0xF).to(tl.int32), (packed >> 4).to(tl.int32))
+            w = (q - z[:, None]).to(tl.float32) * s_g[:, None]
+            w = tl.minimum(tl.maximum(w, -FP8_MAX), FP8_MAX)
+            w8 = w.to(tl.float8e4nv)
+            x8 = tl.load(x_rows + (kt * BLOCK_K + offs_k)[None, :], mask=t_mask[:, None], other=0.0)
+            if PROMOTE_K > 0:
+                acc = tl.dot(w8, tl.trans(x8), acc, max_num_imprecise_acc=PROMOTE_K)
+            else:
+                acc = tl.dot(w8, tl.trans(x8), acc)
+        out_offs = offs_t[None, :].to(tl.int64) * stride_om + offs_n[:, None]
+        out_mask = n_mask[:, None] & t_mask[None, :]
+        if SPLIT_K == 1:
+            y = acc * out_scale
+            if OUT_BF16:
+                tl.store(out_ptr + out_offs, y.to(tl.bfloat16), mask=out_mask)
+            else:
+                tl.store(out_ptr + out_offs, y, mask=out_mask)
+        else:
+            tl.store(part_ptr + pid_s.to(tl.int64) * M * N + out_offs, acc, mask=out_mask)
+
+    @triton.jit
+    def splitk_reduce_kernel(part_ptr, out_ptr, MN, out_scale, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
+                             OUT_BF16: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < MN
+        total = tl.load(part_ptr + offs, mask=mask, other=0.0)
+        for s in tl.static_range(1, SPLIT_K):  # in order: ((p0 + p1) + p2) + ...
+            total = total + tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
+        y = total * out_scale
+        if OUT_BF16:
+            tl.store(out_ptr + offs, y.to(tl.bfloat16), mask=mask)
+        else:
+            tl.store(out_ptr + offs, y, mask=mask)
+
+    _KERNELS["main"], _KERNELS["reduce"] = w4a8_kernel, splitk_reduce_kernel
+    return w4a8_kernel, splitk_reduce_kernel
+
+
+def output_scale(act_scale: float, tensor_scale: float) -> float:
+    """float32(s_x) * float32(s_t) rounded to float32: the single epilogue multiplier (as cuBLAS forms it)."""
+    return float(np.float32(np.float32(act_scale) * np.float32(tensor_scale)))
+
+
+def w4a8_matmul(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str = "bfloat16",
+                config: KernelConfig | None = None, workspace=None):
+    """y (M, N) = (x8 @ FP8(s_g (q - z))^T) * float32(s_x s_t) on the GPU.
+
+    Args:
+        x8: torch.float8_e4m3fn (M, K) on CUDA, rows contiguous: FP8(x / s_x).
+        weight: the packed weight (N rows of K).
+        act_scale: s_x.
+        out_dtype: "bfloat16" or "float32".
+        config: tile/launch parameters; None = ``default_config``.
+        workspace: optional float32 tensor of at least split_k * M * N elements for split-K parts.
+    Returns:
+        torch tensor (M, N) of ``out_dtype``.
+    """
+    import torch
+
+    main, reduce = _kernels()
+    if x8.dtype != torch.float8_e4m3fn or x8.dim() != 2 or x8.shape[1] != weight.k:
+        raise ValueError(f"x8: expected float8_e4m3fn (M, {weight.k}), got {x8.dtype} {tuple(x8.shape)}")
+    if x8.stride(1) != 1:
+        x8 = x8.contiguous()
+    if out_dtype not in ("bfloat16", "float32"):
+        raise ValueError(f"out_dtype={out_dtype!r}: expected 'bfloat16' or 'float32'")
+    m, k, n = x8.shape[0], weight.k, weight.n
+    if config is None:
+        config = default_config(m, n, k, torch.cuda.get_device_properties(x8.device).multi_processor_count,
+                                weight.group_size)
+    if config.promote_k and weight.group_size % config.promote_k:
+        raise ValueError(f"promote_k={config.promote_k} must divide the group size {weight.group_size}")
+    k_tiles = k // weight.group_size
+    per = math.ceil(k_tiles / config.split_k)
+    split = math.ceil(k_tiles / per)  # every part non-empty
+    out = torch.empty((m, n), dtype=torch.bfloat16 if out_dtype == "bfloat16" else torch.float32, device=x8.device)
+    if split > 1:
+        need = split * m * n
+        part = workspace if workspace is not None and workspace.numel() >= need else \
+            torch.empty(need, dtype=torch.float32, device=x8.device)
+    else:
+        part = out
+    scale = output_scale(act_scale, weight.tensor_scale)
+    grid = (triton_cdiv(n, config.block_n), triton_cdiv(m, config.block_t), split)
+    main[grid](x8, weight.codes, weight.group_scales, weight.zeros, out, part,
+               m, n, k, x8.stride(0), weight.codes.stride(0), weight.group_scales.stride(0), weight.zeros.stride(0),
+               out.stride(0), scale, per,
+               BLOCK_N=config.block_n, BLOCK_T=config.block_t, BLOCK_K=weight.group_size, SPLIT_K=split,
+               FP8_MAX=weight.fp8_max, OUT_BF16=out_dtype == "bfloat16", PROMOTE_K=config.promote_k,
+               num_warps=config.num_warps, num_stages=config.num_stages)
+    if split > 1:
+        block = 1024
+        reduce[(triton_cdiv(m * n, block),)](part, out, m * n, scale, SPLIT_K=split, BLOCK=block,
+                                             OUT_BF16=out_dtype == "bfloat16", num_warps=4)
+    return out
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)

@@ -1,0 +1,265 @@
+"""Benchmark W4A8 on one CUDA GPU against BF16 and FP8 cuBLAS, side by side in one run.
+
+For Llama-2-7B, Llama-3-8B and Llama-2-70B linear shapes (fused QKV and gate/up, as ``sim.models`` lists them) and
+M in 1, 4, 16, 64, 256, 1024, 4096 tokens, four ways to compute y = x @ W^T (bf16 output):
+
+* ``bf16``          torch.matmul, BF16 weights (cuBLAS);
+* ``fp8``           torch._scaled_mm, FP8 E4M3 weights and activations, per-tensor scales (cuBLAS, fast accum);
+* ``w4a8_fused``    the Triton kernel of dpq/kernels/w4a8_triton.py reading packed INT4 (groups of 128);
+* ``w4a8_unfused``  the same packed weights expanded to FP8 by torch ops on every call, then torch._scaled_mm.
+
+Activations are already FP8 for the FP8 schemes (their quantization is a separate elementwise op in every scheme).
+
+Method (the same as scripts/measure_gpu_gemm.py, so the numbers are comparable): random data (never zeros);
+weights rotate over enough copies that more than ``--rotate-bytes`` are touched between two uses of one copy (each
+call reads its weights from HBM, as a decode step does); each timing replays a CUDA graph of back-to-back calls
+timed with CUDA events; the median of ``--repeats`` replays divided by the calls per graph is reported. For the
+fused kernel a few tile configurations are tried per (shape, M) and the fastest is kept (all are listed in the
+tuning CSV); each tried configuration is first checked against a float64 reference of the same FP8 operands.
+
+Writes ``bench_<card>.csv`` and ``tuning_<card>.csv`` under ``--out``; every row carries card, driver, torch,
+triton, CUDA and the date. Prints a decode summary (speed-ups of w4a8_fused at M <= 16 on each shape) last.
+
+    python3 scripts/bench_gpu.py --out results/gpu/ [--models llama-2-70b] [--m 1,4,16] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import math
+import statistics
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# (model, layer, n, k): sim.models' linear_shapes() of each model (QKV and gate/up fused), one GPU.
+SHAPES = [
+    ("llama-2-7b", "qkv_proj", 12288, 4096), ("llama-2-7b", "o_proj", 4096, 4096),
+    ("llama-2-7b", "gate_up_proj", 22016, 4096), ("llama-2-7b", "down_proj", 4096, 11008),
+    ("llama-3-8b", "qkv_proj", 6144, 4096), ("llama-3-8b", "o_proj", 4096, 4096),
+    ("llama-3-8b", "gate_up_proj", 28672, 4096), ("llama-3-8b", "down_proj", 4096, 14336),
+    ("llama-2-70b", "qkv_proj", 10240, 8192), ("llama-2-70b", "o_proj", 8192, 8192),
+    ("llama-2-70b", "gate_up_proj", 57344, 8192), ("llama-2-70b", "down_proj", 8192, 28672),
+]
+M_VALUES = (1, 4, 16, 64, 256, 1024, 4096)
+SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_unfused")
+GROUP_SIZE = 128
+FIELDS = ["card", "driver", "torch", "triton", "cuda", "sm_count", "date", "model", "layer", "scheme", "m", "n", "k",
+          "latency_s", "spread_rel", "calls_per_graph", "weight_copies", "weight_bytes", "hbm_bytes",
+          "achieved_tb_per_s", "achieved_tflop_per_s", "config"]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def device_info(torch) -> dict:
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        driver = "unknown"
+    return {"card": props.name, "driver": driver, "torch": torch.__version__, "triton": triton.__version__,
+            "cuda": torch.version.cuda, "sm_count": props.multi_processor_count,
+            "l2_bytes": getattr(props, "L2_cache_size", 50 * 2**20),
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def time_graph(torch, calls, repeats: int) -> tuple[float, float]:
+    """Median seconds per call of a CUDA graph running ``calls`` (list of thunks) back to back; relative spread."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for fn in calls[:3]:  # warm up: compilation, handles, workspaces
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for fn in calls:
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e-3 / len(calls))
+    med = statistics.median(times)
+    del g
+    return med, (max(times) - min(times)) / med
+
+
+def make_weights(torch, n: int, k: int, gen):
+    """Random packed INT4 weight (codes, scales, zeros) with FP8-safe scales, on the GPU."""
+    codes = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device="cuda", generator=gen)
+    scales = (torch.rand((n, k // GROUP_SIZE), device="cuda", generator=gen) * 1.5 + 0.5).float()
+    zeros = torch.randint(0, 16, (n, k // GROUP_SIZE), dtype=torch.uint8, device="cuda", generator=gen)
+    return codes, scales, zeros
+
+
+def fused_candidates(m: int, n: int, k: int, sms: int, quick: bool):
+    """Tile configurations tried for the fused kernel at this shape (the heuristic first)."""
+    from dpq.kernels.w4a8_triton import KernelConfig, default_config
+
+    base = default_config(m, n, k, sms, GROUP_SIZE)
+    cands = [base]
+    if quick:
+        return cands
+    if m <= 64:
+        cands += [replace(base, block_n=128), replace(base, split_k=base.split_k * 2),
+                  replace(base, split_k=max(1, base.split_k // 2)), replace(base, num_stages=6)]
+    else:
+        cands += [KernelConfig(block_n=128, block_t=64, split_k=1, num_warps=4, num_stages=4)]
+    seen, out = set(), []
+    for c in cands:
+        if c not in seen:
+            seen.add(c)
+            out.append(c)
+    return out
+
+
+def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer, tune_writer, summary):
+    from dpq.kernels.w4a8_triton import PackedW4A8Weight, w4a8_matmul
+    from dpq.torch_backend import expanded_weight_values
+
+    gen = torch.Generator(device="cuda")
+    gen.manual_seed(1234)
+    codes, scales, zeros = make_weights(torch, n, k, gen)
+    w_bytes = {"bf16": n * k * 2, "fp8": n * k, "w4a8_fused": codes.numel() + scales.numel() * 5,
+               "w4a8_unfused": codes.numel() + scales.numel() * 5}
+    fp8_max = 448.0
+    w8 = expanded_weight_values(codes, scales, zeros, GROUP_SIZE, "float8_e4m3fn").to(torch.float8_e4m3fn)
+    wbf = (w8.to(torch.float32) * 0.01).to(torch.bfloat16)
+    one = torch.tensor(1.0, device="cuda")
+    sc = torch.tensor(0.01, device="cuda")
+    for m in m_values:
+        x = torch.randn((m, k), device="cuda", generator=gen)
+        x8 = (x * 32).clamp(-fp8_max, fp8_max).to(torch.float8_e4m3fn)
+        xbf = x.to(torch.bfloat16)
+        for scheme in schemes:
+            copies = max(1, math.ceil(args.rotate_bytes / w_bytes[scheme]))
+            # enough back-to-back calls for a graph of ~2 ms (launch gaps and timer resolution negligible)
+            est_s = max(w_bytes[scheme] / 3e12, 2 * m * n * k / 6e14, 5e-6)
+            calls_n = max(copies, min(args.max_calls, math.ceil(2e-3 / est_s)))
+            config_used = ""
+            if scheme == "bf16":
+                ws = [wbf] + [wbf.clone() for _ in range(copies - 1)]
+                calls = [(lambda w=ws[i % copies]: torch.matmul(xbf, w.t())) for i in range(calls_n)]
+            elif scheme == "fp8":
+                ws = [w8] + [w8.clone() for _ in range(copies - 1)]
+                calls = [(lambda w=ws[i % copies]: torch._scaled_mm(x8, w.t(), scale_a=one, scale_b=sc,
+                                                                    out_dtype=torch.bfloat16, use_fast_accum=True))
+                         for i in range(calls_n)]
+            elif scheme == "w4a8_unfused":
+                ws = [(codes, scales, zeros)] + [(codes.clone(), scales.clone(), zeros.clone())
+                                                 for _ in range(copies - 1)]
+
+                def unfused(w):
+                    wf = expanded_weight_values(w[0], w[1], w[2], GROUP_SIZE, "float8_e4m3fn")
+                    return torch._scaled_mm(x8, wf.to(torch.float8_e4m3fn).t(), scale_a=one, scale_b=sc,
+                                            out_dtype=torch.bfloat16, use_fast_accum=True)
+                calls_n = copies  # slow: one pass over the copies is enough
+                calls = [(lambda w=ws[i % copies]: unfused(w)) for i in range(calls_n)]
+            else:
+                pw = PackedW4A8Weight.from_arrays(codes, scales, zeros, GROUP_SIZE, 0.01, fp8_max, "cuda")
+                ws = [pw] + [PackedW4A8Weight.from_arrays(codes.clone(), scales.clone(), zeros.clone(), GROUP_SIZE,
+                                                          0.01, fp8_max, "cuda") for _ in range(copies - 1)]
+                ref = (x8.double() @ w8.double().t()) * 0.01
+                best = None
+                for cfg in fused_candidates(m, n, k, info["sm_count"], args.quick):
+                    y = w4a8_matmul(x8, pw, 1.0, out_dtype="float32", config=cfg)
+                    err = float((y.double() - ref).norm() / ref.norm())
+                    if not err < 1e-2:
+                        raise RuntimeError(f"{model} {layer} m={m} {cfg}: relative error {err:.3g} vs float64")
+                    ccalls = [(lambda w=ws[i % copies], c=cfg: w4a8_matmul(x8, w, 1.0, config=c))
+                              for i in range(calls_n)]
+                    t, spread = time_graph(torch, ccalls, args.repeats)
+                    tune_writer.writerow({"card": info["card"], "model": model, "layer": layer, "m": m, "n": n,
+                                          "k": k, "config": repr(cfg), "latency_s": f"{t:.6e}",
+                                          "rel_error_vs_f64": f"{err:.2e}"})
+                    if best is None or t < best[0]:
+                        best = (t, spread, cfg)
+                t, spread, cfg = best
+                config_used = repr(cfg)
+                calls = None
+            if calls is not None:
+                t, spread = time_graph(torch, calls, args.repeats)
+            act_bytes = m * k * (2 if scheme == "bf16" else 1) + m * n * 2
+            hbm = w_bytes[scheme] + act_bytes
+            row = dict(info, model=model, layer=layer, scheme=scheme, m=m, n=n, k=k, latency_s=f"{t:.6e}",
+                       spread_rel=f"{spread:.4f}", calls_per_graph=calls_n, weight_copies=copies,
+                       weight_bytes=w_bytes[scheme], hbm_bytes=hbm, achieved_tb_per_s=f"{hbm / t / 1e12:.3f}",
+                       achieved_tflop_per_s=f"{2 * m * n * k / t / 1e12:.2f}", config=config_used)
+            row = {f: row[f] for f in FIELDS}
+            writer.writerow(row)
+            summary[(model, layer, m, scheme)] = t
+            log(f"  {model} {layer} m={m} {scheme}: {t * 1e6:.1f} us  {row['achieved_tb_per_s']} TB/s  "
+                f"{row['achieved_tflop_per_s']} TFLOP/s {config_used}")
+            del ws
+        torch.cuda.empty_cache()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--models", default="llama-2-7b,llama-3-8b,llama-2-70b")
+    ap.add_argument("--m", default=",".join(map(str, M_VALUES)))
+    ap.add_argument("--schemes", default=",".join(SCHEMES))
+    ap.add_argument("--rotate-bytes", type=float, default=2.4e8, help="bytes touched between two uses of a copy")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--max-calls", type=int, default=48)
+    ap.add_argument("--quick", action="store_true", help="fused kernel: the heuristic configuration only")
+    args = ap.parse_args(argv)
+    import torch
+
+    info = device_info(torch)
+    models = args.models.split(",")
+    m_values = [int(v) for v in args.m.split(",")]
+    schemes = args.schemes.split(",")
+    for s in schemes:
+        if s not in SCHEMES:
+            raise SystemExit(f"--schemes: unknown scheme {s!r} (expected {SCHEMES})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = info["card"].replace("NVIDIA ", "").split()[0].lower()
+    summary = {}
+    with open(args.out / f"bench_{tag}.csv", "w", newline="") as f, \
+            open(args.out / f"tuning_{tag}.csv", "w", newline="") as ft:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        tune = csv.DictWriter(ft, fieldnames=["card", "model", "layer", "m", "n", "k", "config", "latency_s",
+                                              "rel_error_vs_f64"])
+        tune.writeheader()
+        for model, layer, n, k in sorted(SHAPES, key=lambda r: models.index(r[0]) if r[0] in models else 99):
+            if model in models:
+                bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer, tune, summary)
+                f.flush()
+                ft.flush()
+    print(f"# {info['card']} driver {info['driver']} torch {info['torch']} triton {info['triton']}")
+    print(f"{'model':12s} {'layer':13s} {'m':>5s} {'bf16 us':>9s} {'fp8 us':>9s} {'w4a8 us':>9s} "
+          f"{'x bf16':>7s} {'x fp8':>7s}")
+    for (model, layer, m, scheme), t in summary.items():
+        if scheme != "w4a8_fused" or m > 64:
+            continue
+        b, f8 = summary.get((model, layer, m, "bf16")), summary.get((model, layer, m, "fp8"))
+        print(f"{model:12s} {layer:13s} {m:5d} {b * 1e6 if b else float('nan'):9.1f} "
+              f"{f8 * 1e6 if f8 else float('nan'):9.1f} {t * 1e6:9.1f} {b / t if b else float('nan'):7.2f} "
+              f"{f8 / t if f8 else float('nan'):7.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

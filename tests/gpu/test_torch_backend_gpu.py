@@ -1,0 +1,64 @@
+"""The torch backend on a Hopper GPU, bit for bit against sim.mac.fp8_gemm (run with ``pytest -m gpu``).
+
+cuBLAS path: hw="h100"/"h200" (by the card's name). Fused Triton W4A8 path: hw="h100-triton-w4a8" with the
+kernel's split-K part lengths. The embedded model's layers are checked by scripts/gpu_bitexact.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+              pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() != (9, 0),
+                                 reason="bit-exact numerics are modelled for Hopper (sm_90) only")]
+
+from dpq.kernels.w4a8_triton import KernelConfig, default_config, split_k_parts  # noqa: E402
+from dpq.packed import PackedLinear, pack_nibbles  # noqa: E402
+from dpq.torch_backend import TorchLinear, emulator_inputs  # noqa: E402
+from sim.mac import fp8_gemm  # noqa: E402
+
+
+def _hw():
+    return "h200" if "H200" in torch.cuda.get_device_name() else "h100"
+
+
+def _layer(rng, out_f, in_f, gs):
+    return PackedLinear(name="t", in_features=in_f, out_features=out_f, weight_bits=4, group_size=gs,
+                        weight_encoding="int_asym", expansion="fp8",
+                        codes=pack_nibbles(rng.integers(0, 16, (out_f, in_f))),
+                        group_scales=np.exp2(rng.uniform(-6, 4, (out_f, in_f // gs))).astype(np.float32),
+                        zeros=rng.integers(0, 16, (out_f, in_f // gs)).astype(np.uint8),
+                        tensor_scale=0.25, act_scale=0.0123, fp8_format="float8_e4m3fn")
+
+
+def _bits(y):
+    return (np.ascontiguousarray(y, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+@pytest.mark.parametrize("m,n,k,gs", [(1, 256, 1024, 128), (16, 192, 576, 64), (37, 320, 4096, 128)])
+def test_cublas_path_bit_exact(m, n, k, gs):
+    rng = np.random.default_rng(m + n)
+    p = _layer(rng, n, k, gs)
+    x = (rng.standard_normal((m, k)) * np.exp2(rng.uniform(-4, 4, (m, k)))).astype(np.float32)
+    got = TorchLinear(p, "cuda")(x)
+    want = fp8_gemm(hw=_hw(), out_dtype="bfloat16", **emulator_inputs(p, x))
+    assert np.array_equal(_bits(got), _bits(want))
+
+
+@pytest.mark.parametrize("m,n,k,gs,split", [(1, 256, 8192, 128, None), (16, 192, 576, 64, None),
+                                            (16, 256, 8192, 128, 1), (70, 384, 2048, 128, 3)])
+def test_triton_path_bit_exact(m, n, k, gs, split):
+    rng = np.random.default_rng(m * 7 + n)
+    p = _layer(rng, n, k, gs)
+    x = (rng.standard_normal((m, k)) * np.exp2(rng.uniform(-4, 4, (m, k)))).astype(np.float32)
+    cfg = default_config(m, n, k, torch.cuda.get_device_properties(0).multi_processor_count, gs)
+    if split is not None:
+        cfg = KernelConfig(**(cfg.__dict__ | {"split_k": split}))
+    got = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg)(x)
+    want = fp8_gemm(hw="h100-triton-w4a8", out_dtype="bfloat16", split_k=split_k_parts(k, cfg, gs),
+                    **emulator_inputs(p, x))
+    assert np.array_equal(_bits(got), _bits(want))

@@ -1,0 +1,54 @@
+"""Host-side helpers of the fused Triton W4A8 kernel and the torch backend's missing-torch error (no torch needed)."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+from dpq.kernels.w4a8_triton import GROUP_SIZES, KernelConfig, default_config, output_scale, split_k_parts
+
+
+def test_split_k_parts_cover_k_in_whole_groups():
+    for k, gs in ((576, 64), (11008, 128), (28672, 128), (1536, 32)):
+        for split in (1, 2, 3, 7, 16, 1000):
+            parts = split_k_parts(k, KernelConfig(split_k=split), gs)
+            assert sum(parts) == k
+            assert all(p % gs == 0 and p > 0 for p in parts)
+            assert len(parts) <= split
+            assert len(set(parts[:-1])) <= 1 and parts[-1] <= parts[0]
+
+
+def test_default_config_decode_and_prefill():
+    c = default_config(1, 8192, 8192, 132)
+    assert c.block_t == 16 and c.split_k > 1
+    c = default_config(4096, 8192, 8192, 132)
+    assert c.block_t == 128 and c.split_k == 1
+
+
+@pytest.mark.parametrize("bad", [{"block_n": 32}, {"block_t": 8}, {"split_k": 0}, {"promote_k": 48},
+                                 {"num_warps": True}])
+def test_kernel_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError):
+        KernelConfig(**bad)
+
+
+def test_output_scale_is_one_float32_product():
+    a, b = 0.037, 0.125
+    assert output_scale(a, b) == float(np.float32(np.float32(a) * np.float32(b)))
+    assert 128 in GROUP_SIZES
+
+
+def test_missing_torch_message_names_the_extra(monkeypatch):
+    from dpq import torch_backend
+
+    real = importlib.import_module
+
+    def fake(name, *args):
+        if name == "torch":
+            raise ImportError("No module named 'torch'")
+        return real(name, *args)
+    monkeypatch.setattr(torch_backend.importlib, "import_module", fake)
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[torch\]"'):
+        torch_backend.import_torch()
