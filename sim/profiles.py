@@ -38,12 +38,9 @@ DEQUANT_PLACEMENTS = ("fused", "vector_pass")
 
 
 def _spec(help_text: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-          choices: tuple[str, ...] | None = None, optional: bool = False, default: Any = dataclasses.MISSING):
+          choices: tuple[str, ...] | None = None):
     """Field metadata: help text and the allowed range/choices (read by the validator and the README)."""
-    meta = {"help": help_text, "lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "optional": optional}
-    if default is dataclasses.MISSING:
-        return field(metadata=meta)
-    return field(default=default, metadata=meta)
+    return field(metadata={"help": help_text, "lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -173,11 +170,13 @@ class HardwareProfile:
     raw: Mapping[str, Any] = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        """The resolved performance sections as plain data (for writing next to results)."""
+        """The resolved profile as plain data (for writing next to results): performance sections, sources, and
+        the numerics section as merged from the file(s)."""
         out: dict[str, Any] = {"name": self.name, "description": self.description, "source": self.source}
         for sec_name, _ in _SECTIONS:
             out[sec_name] = _to_plain(getattr(self, sec_name))
         out["sources"] = dict(self.sources)
+        out["numerics"] = (self.raw or {}).get("numerics")
         return out
 
 

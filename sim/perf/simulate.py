@@ -160,7 +160,7 @@ class SimulationResult:
         for step in (self.prefill, self.decode):
             if step is None:
                 continue
-            steps[step.phase] = {"context_len": step.context_len, "step_time_s": step.time_s,
+            steps[step.phase] = {"context_len_tokens": step.context_len, "step_time_s": step.time_s,
                                  "roofline_step_time_s": step.roofline_time_s,
                                  "host_overhead_s": step.host_overhead_s, "bound": step.bound,
                                  "split": step.split(), "ops": [o.to_dict() for o in step.ops]}
@@ -173,7 +173,7 @@ class SimulationResult:
             "e2e_latency_s": self.e2e_latency_s, "output_tokens_per_s": self.output_tokens_per_s,
             "decode_tokens_per_s": self.decode_tokens_per_s, "bound": self.bound,
             "memory": self.memory.to_dict(), "per_layer": self.per_layer(), "steps": steps,
-            "decode_samples": [{"context_len": c, "step_time_s": t} for c, t in self.decode_samples],
+            "decode_samples": [{"context_len_tokens": c, "step_time_s": t} for c, t in self.decode_samples],
             "config": {"profile": self.profile.to_dict(), "model": dict(self.model_config.__dict__)},
         }
 

@@ -52,7 +52,7 @@ def trace_step(hw, model, *, scheme: str, batch: int, context_len: int, phase: s
                        "ts": start * 1e6, "dur": (stop - start) * 1e6})
     return {"traceEvents": events, "displayTimeUnit": "ns",
             "otherData": {"hardware": hw.name, "model": model.name, "scheme": s.name, "phase": phase,
-                          "batch": batch, "context_len": context_len, "tp": tp, "layers_traced": layers,
+                          "batch": batch, "context_len_tokens": context_len, "tp": tp, "layers_traced": layers,
                           "simulated_time_s": end}}
 
 
