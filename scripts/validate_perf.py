@@ -291,6 +291,41 @@ def e2e_report() -> list[str]:
     return lines
 
 
+# ------------------------------------------------------------------------------------------------ W4A8 kernels
+
+# scripts/bench_gpu.py (the torch/Triton backend's benchmark) times BF16, FP8 and W4A8 GEMMs with the same method
+# as scripts/measure_gpu_gemm.py. None of it is used to fit anything here: every row is a held-out check.
+BENCH_SCHEMES = {"bf16": ("bf16", None), "fp8": ("fp8", None), "w4a8_fused": ("w4a8", "fused"),
+                 "w4a8_unfused": ("w4a8", "vector_pass")}
+
+
+def w4a8_report(pattern: str) -> list[str]:
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        return [f"\n# W4A8 kernels: no benchmark files match {pattern} (run scripts/bench_gpu.py on a GPU)"]
+    rows = []
+    for path in paths:
+        for r in csv.DictReader(open(path)):
+            if r.get("scheme") in BENCH_SCHEMES and r.get("latency_s") not in (None, "", "nan"):
+                rows.append(r)
+    lines = [f"\n# W4A8 kernels vs model ({', '.join(os.path.basename(p) for p in paths)}; held-out, nothing fitted)",
+             "| card | scheme (model placement) | n | MAPE | mean signed error | worst |", "|---|---|---|---|---|---|"]
+    profiles = {}
+    by = {}
+    for r in rows:
+        prof = card_profile(r["card"])
+        scheme, placement = BENCH_SCHEMES[r["scheme"]]
+        key = (prof, placement)
+        if key not in profiles:
+            profiles[key] = load_profile(prof, {"dequant.placement": placement} if placement else None)
+        pred = time_op(profiles[key], gemm_op(int(r["m"]), int(r["n"]), int(r["k"]), scheme)).time_s
+        by.setdefault((r["card"], r["scheme"], placement or "-"), []).append(pred / float(r["latency_s"]) - 1.0)
+    for (card, scheme, placement), errs in sorted(by.items()):
+        lines.append(f"| {card} | {scheme} ({placement}) | {len(errs)} | {100 * statistics.mean(map(abs, errs)):.1f}% "
+                     f"| {100 * statistics.mean(errs):+.1f}% | {100 * max(errs, key=abs):+.1f}% |")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------------- report
 
 def gemm_report(gemm_rows, all_rows: bool, out_csv: str | None) -> list[str]:
@@ -356,6 +391,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fit", metavar="PROFILE", help="fit this profile's efficiency curves on calibration data")
     ap.add_argument("--all-rows", action="store_true")
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end comparison")
+    ap.add_argument("--bench", default=os.path.join(ROOT, "results/gpu/bench_*.csv"),
+                    help="scripts/bench_gpu.py outputs (BF16/FP8/W4A8 kernels) to check the model against")
     ap.add_argument("--out", default=os.path.join(ROOT, "results/perf"), help="folder for CSV/markdown outputs")
     args = ap.parse_args(argv)
 
@@ -376,6 +413,7 @@ def main(argv=None) -> int:
         return 0
     lines = ["# GEMM validation (event model vs measurement; tuned roofline side by side)"]
     lines += gemm_report(gemm_rows, args.all_rows, os.path.join(args.out, "validation_gemm_heldout.csv"))
+    lines += w4a8_report(args.bench)
     if not args.no_e2e:
         lines += e2e_report()
     text = "\n".join(lines)
