@@ -94,11 +94,11 @@ def kernel_process(dev: Device, plan: KernelPlan):
     expanded = simpy.Store(env)
 
     def expander():
-        # INT4 -> FP8/BF16 expansion on the vector units, a pipeline stage of its own (overlaps matrix work)
+        # vector-unit stage (INT4 -> FP8/BF16 expansion, or attention's softmax) that overlaps matrix work
         for _ in plan.chunks:
             chunk = yield loaded.get()
             if chunk.dequant_hidden_s > 0.0:
-                yield env.process(dev.use(dev.vector, "dequant", chunk.dequant_hidden_s, plan.name))
+                yield env.process(dev.use(dev.vector, chunk.side_category, chunk.dequant_hidden_s, plan.name))
             yield expanded.put(chunk)
 
     def worker():

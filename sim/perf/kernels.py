@@ -6,10 +6,13 @@ matrix engine (or the vector units), and optionally written back. The engine (si
 through simpy resources with a bounded number of buffers in flight, so overlap, pipeline fill/drain, wave
 quantization and contention come out of the simulation.
 
-GEMM tiling follows a GPU/MME library: output tiles (tile_m x tile_n) are spread over ``units`` matrix units in
-waves; when there are fewer tiles than units, K is split (split-K) and a reduction kernel adds the partial sums.
-All units of a wave work in lockstep, so a wave is simulated as one aggregate over its active units; identical
-full waves in the middle of a long GEMM are merged (their chunks grow, the pipeline's fill and drain stay exact).
+GEMM tiling follows a GPU/MME library: output tiles (tile_m x tile_n, each with a relative efficiency) are spread
+over ``units x concurrent_tiles_per_unit`` tile slots in waves, and the fastest tiling is picked, as a library
+heuristic would. With ``work_distribution: stream_k`` the last, partial wave is shared by all slots (persistent
+kernels); with ``waves`` it leaves slots idle. When there are fewer tiles than slots, K is split (split-K) and a
+reduction adds the partial sums (in on-chip memory when they fit). All slots of a wave work in lockstep, so a
+wave is simulated as one aggregate over its active slots; identical full waves in the middle of a long GEMM are
+merged (their chunks grow; the pipeline's fill and drain stay exact).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ STREAM_CHUNKS = 4
 class Chunk:
     """One pipeline step of a kernel (aggregated over the units active in it).
 
-    load_bytes arrive from HBM at load_rate_bytes_per_s; dequant_hidden_s is INT4 expansion on the vector units
-    (its own pipeline stage, overlapping matrix work); dequant_serial_s is expansion that cannot overlap and holds
+    load_bytes arrive from HBM at load_rate_bytes_per_s; dequant_hidden_s is vector-unit work in a pipeline stage
+    of its own that overlaps matrix work (INT4 expansion, or softmax for attention: ``side_category`` says which);
+    dequant_serial_s is expansion that cannot overlap and holds
     the compute resource; compute_s is the work on compute_resource ("matrix", "vector" or "dequant" for a
     separate expansion pass); write_bytes go back to HBM after the step.
     """
@@ -41,6 +45,7 @@ class Chunk:
     compute_resource: str
     write_bytes: float
     write_rate_bytes_per_s: float
+    side_category: str = "dequant"
 
 
 @dataclass(frozen=True)
@@ -208,7 +213,8 @@ def stream_plan(hw: HardwareProfile, name: str, read_bytes: float, write_bytes: 
         if mat_s:
             # attention: softmax/rescale on the vector units overlaps the matrix work of the next block
             chunks.append(Chunk(read_bytes / STREAM_CHUNKS, rate, vec_s / STREAM_CHUNKS, 0.0,
-                                mat_s / STREAM_CHUNKS, "matrix", write_bytes / STREAM_CHUNKS, rate))
+                                mat_s / STREAM_CHUNKS, "matrix", write_bytes / STREAM_CHUNKS, rate,
+                                side_category="vector"))
         else:
             chunks.append(Chunk(read_bytes / STREAM_CHUNKS, rate, 0.0, 0.0, vec_s / STREAM_CHUNKS,
                                 "dequant" if dequant_weights else "vector", write_bytes / STREAM_CHUNKS, rate))

@@ -145,3 +145,9 @@ def test_prefill_in_bounded_steps_shrinks_workspace_not_work():
     assert steps.prefill_latency_s == pytest.approx(whole.prefill_latency_s, rel=0.10)
     with pytest.raises(ValueError, match="max_prefill_tokens"):
         simulate("h100", "llama-2-7b", max_prefill_tokens=0, **kw)
+
+
+def test_attention_softmax_is_vector_time_not_dequant():
+    r = simulate("h100", "llama-2-7b", scheme="bf16", batch=1, input_len=4096, output_len=2)
+    att = next(o for o in r.prefill.ops if o.name == "attention")
+    assert att.split["dequant_s"] == 0.0 and att.bound == "compute"
