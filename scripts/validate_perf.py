@@ -136,12 +136,12 @@ def _set(raw, p, value):
         container[name] = lst
 
 
-def fit_profile(name: str, gemm_rows, copy_rows, rounds: int = 40) -> dict:
+def fit_profile(name: str, gemm_rows, copy_rows, rounds: int = 40, use_copies: bool = True) -> dict:
     raw, path = load_raw(name)
     raw = json.loads(json.dumps(raw))
     cal = [r for r in gemm_rows if r["profile"] == name and r["model"] in CALIBRATION_MODELS
            and r["file"].endswith("run1.csv")]
-    copies = [r for r in copy_rows if r["profile"] == name and r["bytes"] <= COPY_FIT_MAX_BYTES]
+    copies = [r for r in copy_rows if r["profile"] == name and r["bytes"] <= COPY_FIT_MAX_BYTES and use_copies]
     if not cal:
         raise SystemExit(f"no calibration rows for {name}")
     meas = [r["measured_s"] for r in cal]
@@ -389,6 +389,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gemm", default=os.path.join(ROOT, "results/perf/gemm_*.csv"))
     ap.add_argument("--copy", default=os.path.join(ROOT, "results/perf/copy_*.csv"))
     ap.add_argument("--fit", metavar="PROFILE", help="fit this profile's efficiency curves on calibration data")
+    ap.add_argument("--fit-without-copies", action="store_true",
+                    help="fit on GEMMs only (the copy sweep then does not shape the HBM curve)")
     ap.add_argument("--all-rows", action="store_true")
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end comparison")
     ap.add_argument("--bench", default=os.path.join(ROOT, "results/gpu/bench_*.csv"),
@@ -400,7 +402,7 @@ def main(argv=None) -> int:
     copy_rows = load_copy_rows(args.copy)
     if args.fit:
         t0 = time.time()
-        fitted = fit_profile(args.fit, gemm_rows, copy_rows)
+        fitted = fit_profile(args.fit, gemm_rows, copy_rows, use_copies=not args.fit_without_copies)
         with open(os.path.join(args.out, f"fit_{args.fit}.json"), "w") as fh:
             json.dump(fitted, fh, indent=1)
         print(f"# fitted in {time.time() - t0:.0f} s on {CALIBRATION_MODELS}; paste into hw_profiles/{args.fit}.yaml")
