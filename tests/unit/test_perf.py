@@ -151,3 +151,16 @@ def test_attention_softmax_is_vector_time_not_dequant():
     r = simulate("h100", "llama-2-7b", scheme="bf16", batch=1, input_len=4096, output_len=2)
     att = next(o for o in r.prefill.ops if o.name == "attention")
     assert att.split["dequant_s"] == 0.0 and att.bound == "compute"
+
+
+def test_prefill_only_runs():
+    one = simulate("h200", "smollm2-135m", scheme="bf16", batch=2, input_len=64, output_len=1)
+    assert one.decode is None and one.decode_time_per_token_s == 0.0
+    assert one.e2e_latency_s == pytest.approx(one.prefill_latency_s)
+    assert one.output_tokens_per_s == pytest.approx(2 / one.prefill_latency_s)
+    zero = simulate("h200", "smollm2-135m", scheme="bf16", batch=2, input_len=64, output_len=0)
+    assert zero.output_tokens_per_s == 0.0
+    with pytest.raises(ValueError, match="output_len"):
+        simulate("h200", "smollm2-135m", scheme="bf16", batch=2, input_len=64, output_len=-1)
+    with pytest.raises(ValueError, match="tp=2"):
+        simulate("h200", "smollm2-135m", scheme="bf16", batch=2, input_len=64, output_len=4, tp=2)
