@@ -52,7 +52,7 @@ def test_every_number_has_a_source():
 
 def test_extends_inherits_and_overrides():
     h100, h200 = load_profile("h100"), load_profile("h200")
-    assert h200.memory.capacity_bytes == 1.41e11
+    assert h200.memory.capacity_bytes == 143771 * 2**20
     assert h200.matrix_engine == h100.matrix_engine  # inherited
     assert h200.raw.get("numerics") == h100.raw.get("numerics") or "numerics" in h200.raw
 
