@@ -1,8 +1,8 @@
 """Model + quantization scheme + batch/lengths + tensor parallelism -> the operations one device runs per step.
 
-Shapes follow a serving engine with fused QKV and gate/up projections, fused residual-add + RMSNorm (which also
-quantizes activations to FP8 for the FP8 schemes), fused RoPE + KV-cache write, flash attention, and logits for the
-last token of each sequence only. Embedding and lm_head stay BF16 in every scheme.
+Shapes follow a serving engine with fused QKV and gate/up projections, fused residual-add + RMSNorm, fused RoPE +
+KV-cache write, flash attention, and logits for the last token of each sequence only. For the FP8 schemes every
+linear's input is quantized to FP8 inside the kernel that produces it (norm, attention, SiLU-multiply). Embedding and lm_head stay BF16 in every scheme.
 
 Schemes (``SCHEMES``):
 - ``bf16``  : BF16 weights and activations, BF16 matrix math.
@@ -177,7 +177,7 @@ def _layer_ops(model: ModelConfig, s: Scheme, m: int, batch: int, q_len: int, ct
            write_bytes=m * heads * d * 2.0 + m * 2 * kvh * d * kv_bytes, vector_flops=6.0 * m * (heads + kvh) * d,
            tp=tp),
         Op("attention", "attention", "layer", L, m=m, n=ctx, k=d, matrix_dtype="bf16", read_bytes=att_read,
-           write_bytes=m * heads * d * 2.0, matrix_flops=att_flops,
+           write_bytes=m * heads * d * a, matrix_flops=att_flops,
            vector_flops=5.0 * batch * heads * (q_len * (q_len + 1) / 2.0 if phase == "prefill" else ctx), tp=tp),
         gemm("o_proj"),
     ]
