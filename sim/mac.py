@@ -20,7 +20,7 @@ from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 from numba.cpython.unsafe.numbers import leading_zeros
 
 from sim import formats
@@ -60,12 +60,14 @@ class OperandTables:
     """Per-code tables (256 entries) of one FP8 format as one chip's alignment sees it.
 
     value: float32 decoded value (0 for NaN/inf codes). power: float32 2^(alignment exponent), the exponent being
-    floor(log2|x|) raised to the chip's operand_exponent_floor; 0 for zeros and NaN/inf. valid: False for NaN/inf.
+    floor(log2|x|) raised to the chip's operand_exponent_floor; 0 for zeros and NaN/inf. valid: False for NaN/inf;
+    invalid: its int64 complement, which the kernels sum to detect special codes.
     """
 
     value: np.ndarray
     power: np.ndarray
     valid: np.ndarray
+    invalid: np.ndarray  # int64 0/1 of ~valid, summed by the kernels
 
 
 @lru_cache(maxsize=None)
@@ -87,9 +89,10 @@ def operand_tables(fmt: formats.FloatFormat, exponent_floor) -> OperandTables:
                                  f"exponent floor {exponent_floor}; not modelled")
         power[code] = math.ldexp(1.0, e)
     value = np.where(valid, values, 0.0).astype(np.float32)
-    for arr in (value, power, valid):
+    tables = OperandTables(value, power.astype(np.float32), valid, (~valid).astype(np.int64))
+    for arr in (tables.value, tables.power, tables.valid, tables.invalid):
         arr.flags.writeable = False
-    return OperandTables(value, power.astype(np.float32), valid)
+    return tables
 
 
 # ------------------------------------------------------------------------------------------- Numba kernel
@@ -191,20 +194,38 @@ def _add_and_round_exactly(x, y, p, nearest_even, ftz):
     return math.ldexp(np.float64(s), lsb)
 
 
+@njit(cache=True, parallel=True)
+def _decode_rows(codes, lut_val, lut_pow, lut_bad, val, power):
+    """val/power (float32, (R, K)) = the decode tables at codes (uint8, (R, K)); returns the NaN/inf count."""
+    bad = 0
+    for r in prange(codes.shape[0]):
+        row = codes[r]
+        row_val = val[r]
+        row_pow = power[r]
+        for k in range(row.shape[0]):
+            c = row[k]
+            row_val[k] = lut_val[c]
+            row_pow[k] = lut_pow[c]
+            bad += lut_bad[c]
+    return bad
+
+
 # Outputs per column chunk (vector lanes) and rows per tile: a chunk of B (P x LANES values per step) is reused
 # from L1 by the rows of a tile.
 _LANES = 64
-_ROWS = 8
+_ROWS = 16
 _F32_MIN_NORMAL = 2.0**_F32_MIN_NORMAL_EXP
 
 
 @njit(cache=True, parallel=True)
-def _gemm_kernel(a_val, a_pow, b_codes, lut_val, lut_pow, sum_witness, out, products_per_step, fraction_bits,
-                 acc_in_alignment, acc_bits, nearest_even, ftz, promotion, floor_pow, part_bounds, scale):
+def _gemm_kernel(a_val, a_pow, b_codes, lut_val, lut_pow, lut_bad, grid_witness,
+                 sum_witness, bad_codes, out, products_per_step, fraction_bits,
+                 acc_in_alignment, acc_bits, nearest_even, ftz, promotion, floor_pow, part_bounds, scale, workers):
     """out[m, n] = the chip's A[m] . B[n] (float32), for every datapath described by the arguments.
 
     a_val, a_pow: float32 (M, K): A's values and 2^(alignment exponent) (0 for zeros). b_codes: uint8 (N, K) with
-    lut_val/lut_pow (float32, 256) decoding them the same way. sum_witness: a float32 or float64 array whose dtype
+    lut_val/lut_pow (float32, 256) decoding them the same way and lut_bad (int64, 256) flagging NaN/inf codes, whose
+    count per chunk goes to bad_codes. workers: threads (chunks are dealt round-robin, scratch allocated per worker). sum_witness: a float32 or float64 array whose dtype
     holds each step's truncated sum exactly. part_bounds: int64 (parts + 1) K offsets of the split-K chains.
 
     Exactness: FP8 values and their products are exact in float32 (at most 8 significant bits, exponents within
@@ -224,124 +245,132 @@ def _gemm_kernel(a_val, a_pow, b_codes, lut_val, lut_pow, sum_witness, out, prod
     sub_scale = 2.0 ** (-_F32_MIN_NORMAL_EXP + acc_bits - 1)  # float32-subnormal grid of a p-bit accumulator
     sub_step = 1.0 / sub_scale
     overflow_at = 2.0 ** (_F32_MAX_EXP + 1)
-    for chunk in prange(n_chunks):
-        n0 = chunk * _LANES
-        width = min(_LANES, n_cols - n0)
-        b_val = np.zeros((k_len, _LANES), np.float32)  # this chunk of B, decoded once, K-major
+    n_workers = min(workers, n_chunks)
+    for worker in prange(n_workers):  # independent column chunks; scratch allocated once per worker
+        b_val = np.zeros((k_len, _LANES), np.float32)  # this chunk of B, decoded once for all rows of A
         b_pow = np.zeros((k_len, _LANES), np.float32)
-        for kb in range(0, k_len, _LANES):  # blocked transpose: reads and writes stay within a few cache lines
-            kb_end = min(kb + _LANES, k_len)
-            for lane in range(width):
-                row = b_codes[n0 + lane]
-                for k in range(kb, kb_end):
-                    code = row[k]
-                    b_val[k, lane] = lut_val[code]
-                    b_pow[k, lane] = lut_pow[code]
         acc = np.zeros((_ROWS, _LANES), np.float64)
         acc_bits_view = acc.view(np.int64)
         promoted = np.zeros((_ROWS, _LANES), np.float32)
         result = np.zeros((_ROWS, _LANES), np.float32)
         big = np.zeros(_LANES, np.float32)  # 2^E per lane
-        grid = np.zeros(_LANES, sum_witness.dtype)  # 2^(fraction_bits - E)
+        grid = np.zeros(_LANES, grid_witness.dtype)  # 2^(fraction_bits - E)
         total = np.zeros(_LANES, sum_witness.dtype)
         work = np.zeros(_LANES, np.float64)
         work_bits = work.view(np.int64)
         spare = np.zeros(_LANES, np.float64)
         spare_bits = spare.view(np.int64)
-        for m0 in range(0, m_rows, _ROWS):
-            rows = min(_ROWS, m_rows - m0)
-            for part in range(parts):
-                k0 = part_bounds[part]
-                k1 = part_bounds[part + 1]
-                acc[:, :] = 0.0
-                promoted[:, :] = 0.0
-                k = k0
-                while k < k1:
-                    k_end = min(k + products_per_step, k1)
-                    for i in range(rows):
-                        av = a_val[m0 + i]
-                        ap = a_pow[m0 + i]
-                        ac = acc[i]
-                        ac_bits = acc_bits_view[i]
-                        for lane in range(_LANES):
-                            big[lane] = floor_pow
-                        if acc_in_alignment:
-                            for lane in range(_LANES):
-                                work_bits[lane] = ac_bits[lane] & 0x7FF0000000000000  # 2^floor(log2|acc|)
-                            for lane in range(_LANES):
-                                v = np.float32(work[lane])
-                                big[lane] = v if v > big[lane] else big[lane]
-                        for j in range(k, k_end):
-                            pa = ap[j]
-                            bp = b_pow[j]
-                            for lane in range(_LANES):
-                                v = pa * bp[lane]
-                                big[lane] = v if v > big[lane] else big[lane]
-                        for lane in range(_LANES):
-                            grid[lane] = two_f / np.float64(big[lane]) if big[lane] > 0 else 0.0
-                            total[lane] = 0.0
-                        for j in range(k, k_end):
-                            va = av[j]
-                            bv = b_val[j]
-                            for lane in range(_LANES):
-                                total[lane] += np.trunc(va * bv[lane] * grid[lane])
-                        if acc_in_alignment:
-                            for lane in range(_LANES):
-                                g = np.float64(grid[lane])
-                                t = np.float64(total[lane]) + np.trunc(ac[lane] * g)
-                                work[lane] = t / g if g > 0 else 0.0
-                        else:
-                            inexact = False
-                            for lane in range(_LANES):
-                                g = np.float64(grid[lane])
-                                x = np.float64(total[lane]) / g if g > 0 else 0.0
-                                s = ac[lane] + x
-                                back = s - ac[lane]
-                                err = (ac[lane] - (s - back)) + (x - back)  # TwoSum: s + err == ac + x exactly
-                                inexact |= err != 0.0
-                                work[lane] = s
-                                spare[lane] = x
-                            if inexact:  # rare: redo those lanes exactly through integers
-                                for lane in range(_LANES):
-                                    x = spare[lane]
-                                    s = work[lane]
-                                    back = s - ac[lane]
-                                    if (ac[lane] - (s - back)) + (x - back) != 0.0 and not math.isinf(ac[lane]):
-                                        work[lane] = _add_and_round_exactly(ac[lane], x, acc_bits, nearest_even,
-                                                                            ftz)
-                        # Round to acc_bits significant bits on the float64 pattern (RZ: drop the bits; RNE: add
-                        # half an ulp minus one plus the kept lsb, then drop), then fix the float32-subnormal range,
-                        # overflow and an accumulator that is already infinite.
-                        for lane in range(_LANES):
-                            b = work_bits[lane]
-                            up = (half_minus_one + ((b >> drop) & 1)) if nearest_even else 0
-                            spare_bits[lane] = (b + up) & ~low_bits
-                        for lane in range(_LANES):
-                            x = work[lane]
-                            r = spare[lane]
-                            y = x * sub_scale
-                            y = (np.rint(y) if nearest_even else np.trunc(y)) * sub_step
-                            y = 0.0 if ftz and abs(y) < _F32_MIN_NORMAL else y
-                            r = y if abs(x) < _F32_MIN_NORMAL else r
-                            r = math.copysign(math.inf, x) if abs(r) >= overflow_at else r
-                            ac[lane] = ac[lane] if math.isinf(ac[lane]) else r
-                        if promotion > 0 and (k_end - k0) % promotion == 0:
-                            for lane in range(_LANES):
-                                promoted[i, lane] = promoted[i, lane] + np.float32(ac[lane])
-                                ac[lane] = 0.0
-                    k = k_end
-                for i in range(rows):
-                    for lane in range(_LANES):
-                        v = np.float32(acc[i, lane])
-                        if promotion > 0:
-                            v = promoted[i, lane] + v
-                        result[i, lane] = v if part == 0 else result[i, lane] + v
-            for i in range(rows):
+        for chunk in range(worker, n_chunks, n_workers):
+            n0 = chunk * _LANES
+            width = min(_LANES, n_cols - n0)
+            if width < _LANES:  # lanes past N: zeros, which take no part
+                b_val[:, width:] = 0.0
+                b_pow[:, width:] = 0.0
+            bad = 0
+            for kb in range(0, k_len, _LANES):  # transposed to K-major in 64 x 64 blocks that stay in L1
+                kb_end = min(kb + _LANES, k_len)
                 for lane in range(width):
-                    r = result[i, lane] * scale
-                    if ftz and abs(r) < np.float32(_F32_MIN_NORMAL):
-                        r = np.float32(0.0)
-                    out[m0 + i, n0 + lane] = r
+                    row = b_codes[n0 + lane]
+                    for k in range(kb, kb_end):
+                        c = row[k]
+                        b_val[k, lane] = lut_val[c]
+                        b_pow[k, lane] = lut_pow[c]
+                        bad += lut_bad[c]
+            bad_codes[chunk] = bad
+            for m0 in range(0, m_rows, _ROWS):
+                rows = min(_ROWS, m_rows - m0)
+                for part in range(parts):
+                    k0 = part_bounds[part]
+                    k1 = part_bounds[part + 1]
+                    acc[:, :] = 0.0
+                    promoted[:, :] = 0.0
+                    k = k0
+                    while k < k1:
+                        k_end = min(k + products_per_step, k1)
+                        for i in range(rows):
+                            av = a_val[m0 + i]
+                            ap = a_pow[m0 + i]
+                            ac = acc[i]
+                            ac_bits = acc_bits_view[i]
+                            for lane in range(_LANES):
+                                big[lane] = floor_pow
+                            if acc_in_alignment:
+                                for lane in range(_LANES):
+                                    work_bits[lane] = ac_bits[lane] & 0x7FF0000000000000  # 2^floor(log2|acc|)
+                                for lane in range(_LANES):
+                                    v = np.float32(work[lane])
+                                    big[lane] = v if v > big[lane] else big[lane]
+                            for j in range(k, k_end):
+                                pa = ap[j]
+                                bp = b_pow[j]
+                                for lane in range(_LANES):
+                                    v = pa * bp[lane]
+                                    big[lane] = v if v > big[lane] else big[lane]
+                            for lane in range(_LANES):
+                                grid[lane] = two_f / np.float64(big[lane]) if big[lane] > 0 else 0.0
+                                total[lane] = 0
+                            for j in range(k, k_end):
+                                va = av[j]
+                                bv = b_val[j]
+                                for lane in range(_LANES):
+                                    total[lane] += np.int64(va * bv[lane] * grid[lane])  # truncates
+                            if acc_in_alignment:
+                                for lane in range(_LANES):
+                                    g = np.float64(grid[lane])
+                                    t = np.float64(total[lane]) + np.trunc(ac[lane] * g)
+                                    work[lane] = t / g if g > 0 else 0.0
+                            else:
+                                inexact = False
+                                for lane in range(_LANES):
+                                    g = np.float64(grid[lane])
+                                    x = np.float64(total[lane]) / g if g > 0 else 0.0
+                                    s = ac[lane] + x
+                                    back = s - ac[lane]
+                                    err = (ac[lane] - (s - back)) + (x - back)  # TwoSum: s + err == ac + x exactly
+                                    inexact |= err != 0.0
+                                    work[lane] = s
+                                    spare[lane] = x
+                                if inexact:  # rare: redo those lanes exactly through integers
+                                    for lane in range(_LANES):
+                                        x = spare[lane]
+                                        s = work[lane]
+                                        back = s - ac[lane]
+                                        if (ac[lane] - (s - back)) + (x - back) != 0.0 and not math.isinf(ac[lane]):
+                                            work[lane] = _add_and_round_exactly(ac[lane], x, acc_bits, nearest_even,
+                                                                                ftz)
+                            # Round to acc_bits significant bits on the float64 pattern (RZ: drop the bits; RNE: add
+                            # half an ulp minus one plus the kept lsb, then drop), then fix the float32-subnormal range,
+                            # overflow and an accumulator that is already infinite.
+                            for lane in range(_LANES):
+                                b = work_bits[lane]
+                                up = (half_minus_one + ((b >> drop) & 1)) if nearest_even else 0
+                                spare_bits[lane] = (b + up) & ~low_bits
+                            for lane in range(_LANES):
+                                x = work[lane]
+                                r = spare[lane]
+                                y = x * sub_scale
+                                y = (np.rint(y) if nearest_even else np.trunc(y)) * sub_step
+                                y = 0.0 if ftz and abs(y) < _F32_MIN_NORMAL else y
+                                r = y if abs(x) < _F32_MIN_NORMAL else r
+                                r = math.copysign(math.inf, x) if abs(r) >= overflow_at else r
+                                ac[lane] = ac[lane] if math.isinf(ac[lane]) else r
+                            if promotion > 0 and (k_end - k0) % promotion == 0:
+                                for lane in range(_LANES):
+                                    promoted[i, lane] = promoted[i, lane] + np.float32(ac[lane])
+                                    ac[lane] = 0.0
+                        k = k_end
+                    for i in range(rows):
+                        for lane in range(_LANES):
+                            v = np.float32(acc[i, lane])
+                            if promotion > 0:
+                                v = promoted[i, lane] + v
+                            result[i, lane] = v if part == 0 else result[i, lane] + v
+                for i in range(rows):
+                    for lane in range(width):
+                        r = result[i, lane] * scale
+                        if ftz and abs(r) < np.float32(_F32_MIN_NORMAL):
+                            r = np.float32(0.0)
+                        out[m0 + i, n0 + lane] = r
 
 
 # ------------------------------------------------------------------------------------------- public entry point
@@ -387,12 +416,8 @@ def _validate(a, b, spec: NumericsSpec, a_format, b_format, scale_a, scale_b, fa
     part_bounds = _split_bounds(split_k, a.shape[1])
     if out_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"out_dtype: expected 'float32' or 'bfloat16', got {out_dtype!r}")
-    for name, arr, f in (("a", a, fa), ("b", b, fb)):
-        tables = operand_tables(f, spec.datapath.operand_exponent_floor)
-        if arr.size and not tables.valid[arr].all():
-            bad = int(arr[~tables.valid[arr]][0])
-            raise ValueError(f"{name}: code 0x{bad:02x} is NaN or inf in {f.name}; the chip's handling of special "
-                             f"values is not modelled")
+    for f in (fa, fb):
+        operand_tables(f, spec.datapath.operand_exponent_floor)  # raises if the chip's alignment cannot hold f
     promotion = 0 if fast_accum else spec.datapath.promotion_interval_k
     with np.errstate(over="ignore", under="ignore"):
         scale = np.float32(sa * sb)  # one float32 multiply, as the epilogue does
@@ -433,8 +458,14 @@ def _fold_scale_into_bias(spec: NumericsSpec, fmt: formats.FloatFormat, scale: n
     return formats.get_format(f"{fmt.base_name}_b{new_bias}"), np.float32(1.0)
 
 
-_FLOAT32_WITNESS = np.zeros(1, np.float32)
-_FLOAT64_WITNESS = np.zeros(1, np.float64)
+def _raise_special_codes(name: str, codes: np.ndarray, fmt: formats.FloatFormat) -> None:
+    bad = codes[~formats.decode_table(fmt)[codes].astype(np.float64).__abs__().__lt__(np.inf)]
+    raise ValueError(f"{name}: {bad.size} codes (e.g. 0x{int(bad[0]):02x}) are NaN or inf in {fmt.name}; the chip's "
+                     f"handling of special values is not modelled")
+
+
+_NARROW = (np.zeros(1, np.float32), np.zeros(1, np.int32))
+_WIDE = (np.zeros(1, np.float64), np.zeros(1, np.int64))
 
 
 def _step_sum_witness(dp, ta: OperandTables, tb: OperandTables, floor_pow: float) -> np.ndarray:
@@ -444,12 +475,12 @@ def _step_sum_witness(dp, ta: OperandTables, tb: OperandTables, floor_pow: float
     sum_bits = f + 2 + (dp.products_per_step + 1).bit_length()
     powers_a, powers_b = ta.power[ta.power > 0], tb.power[tb.power > 0]
     if not (powers_a.size and powers_b.size):
-        return _FLOAT64_WITNESS
+        return _WIDE
     lowest = max(float(powers_a.min()) * float(powers_b.min()), floor_pow)
     highest = float(powers_a.max()) * float(powers_b.max())
-    if sum_bits <= 24 and math.ldexp(1.0, f) / lowest < 2.0**127 and math.ldexp(1.0, f) / highest >= 2.0**-126:
-        return _FLOAT32_WITNESS
-    return _FLOAT64_WITNESS
+    if sum_bits <= 31 and math.ldexp(1.0, f) / lowest < 2.0**127 and math.ldexp(1.0, f) / highest >= 2.0**-126:
+        return _NARROW
+    return _WIDE
 
 
 def fp8_gemm(a: np.ndarray, b: np.ndarray, *, hw, a_format=None, b_format=None, scale_a=1.0, scale_b=1.0,
@@ -482,12 +513,21 @@ def fp8_gemm(a: np.ndarray, b: np.ndarray, *, hw, a_format=None, b_format=None, 
     tb = operand_tables(plan.b_format, dp.operand_exponent_floor)
     out = np.empty((a.shape[0], b.shape[0]), dtype=np.float32)
     floor_pow = 0.0 if dp.alignment_exponent_floor is None else math.ldexp(1.0, dp.alignment_exponent_floor)
-    if out.size:
-        _gemm_kernel(ta.value[a], ta.power[a], np.ascontiguousarray(b), tb.value, tb.power,
-                     _step_sum_witness(dp, ta, tb, floor_pow), out, dp.products_per_step,
+    a = np.ascontiguousarray(a)
+    b = np.ascontiguousarray(b)
+    a_val = np.empty(a.shape, np.float32)
+    a_pow = np.empty(a.shape, np.float32)
+    bad_a = _decode_rows(a, ta.value, ta.power, ta.invalid, a_val, a_pow) if a.size else 0
+    bad_b = np.zeros((b.shape[0] + _LANES - 1) // _LANES, np.int64)
+    if out.size and not bad_a:
+        _gemm_kernel(a_val, a_pow, b, tb.value, tb.power, tb.invalid,
+                     *_step_sum_witness(dp, ta, tb, floor_pow), bad_b, out, dp.products_per_step,
                      dp.alignment_fraction_bits, dp.accumulator_in_alignment, dp.accumulator_significand_bits,
                      dp.step_rounding == "nearest_even", dp.flush_subnormals, plan.promotion, np.float32(floor_pow),
-                     plan.part_bounds, plan.scale)
+                     plan.part_bounds, plan.scale, get_num_threads())
+    for name, codes, fmt, bad in (("a", a, plan.a_format, bad_a), ("b", b, plan.b_format, bad_b.sum())):
+        if bad:
+            _raise_special_codes(name, codes, fmt)
     if plan.out_dtype == "bfloat16":
         out = formats.round_to_bfloat16(out)
     return out
@@ -580,6 +620,9 @@ def fp8_gemm_reference(a: np.ndarray, b: np.ndarray, *, hw, a_format=None, b_for
     spec = resolve_numerics(hw)
     plan = _validate(a, b, spec, a_format, b_format, scale_a, scale_b, fast_accum, split_k, out_dtype)
     dp = spec.datapath
+    for name, codes, fmt in (("a", a, plan.a_format), ("b", b, plan.b_format)):
+        if codes.size and not np.isfinite(formats.decode(codes, fmt)).all():
+            _raise_special_codes(name, codes, fmt)
     a_vals = [[Fraction(float(v)) for v in row] for row in formats.decode(a, plan.a_format)]
     b_vals = [[Fraction(float(v)) for v in row] for row in formats.decode(b, plan.b_format)]
     bounds = plan.part_bounds.tolist()
