@@ -326,6 +326,48 @@ def w4a8_report(pattern: str) -> list[str]:
     return lines
 
 
+def load_bench_rows(pattern: str) -> list[dict]:
+    rows = []
+    for path in sorted(glob.glob(pattern)):
+        for r in csv.DictReader(open(path)):
+            if r.get("scheme") in BENCH_SCHEMES and r.get("latency_s") not in (None, "", "nan"):
+                rows.append({"card": r["card"], "profile": card_profile(r["card"]), "model": r["model"],
+                             "layer": r["layer"], "bench_scheme": r["scheme"], "m": int(r["m"]), "n": int(r["n"]),
+                             "k": int(r["k"]), "measured_s": float(r["latency_s"])})
+    return rows
+
+
+def fit_dequant(profile: str, bench_pattern: str) -> list[str]:
+    """Fit dequant.ops_per_weight.fp8 and dequant.fused_overlap_fraction of ``profile`` on the calibration models'
+    fused-W4A8 benchmark rows; report the error on the held-out models' rows."""
+    base = load_profile(profile)
+    rows = [r for r in load_bench_rows(bench_pattern)
+            if r["bench_scheme"] == "w4a8_fused" and r["profile"] == profile.split("-")[0]]
+    cal = [r for r in rows if r["model"] in CALIBRATION_MODELS]
+    held = [r for r in rows if r["model"] not in CALIBRATION_MODELS]
+    if not cal:
+        return [f"no fused W4A8 benchmark rows for {profile} in {bench_pattern}"]
+
+    def predict(params, subset):
+        hw = load_profile(profile, {"dequant.placement": "fused", "dequant.ops_per_weight.fp8": params[0],
+                                    "dequant.fused_overlap_fraction": params[1]})
+        return [time_op(hw, gemm_op(r["m"], r["n"], r["k"], "w4a8")).time_s for r in subset]
+
+    best = None
+    for ops in (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64):
+        for overlap in (0.0, 0.25, 0.5, 0.75, 1.0):
+            err = mape(predict((float(ops), overlap), cal), [r["measured_s"] for r in cal])
+            if best is None or err < best[0]:
+                best = (err, float(ops), overlap)
+    err, ops, overlap = best
+    held_err = mape(predict((ops, overlap), held), [r["measured_s"] for r in held]) if held else float("nan")
+    return [f"# dequant fit for {profile} (grid search on {len(cal)} calibration rows of {CALIBRATION_MODELS})",
+            f"dequant.ops_per_weight.fp8: {ops}", f"dequant.fused_overlap_fraction: {overlap}",
+            f"calibration MAPE {100 * err:.1f}%, held-out MAPE {100 * held_err:.1f}% on {len(held)} rows",
+            f"(profile default was ops {base.dequant.ops_per_weight['fp8']}, overlap "
+            f"{base.dequant.fused_overlap_fraction})"]
+
+
 # ---------------------------------------------------------------------------------------------------- report
 
 def gemm_report(gemm_rows, all_rows: bool, out_csv: str | None) -> list[str]:
@@ -389,6 +431,9 @@ def main(argv=None) -> int:
     ap.add_argument("--gemm", default=os.path.join(ROOT, "results/perf/gemm_*.csv"))
     ap.add_argument("--copy", default=os.path.join(ROOT, "results/perf/copy_*.csv"))
     ap.add_argument("--fit", metavar="PROFILE", help="fit this profile's efficiency curves on calibration data")
+    ap.add_argument("--fit-dequant", metavar="PROFILE",
+                    help="fit this profile's W4A8 dequant cost and overlap on the --bench rows (calibration models) "
+                         "and report the held-out error, e.g. h100-triton-w4a8")
     ap.add_argument("--fit-without-copies", action="store_true",
                     help="fit on GEMMs only (the copy sweep then does not shape the HBM curve)")
     ap.add_argument("--all-rows", action="store_true")
@@ -398,6 +443,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(ROOT, "results/perf"), help="folder for CSV/markdown outputs")
     args = ap.parse_args(argv)
 
+    if args.fit_dequant:
+        print("\n".join(fit_dequant(args.fit_dequant, args.bench)))
+        return 0
     gemm_rows = load_gemm_rows(args.gemm)
     copy_rows = load_copy_rows(args.copy)
     if args.fit:
