@@ -120,7 +120,8 @@ def fused_candidates(m: int, n: int, k: int, sms: int, quick: bool):
     if quick:
         return cands
     if m <= 64:
-        cands += [replace(base, block_n=128), replace(base, split_k=base.split_k * 2),
+        cands += [replace(base, block_n=128), replace(base, block_n=128, num_warps=8),
+                  replace(base, split_k=base.split_k * 2),
                   replace(base, split_k=max(1, base.split_k // 2)), replace(base, num_stages=6)]
     else:
         cands += [KernelConfig(block_n=128, block_t=64, split_k=1, num_warps=4, num_stages=4)]
@@ -151,65 +152,69 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
         x8 = (x * 32).clamp(-fp8_max, fp8_max).to(torch.float8_e4m3fn)
         xbf = x.to(torch.bfloat16)
         for scheme in schemes:
-            copies = max(1, math.ceil(args.rotate_bytes / w_bytes[scheme]))
-            # enough back-to-back calls for a graph of ~2 ms (launch gaps and timer resolution negligible)
-            est_s = max(w_bytes[scheme] / 3e12, 2 * m * n * k / 6e14, 5e-6)
-            calls_n = max(copies, min(args.max_calls, math.ceil(2e-3 / est_s)))
-            config_used = ""
-            if scheme == "bf16":
-                ws = [wbf] + [wbf.clone() for _ in range(copies - 1)]
-                calls = [(lambda w=ws[i % copies]: torch.matmul(xbf, w.t())) for i in range(calls_n)]
-            elif scheme == "fp8":
-                ws = [w8] + [w8.clone() for _ in range(copies - 1)]
-                calls = [(lambda w=ws[i % copies]: torch._scaled_mm(x8, w.t(), scale_a=one, scale_b=sc,
-                                                                    out_dtype=torch.bfloat16, use_fast_accum=True))
-                         for i in range(calls_n)]
-            elif scheme == "w4a8_unfused":
-                ws = [(codes, scales, zeros)] + [(codes.clone(), scales.clone(), zeros.clone())
-                                                 for _ in range(copies - 1)]
+            try:
+                copies = max(1, math.ceil(args.rotate_bytes / w_bytes[scheme]))
+                # enough back-to-back calls for a graph of ~2 ms (launch gaps and timer resolution negligible)
+                est_s = max(w_bytes[scheme] / 3e12, 2 * m * n * k / 6e14, 5e-6)
+                calls_n = max(copies, min(args.max_calls, math.ceil(2e-3 / est_s)))
+                config_used = ""
+                if scheme == "bf16":
+                    ws = [wbf] + [wbf.clone() for _ in range(copies - 1)]
+                    calls = [(lambda w=ws[i % copies]: torch.matmul(xbf, w.t())) for i in range(calls_n)]
+                elif scheme == "fp8":
+                    ws = [w8] + [w8.clone() for _ in range(copies - 1)]
+                    calls = [(lambda w=ws[i % copies]: torch._scaled_mm(x8, w.t(), scale_a=one, scale_b=sc,
+                                                                        out_dtype=torch.bfloat16, use_fast_accum=True))
+                             for i in range(calls_n)]
+                elif scheme == "w4a8_unfused":
+                    ws = [(codes, scales, zeros)] + [(codes.clone(), scales.clone(), zeros.clone())
+                                                     for _ in range(copies - 1)]
 
-                def unfused(w):
-                    wf = expanded_weight_values(w[0], w[1], w[2], GROUP_SIZE, "float8_e4m3fn")
-                    return torch._scaled_mm(x8, wf.to(torch.float8_e4m3fn).t(), scale_a=one, scale_b=sc,
-                                            out_dtype=torch.bfloat16, use_fast_accum=True)
-                calls_n = copies  # slow: one pass over the copies is enough
-                calls = [(lambda w=ws[i % copies]: unfused(w)) for i in range(calls_n)]
-            else:
-                pw = PackedW4A8Weight.from_arrays(codes, scales, zeros, GROUP_SIZE, 0.01, fp8_max, "cuda")
-                ws = [pw] + [PackedW4A8Weight.from_arrays(codes.clone(), scales.clone(), zeros.clone(), GROUP_SIZE,
-                                                          0.01, fp8_max, "cuda") for _ in range(copies - 1)]
-                ref = (x8.double() @ w8.double().t()) * 0.01
-                best = None
-                for cfg in fused_candidates(m, n, k, info["sm_count"], args.quick):
-                    y = w4a8_matmul(x8, pw, 1.0, out_dtype="float32", config=cfg)
-                    err = float((y.double() - ref).norm() / ref.norm())
-                    if not err < 1e-2:
-                        raise RuntimeError(f"{model} {layer} m={m} {cfg}: relative error {err:.3g} vs float64")
-                    ccalls = [(lambda w=ws[i % copies], c=cfg: w4a8_matmul(x8, w, 1.0, config=c))
-                              for i in range(calls_n)]
-                    t, spread = time_graph(torch, ccalls, args.repeats)
-                    tune_writer.writerow({"card": info["card"], "model": model, "layer": layer, "m": m, "n": n,
-                                          "k": k, "config": repr(cfg), "latency_s": f"{t:.6e}",
-                                          "rel_error_vs_f64": f"{err:.2e}"})
-                    if best is None or t < best[0]:
-                        best = (t, spread, cfg)
-                t, spread, cfg = best
-                config_used = repr(cfg)
-                calls = None
-            if calls is not None:
-                t, spread = time_graph(torch, calls, args.repeats)
-            act_bytes = m * k * (2 if scheme == "bf16" else 1) + m * n * 2
-            hbm = w_bytes[scheme] + act_bytes
-            row = dict(info, model=model, layer=layer, scheme=scheme, m=m, n=n, k=k, latency_s=f"{t:.6e}",
-                       spread_rel=f"{spread:.4f}", calls_per_graph=calls_n, weight_copies=copies,
-                       weight_bytes=w_bytes[scheme], hbm_bytes=hbm, achieved_tb_per_s=f"{hbm / t / 1e12:.3f}",
-                       achieved_tflop_per_s=f"{2 * m * n * k / t / 1e12:.2f}", config=config_used)
-            row = {f: row[f] for f in FIELDS}
-            writer.writerow(row)
-            summary[(model, layer, m, scheme)] = t
-            log(f"  {model} {layer} m={m} {scheme}: {t * 1e6:.1f} us  {row['achieved_tb_per_s']} TB/s  "
-                f"{row['achieved_tflop_per_s']} TFLOP/s {config_used}")
-            del ws
+                    def unfused(w):
+                        wf = expanded_weight_values(w[0], w[1], w[2], GROUP_SIZE, "float8_e4m3fn")
+                        return torch._scaled_mm(x8, wf.to(torch.float8_e4m3fn).t(), scale_a=one, scale_b=sc,
+                                                out_dtype=torch.bfloat16, use_fast_accum=True)
+                    calls_n = copies  # slow: one pass over the copies is enough
+                    calls = [(lambda w=ws[i % copies]: unfused(w)) for i in range(calls_n)]
+                else:
+                    pw = PackedW4A8Weight.from_arrays(codes, scales, zeros, GROUP_SIZE, 0.01, fp8_max, "cuda")
+                    ws = [pw] + [PackedW4A8Weight.from_arrays(codes.clone(), scales.clone(), zeros.clone(), GROUP_SIZE,
+                                                              0.01, fp8_max, "cuda") for _ in range(copies - 1)]
+                    ref = (x8.double() @ w8.double().t()) * 0.01
+                    best = None
+                    for cfg in fused_candidates(m, n, k, info["sm_count"], args.quick):
+                        y = w4a8_matmul(x8, pw, 1.0, out_dtype="float32", config=cfg)
+                        err = float((y.double() - ref).norm() / ref.norm())
+                        if not err < 1e-2:
+                            raise RuntimeError(f"{model} {layer} m={m} {cfg}: relative error {err:.3g} vs float64")
+                        ccalls = [(lambda w=ws[i % copies], c=cfg: w4a8_matmul(x8, w, 1.0, config=c))
+                                  for i in range(calls_n)]
+                        t, spread = time_graph(torch, ccalls, args.repeats)
+                        tune_writer.writerow({"card": info["card"], "model": model, "layer": layer, "m": m, "n": n,
+                                              "k": k, "config": repr(cfg), "latency_s": f"{t:.6e}",
+                                              "rel_error_vs_f64": f"{err:.2e}"})
+                        if best is None or t < best[0]:
+                            best = (t, spread, cfg)
+                    t, spread, cfg = best
+                    config_used = repr(cfg)
+                    calls = None
+                if calls is not None:
+                    t, spread = time_graph(torch, calls, args.repeats)
+                act_bytes = m * k * (2 if scheme == "bf16" else 1) + m * n * 2
+                hbm = w_bytes[scheme] + act_bytes
+                row = dict(info, model=model, layer=layer, scheme=scheme, m=m, n=n, k=k, latency_s=f"{t:.6e}",
+                           spread_rel=f"{spread:.4f}", calls_per_graph=calls_n, weight_copies=copies,
+                           weight_bytes=w_bytes[scheme], hbm_bytes=hbm, achieved_tb_per_s=f"{hbm / t / 1e12:.3f}",
+                           achieved_tflop_per_s=f"{2 * m * n * k / t / 1e12:.2f}", config=config_used)
+                row = {f: row[f] for f in FIELDS}
+                writer.writerow(row)
+                summary[(model, layer, m, scheme)] = t
+                log(f"  {model} {layer} m={m} {scheme}: {t * 1e6:.1f} us  {row['achieved_tb_per_s']} TB/s  "
+                    f"{row['achieved_tflop_per_s']} TFLOP/s {config_used}")
+                del ws
+            except Exception as exc:  # noqa: BLE001 - record, keep measuring the other schemes
+                torch.cuda.synchronize()
+                log(f"  {model} {layer} m={m} {scheme}: FAILED {type(exc).__name__}: {exc}")
         torch.cuda.empty_cache()
 
 
@@ -223,6 +228,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--max-calls", type=int, default=48)
     ap.add_argument("--quick", action="store_true", help="fused kernel: the heuristic configuration only")
+    ap.add_argument("--tune-models", default=None,
+                    help="comma list: try several fused-kernel tile configurations only for these models "
+                         "(default: all models unless --quick)")
     args = ap.parse_args(argv)
     import torch
 
@@ -245,7 +253,10 @@ def main(argv=None) -> int:
         tune.writeheader()
         for model, layer, n, k in sorted(SHAPES, key=lambda r: models.index(r[0]) if r[0] in models else 99):
             if model in models:
-                bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer, tune, summary)
+                args_m = argparse.Namespace(**vars(args))
+                if args.tune_models is not None:
+                    args_m.quick = args.quick or model not in args.tune_models.split(",")
+                bench_shape(torch, info, model, layer, n, k, m_values, schemes, args_m, writer, tune, summary)
                 f.flush()
                 ft.flush()
     print(f"# {info['card']} driver {info['driver']} torch {info['torch']} triton {info['triton']}")

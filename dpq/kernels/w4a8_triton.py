@@ -11,13 +11,14 @@ Each program owns BLOCK_N weight rows x BLOCK_T tokens and one contiguous slice 
 
 Numerics (the data of hw_profiles/h100-triton-w4a8.yaml; see results/gpu/README.md for the measurement):
 
-* expansion: s_g (q - z) is one float32 multiply (RNE), clamped to +-max and converted with ``cvt.rn.satfinite``:
-  the same codes as ``sim.formats.encode(..., saturate=True)``;
-* the dot: Hopper's FP8 tensor-core step (32 products plus the accumulator, 13 fraction bits, truncation). With
-  ``promote_k=0`` (default) Triton keeps one chain over the program's K slice (its default
-  ``max_num_imprecise_acc`` on sm_90 exceeds any K): no float32 promotion, like cuBLAS's fast accumulation; with
-  ``promote_k=P`` (P dividing the group size) Triton adds the chain into a float32 register every P elements; with
-  groups of 128 and P = 128 that is cuBLAS's default (non-fast) accumulation;
+* expansion: q - z is formed exactly in float32 (bit trick 0x4B000000 | q = 2^23 + q, no int->float convert),
+  s_g (q - z) is one float32 multiply (RNE), and ``cvt.rn.satfinite.e4m3x2.f32`` rounds to nearest even and
+  saturates at +-448: the same codes as ``sim.formats.encode(..., saturate=True)``;
+* the dot: Hopper's FP8 tensor-core step (32 products plus the accumulator, 13 fraction bits, truncation), one
+  chain over the program's whole K slice with no float32 promotion (like cuBLAS's fast accumulation): Triton 3.6's
+  default ``max_num_imprecise_acc`` on sm_90 is 2^30. Measured on an H200: ``max_num_imprecise_acc`` equal to the
+  dot's K gives the very same bits (no promotion), and a smaller value fails to compile in the pipelined loop, so
+  cuBLAS's promotion every 128 elements is not reachable from Triton 3.6 and the kernel does not offer it;
 * split-K: each part writes its float32 chain result; a second kernel adds the parts in order (part 0 first) in
   float32, then multiplies by float32(s_x s_t) once and rounds to bf16 (deterministic, no atomics).
 
@@ -44,9 +45,7 @@ class KernelConfig:
 
     block_n: weight rows per program (the tensor core's M: 64 or 128); block_t: tokens per program (16..256);
     split_k: parts K is cut into (contiguous, whole groups; parts then summed in order); num_warps, num_stages:
-    Triton launch options; promote_k: 0 = one accumulation chain per part, else the elements of K after which
-    Triton promotes the chain into float32 (``max_num_imprecise_acc``; it must divide the group size, since
-    Triton promotes within one ``tl.dot`` and each dot covers one group).
+    Triton launch options.
     """
 
     block_n: int = 64
@@ -54,7 +53,6 @@ class KernelConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 4
-    promote_k: int = 0
 
     def __post_init__(self):
         for name in ("block_n", "block_t", "split_k", "num_warps", "num_stages"):
@@ -64,8 +62,6 @@ class KernelConfig:
         if self.block_n not in (64, 128, 256) or self.block_t not in (16, 32, 64, 128, 256):
             raise ValueError(f"KernelConfig: block_n {self.block_n} must be 64/128/256 and block_t {self.block_t} "
                              f"16/32/64/128/256 (tensor-core tile sizes)")
-        if self.promote_k < 0 or (self.promote_k and self.promote_k % 32):
-            raise ValueError(f"KernelConfig.promote_k={self.promote_k}: expected 0 or a multiple of 32")
 
 
 def default_config(m: int, n: int, k: int, num_sms: int = 132, group_size: int = 128) -> KernelConfig:
@@ -170,7 +166,7 @@ def _kernels():
                     M, N, K, stride_xm, stride_cn, stride_sn, stride_zn, stride_om,
                     out_scale, k_tiles_per_split,
                     BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                    FP8_MAX: tl.constexpr, OUT_BF16: tl.constexpr, PROMOTE_K: tl.constexpr):
+                    FP8_MAX: tl.constexpr, OUT_BF16: tl.constexpr):
         pid_n = tl.program_id(0)
         pid_t = tl.program_id(1)
         pid_s = tl.program_id(2)
@@ -193,16 +189,18 @@ def _kernels():
             packed = tl.load(code_rows + (byte0 + offs_kb)[None, :], mask=n_mask[:, None], other=0)
             s_g = tl.load(scales_ptr + offs_n.to(tl.int64) * stride_sn + kt, mask=n_mask, other=1.0)
             z = tl.load(zeros_ptr + offs_n.to(tl.int64) * stride_zn + kt, mask=n_mask, other=0).to(tl.int32)
-            # low nibble = even column, high nibble = odd column: interleaving restores K order
-            q = tl.interleave((packed & 0xF).to(tl.int32), (packed >> 4).to(tl.int32))
-            w = (q - z[:, None]).to(tl.float32) * s_g[:, None]
-            w = tl.minimum(tl.maximum(w, -FP8_MAX), FP8_MAX)
+            # q -> float32 without an int->float convert: the bits 0x4B000000 | q are the float 2^23 + q, and
+            # (2^23 + q) - (2^23 + z) = q - z exactly; then one float32 multiply by s_g (RNE) as the format defines.
+            c = packed.to(tl.int32)
+            lo = ((c & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)  # even columns
+            hi = ((c >> 4) | 0x4B000000).to(tl.float32, bitcast=True)  # odd columns
+            z_f = (z + 8388608).to(tl.float32)
+            w = (tl.interleave(lo, hi) - z_f[:, None]) * s_g[:, None]  # interleaving restores K order
+            if FP8_MAX != 448.0:  # the e4m3fn conversion (cvt.rn.satfinite) saturates at +-448 by itself
+                w = tl.minimum(tl.maximum(w, -FP8_MAX), FP8_MAX)
             w8 = w.to(tl.float8e4nv)
             x8 = tl.load(x_rows + (kt * BLOCK_K + offs_k)[None, :], mask=t_mask[:, None], other=0.0)
-            if PROMOTE_K > 0:
-                acc = tl.dot(w8, tl.trans(x8), acc, max_num_imprecise_acc=PROMOTE_K)
-            else:
-                acc = tl.dot(w8, tl.trans(x8), acc)
+            acc = tl.dot(w8, tl.trans(x8), acc)
         out_offs = offs_t[None, :].to(tl.int64) * stride_om + offs_n[:, None]
         out_mask = n_mask[:, None] & t_mask[None, :]
         if SPLIT_K == 1:
@@ -264,8 +262,6 @@ def w4a8_matmul(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: st
     if config is None:
         config = default_config(m, n, k, torch.cuda.get_device_properties(x8.device).multi_processor_count,
                                 weight.group_size)
-    if config.promote_k and weight.group_size % config.promote_k:
-        raise ValueError(f"promote_k={config.promote_k} must divide the group size {weight.group_size}")
     k_tiles = k // weight.group_size
     per = math.ceil(k_tiles / config.split_k)
     split = math.ceil(k_tiles / per)  # every part non-empty
@@ -282,7 +278,7 @@ def w4a8_matmul(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: st
                m, n, k, x8.stride(0), weight.codes.stride(0), weight.group_scales.stride(0), weight.zeros.stride(0),
                out.stride(0), scale, per,
                BLOCK_N=config.block_n, BLOCK_T=config.block_t, BLOCK_K=weight.group_size, SPLIT_K=split,
-               FP8_MAX=weight.fp8_max, OUT_BF16=out_dtype == "bfloat16", PROMOTE_K=config.promote_k,
+               FP8_MAX=weight.fp8_max, OUT_BF16=out_dtype == "bfloat16",
                num_warps=config.num_warps, num_stages=config.num_stages)
     if split > 1:
         block = 1024

@@ -26,11 +26,11 @@ def _hw():
     return "h200" if "H200" in torch.cuda.get_device_name() else "h100"
 
 
-def _layer(rng, out_f, in_f, gs):
+def _layer(rng, out_f, in_f, gs, scale_log2_hi=4):
     return PackedLinear(name="t", in_features=in_f, out_features=out_f, weight_bits=4, group_size=gs,
                         weight_encoding="int_asym", expansion="fp8",
                         codes=pack_nibbles(rng.integers(0, 16, (out_f, in_f))),
-                        group_scales=np.exp2(rng.uniform(-6, 4, (out_f, in_f // gs))).astype(np.float32),
+                        group_scales=np.exp2(rng.uniform(-6, scale_log2_hi, (out_f, in_f // gs))).astype(np.float32),
                         zeros=rng.integers(0, 16, (out_f, in_f // gs)).astype(np.uint8),
                         tensor_scale=0.25, act_scale=0.0123, fp8_format="float8_e4m3fn")
 
@@ -49,11 +49,12 @@ def test_cublas_path_bit_exact(m, n, k, gs):
     assert np.array_equal(_bits(got), _bits(want))
 
 
-@pytest.mark.parametrize("m,n,k,gs,split", [(1, 256, 8192, 128, None), (16, 192, 576, 64, None),
-                                            (16, 256, 8192, 128, 1), (70, 384, 2048, 128, 3)])
-def test_triton_path_bit_exact(m, n, k, gs, split):
+@pytest.mark.parametrize("m,n,k,gs,split,hi", [(1, 256, 8192, 128, None, 4), (16, 192, 576, 64, None, 4),
+                                               (16, 256, 8192, 128, 1, 4), (70, 384, 2048, 128, 3, 4),
+                                               (8, 128, 1024, 32, None, 7)])  # hi=7: s_g (q - z) saturates
+def test_triton_path_bit_exact(m, n, k, gs, split, hi):
     rng = np.random.default_rng(m * 7 + n)
-    p = _layer(rng, n, k, gs)
+    p = _layer(rng, n, k, gs, hi)
     x = (rng.standard_normal((m, k)) * np.exp2(rng.uniform(-4, 4, (m, k)))).astype(np.float32)
     cfg = default_config(m, n, k, torch.cuda.get_device_properties(0).multi_processor_count, gs)
     if split is not None:

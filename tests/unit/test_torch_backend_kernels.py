@@ -27,7 +27,7 @@ def test_default_config_decode_and_prefill():
     assert c.block_t == 128 and c.split_k == 1
 
 
-@pytest.mark.parametrize("bad", [{"block_n": 32}, {"block_t": 8}, {"split_k": 0}, {"promote_k": 48},
+@pytest.mark.parametrize("bad", [{"block_n": 32}, {"block_t": 8}, {"split_k": 0},
                                  {"num_warps": True}])
 def test_kernel_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):

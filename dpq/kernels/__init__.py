@@ -1,0 +1,1 @@
+"""GPU kernels (Triton), imported lazily by dpq.torch_backend."""
