@@ -270,9 +270,8 @@ def _gemm_kernel(a_val, a_pow, b_codes, lut_val, lut_pow, lut_bad, grid_witness,
             for kb in range(0, k_len, _LANES):  # transposed to K-major in 64 x 64 blocks that stay in L1
                 kb_end = min(kb + _LANES, k_len)
                 for lane in range(width):
-                    row = b_codes[n0 + lane]
                     for k in range(kb, kb_end):
-                        c = row[k]
+                        c = b_codes[n0 + lane, k]
                         b_val[k, lane] = lut_val[c]
                         b_pow[k, lane] = lut_pow[c]
                         bad += lut_bad[c]
@@ -288,45 +287,37 @@ def _gemm_kernel(a_val, a_pow, b_codes, lut_val, lut_pow, lut_bad, grid_witness,
                     while k < k1:
                         k_end = min(k + products_per_step, k1)
                         for i in range(rows):
-                            av = a_val[m0 + i]
-                            ap = a_pow[m0 + i]
-                            ac = acc[i]
-                            ac_bits = acc_bits_view[i]
                             for lane in range(_LANES):
                                 big[lane] = floor_pow
                             if acc_in_alignment:
                                 for lane in range(_LANES):
-                                    work_bits[lane] = ac_bits[lane] & 0x7FF0000000000000  # 2^floor(log2|acc|)
+                                    work_bits[lane] = acc_bits_view[i, lane] & 0x7FF0000000000000  # 2^floor(log2|acc|)
                                 for lane in range(_LANES):
                                     v = np.float32(work[lane])
                                     big[lane] = v if v > big[lane] else big[lane]
                             for j in range(k, k_end):
-                                pa = ap[j]
-                                bp = b_pow[j]
                                 for lane in range(_LANES):
-                                    v = pa * bp[lane]
+                                    v = a_pow[m0 + i, j] * b_pow[j, lane]
                                     big[lane] = v if v > big[lane] else big[lane]
                             for lane in range(_LANES):
                                 grid[lane] = two_f / np.float64(big[lane]) if big[lane] > 0 else 0.0
                                 total[lane] = 0
                             for j in range(k, k_end):
-                                va = av[j]
-                                bv = b_val[j]
                                 for lane in range(_LANES):
-                                    total[lane] += np.int64(va * bv[lane] * grid[lane])  # truncates
+                                    total[lane] += np.int64(a_val[m0 + i, j] * b_val[j, lane] * grid[lane])  # truncates
                             if acc_in_alignment:
                                 for lane in range(_LANES):
                                     g = np.float64(grid[lane])
-                                    t = np.float64(total[lane]) + np.trunc(ac[lane] * g)
+                                    t = np.float64(total[lane]) + np.trunc(acc[i, lane] * g)
                                     work[lane] = t / g if g > 0 else 0.0
                             else:
                                 inexact = False
                                 for lane in range(_LANES):
                                     g = np.float64(grid[lane])
                                     x = np.float64(total[lane]) / g if g > 0 else 0.0
-                                    s = ac[lane] + x
-                                    back = s - ac[lane]
-                                    err = (ac[lane] - (s - back)) + (x - back)  # TwoSum: s + err == ac + x exactly
+                                    s = acc[i, lane] + x
+                                    back = s - acc[i, lane]
+                                    err = (acc[i, lane] - (s - back)) + (x - back)  # TwoSum: s + err == ac + x exactly
                                     inexact |= err != 0.0
                                     work[lane] = s
                                     spare[lane] = x
@@ -334,9 +325,9 @@ def _gemm_kernel(a_val, a_pow, b_codes, lut_val, lut_pow, lut_bad, grid_witness,
                                     for lane in range(_LANES):
                                         x = spare[lane]
                                         s = work[lane]
-                                        back = s - ac[lane]
-                                        if (ac[lane] - (s - back)) + (x - back) != 0.0 and not math.isinf(ac[lane]):
-                                            work[lane] = _add_and_round_exactly(ac[lane], x, acc_bits, nearest_even,
+                                        back = s - acc[i, lane]
+                                        if (acc[i, lane] - (s - back)) + (x - back) != 0.0 and not math.isinf(acc[i, lane]):
+                                            work[lane] = _add_and_round_exactly(acc[i, lane], x, acc_bits, nearest_even,
                                                                                 ftz)
                             # Round to acc_bits significant bits on the float64 pattern (RZ: drop the bits; RNE: add
                             # half an ulp minus one plus the kept lsb, then drop), then fix the float32-subnormal range,
@@ -353,11 +344,11 @@ def _gemm_kernel(a_val, a_pow, b_codes, lut_val, lut_pow, lut_bad, grid_witness,
                                 y = 0.0 if ftz and abs(y) < _F32_MIN_NORMAL else y
                                 r = y if abs(x) < _F32_MIN_NORMAL else r
                                 r = math.copysign(math.inf, x) if abs(r) >= overflow_at else r
-                                ac[lane] = ac[lane] if math.isinf(ac[lane]) else r
+                                acc[i, lane] = acc[i, lane] if math.isinf(acc[i, lane]) else r
                             if promotion > 0 and (k_end - k0) % promotion == 0:
                                 for lane in range(_LANES):
-                                    promoted[i, lane] = promoted[i, lane] + np.float32(ac[lane])
-                                    ac[lane] = 0.0
+                                    promoted[i, lane] = promoted[i, lane] + np.float32(acc[i, lane])
+                                    acc[i, lane] = 0.0
                         k = k_end
                     for i in range(rows):
                         for lane in range(_LANES):
