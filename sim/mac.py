@@ -238,7 +238,8 @@ def _gemm_kernel(a_val, a_pow, b_codes, lut_val, lut_pow, lut_bad, grid_witness,
     n_cols = b_codes.shape[0]
     n_chunks = (n_cols + _LANES - 1) // _LANES
     parts = part_bounds.shape[0] - 1
-    two_f = 2.0**fraction_bits
+    two_f_exact = grid_witness[0]  # 2^fraction_bits in the grid's dtype
+    inv_two_f = 2.0**-fraction_bits
     drop = 53 - acc_bits
     low_bits = (np.int64(1) << drop) - 1
     half_minus_one = (np.int64(1) << (drop - 1)) - 1
@@ -255,6 +256,7 @@ def _gemm_kernel(a_val, a_pow, b_codes, lut_val, lut_pow, lut_bad, grid_witness,
         result = np.zeros((_ROWS, _LANES), np.float32)
         big = np.zeros(_LANES, np.float32)  # 2^E per lane
         grid = np.zeros(_LANES, grid_witness.dtype)  # 2^(fraction_bits - E)
+        cell = np.zeros(_LANES, np.float64)
         total = np.zeros(_LANES, sum_witness.dtype)
         work = np.zeros(_LANES, np.float64)
         work_bits = work.view(np.int64)
@@ -287,34 +289,36 @@ def _gemm_kernel(a_val, a_pow, b_codes, lut_val, lut_pow, lut_bad, grid_witness,
                     while k < k1:
                         k_end = min(k + products_per_step, k1)
                         for i in range(rows):
-                            for lane in range(_LANES):
-                                big[lane] = floor_pow
                             if acc_in_alignment:
                                 for lane in range(_LANES):
                                     work_bits[lane] = acc_bits_view[i, lane] & 0x7FF0000000000000  # 2^floor(log2|acc|)
                                 for lane in range(_LANES):
-                                    v = np.float32(work[lane])
-                                    big[lane] = v if v > big[lane] else big[lane]
+                                    big[lane] = np.float32(work[lane])
+                            else:
+                                for lane in range(_LANES):
+                                    big[lane] = 0.0
                             for j in range(k, k_end):
                                 for lane in range(_LANES):
                                     v = a_pow[m0 + i, j] * b_pow[j, lane]
                                     big[lane] = v if v > big[lane] else big[lane]
                             for lane in range(_LANES):
-                                grid[lane] = two_f / np.float64(big[lane]) if big[lane] > 0 else 0.0
+                                e = big[lane]
+                                e = (e if e > floor_pow else floor_pow) if e > 0 else np.float32(0.0)  # floor E
+                                big[lane] = e
+                                grid[lane] = two_f_exact / e if e > 0 else 0.0  # exact: powers of 2
+                                cell[lane] = np.float64(big[lane]) * inv_two_f  # 2^(E - fraction_bits)
                                 total[lane] = 0
                             for j in range(k, k_end):
                                 for lane in range(_LANES):
                                     total[lane] += np.int64(a_val[m0 + i, j] * b_val[j, lane] * grid[lane])  # truncates
                             if acc_in_alignment:
                                 for lane in range(_LANES):
-                                    g = np.float64(grid[lane])
-                                    t = np.float64(total[lane]) + np.trunc(acc[i, lane] * g)
-                                    work[lane] = t / g if g > 0 else 0.0
+                                    t = np.float64(total[lane]) + np.trunc(acc[i, lane] * np.float64(grid[lane]))
+                                    work[lane] = t * cell[lane]
                             else:
                                 inexact = False
                                 for lane in range(_LANES):
-                                    g = np.float64(grid[lane])
-                                    x = np.float64(total[lane]) / g if g > 0 else 0.0
+                                    x = np.float64(total[lane]) * cell[lane]
                                     s = acc[i, lane] + x
                                     back = s - acc[i, lane]
                                     err = (acc[i, lane] - (s - back)) + (x - back)  # TwoSum: s + err == ac + x exactly
@@ -455,8 +459,13 @@ def _raise_special_codes(name: str, codes: np.ndarray, fmt: formats.FloatFormat)
                      f"handling of special values is not modelled")
 
 
-_NARROW = (np.zeros(1, np.float32), np.zeros(1, np.int32))
-_WIDE = (np.zeros(1, np.float64), np.zeros(1, np.int64))
+def _witnesses(dtypes: tuple, fraction_bits: int) -> tuple:
+    """(grid witness holding 2^fraction_bits, step-sum witness) of the given dtypes."""
+    return (np.array([math.ldexp(1.0, fraction_bits)], dtypes[0]), np.zeros(1, dtypes[1]))
+
+
+_NARROW = (np.float32, np.int32)
+_WIDE = (np.float64, np.int64)
 
 
 def _step_sum_witness(dp, ta: OperandTables, tb: OperandTables, floor_pow: float) -> np.ndarray:
@@ -466,12 +475,14 @@ def _step_sum_witness(dp, ta: OperandTables, tb: OperandTables, floor_pow: float
     sum_bits = f + 2 + (dp.products_per_step + 1).bit_length()
     powers_a, powers_b = ta.power[ta.power > 0], tb.power[tb.power > 0]
     if not (powers_a.size and powers_b.size):
-        return _WIDE
+        return _witnesses(_WIDE, f)
     lowest = max(float(powers_a.min()) * float(powers_b.min()), floor_pow)
-    highest = float(powers_a.max()) * float(powers_b.max())
-    if sum_bits <= 31 and math.ldexp(1.0, f) / lowest < 2.0**127 and math.ldexp(1.0, f) / highest >= 2.0**-126:
-        return _NARROW
-    return _WIDE
+    if dp.accumulator_in_alignment:  # a non-zero accumulator is at least one grid step of the smallest E
+        lowest = lowest * 2.0**-f
+    # The largest E is at most float32's 2^128 (an accumulator), so the grid's low end needs f >= 2 only.
+    if sum_bits <= 31 and math.ldexp(1.0, f) / lowest < 2.0**127 and f >= 2:
+        return _witnesses(_NARROW, f)
+    return _witnesses(_WIDE, f)
 
 
 def fp8_gemm(a: np.ndarray, b: np.ndarray, *, hw, a_format=None, b_format=None, scale_a=1.0, scale_b=1.0,
