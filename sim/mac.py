@@ -4,6 +4,13 @@ The datapath is data (``sim.datapath.NumericsSpec``, read from the hardware prof
 it, and ``fp8_gemm_reference`` is its plain-Python twin (exact rational arithmetic, written from the definitions in
 ``sim.datapath``) that tests compare against.
 
+How the kernel stays exact and fast: vector lanes are 64 neighbouring outputs (columns of C), so no sum is ever
+reassociated; per step, 2^E is the max of the products' exponent powers (a float32 max), each product is an exact
+float32, its truncation is int(v * 2^(F - E)), the step sum is an integer, and the new accumulator is rounded by
+editing its float64 bit pattern (RZ: clear the dropped bits; RNE: add half an ulp minus one plus the kept lsb, then
+clear). Gaudi 2's accumulate-then-round uses an error-free float64 sum and falls back to integer arithmetic in the
+rare case where the float64 sum is inexact.
+
 Public API::
 
     fp8_gemm(a, b, *, hw, a_format=None, b_format=None, scale_a=1.0, scale_b=1.0, fast_accum=False, split_k=1,
@@ -154,7 +161,8 @@ def _add_exact_and_round(s, s_lsb, acc, acc_lsb, p, nearest_even, ftz):
     if top - lo <= 60:
         return _round_scaled((s << (s_lsb - lo)) + (acc << (acc_lsb - lo)), lo, p, nearest_even, ftz)
     # Too wide for int64: keep 60 bits below the top; what falls below becomes a sticky half-unit, which rounds the
-    # same way as the exact value since the result keeps at most 24 bits.
+    # same way as the exact value since the result keeps at most 24 bits. (Operands this far apart cannot cancel:
+    # the result's top is within one bit of the larger one's, far above the sticky position.)
     base = top - 60
     total = np.int64(0)
     sticky = False
@@ -223,16 +231,19 @@ def _gemm_kernel(a_val, a_pow, b_codes, lut_val, lut_pow, lut_bad, grid_witness,
                  acc_in_alignment, acc_bits, nearest_even, ftz, promotion, floor_pow, part_bounds, scale, workers):
     """out[m, n] = the chip's A[m] . B[n] (float32), for every datapath described by the arguments.
 
-    a_val, a_pow: float32 (M, K): A's values and 2^(alignment exponent) (0 for zeros). b_codes: uint8 (N, K) with
-    lut_val/lut_pow (float32, 256) decoding them the same way and lut_bad (int64, 256) flagging NaN/inf codes, whose
-    count per chunk goes to bad_codes. workers: threads (chunks are dealt round-robin, scratch allocated per worker). sum_witness: a float32 or float64 array whose dtype
-    holds each step's truncated sum exactly. part_bounds: int64 (parts + 1) K offsets of the split-K chains.
+    a_val, a_pow: float32 (M, K): A's values and 2^(alignment exponent) (0 for zeros). b_codes: uint8 (N, K),
+    decoded per column chunk through lut_val/lut_pow (float32, 256) the same way; lut_bad (int64, 256) flags NaN/inf
+    codes, counted per chunk into bad_codes (int64, chunks). grid_witness: 1-element float32/float64 array holding
+    2^fraction_bits; its dtype is the one of the alignment scale 2^(fraction_bits - E). sum_witness: int32/int64
+    array whose dtype holds a step's truncated sum. part_bounds: int64 (parts + 1) K offsets of the split-K chains.
+    workers: threads; column chunks are dealt round-robin, scratch is allocated once per worker.
 
     Exactness: FP8 values and their products are exact in float32 (at most 8 significant bits, exponents within
     2^-149..2^127 for biases 0..62); truncating to the grid 2^(E - fraction_bits) is trunc(v * 2^(fraction_bits - E)),
     a power-of-two scaling; the step sum is an integer below 2^(fraction_bits + 2 + log2(steps + 1)), exact in
-    sum_witness's dtype; the accumulator (at most 24 bits) lives exactly in float64 and is rounded by editing its
-    float64 bit pattern. Parallel over chunks of output columns only.
+    sum_witness's dtype (fp8_gemm picks the narrow pair only where that and the scale's range are guaranteed); the
+    accumulator (at most 24 bits) lives exactly in float64 and is rounded by editing its float64 bit pattern.
+    Lanes are independent outputs (columns); parallel over column chunks only; K runs in hardware order.
     """
     m_rows, k_len = a_val.shape
     n_cols = b_codes.shape[0]
@@ -468,9 +479,10 @@ _NARROW = (np.float32, np.int32)
 _WIDE = (np.float64, np.int64)
 
 
-def _step_sum_witness(dp, ta: OperandTables, tb: OperandTables, floor_pow: float) -> np.ndarray:
-    """float32 when every step's truncated sum and its grid scale are exact in float32 (2x the SIMD width), else
-    float64 (always exact: sums stay below 2^53 by the datapath's validation)."""
+def _step_sum_witness(dp, ta: OperandTables, tb: OperandTables, floor_pow: float) -> tuple:
+    """(grid witness, sum witness) for _gemm_kernel: float32 scales and int32 sums (twice the SIMD width) when every
+    step's scale 2^(F - E) is a normal float32 and its truncated sum fits 31 bits, else float64 and int64 (always
+    exact: the datapath's validation keeps sums below 2^53)."""
     f = dp.alignment_fraction_bits
     sum_bits = f + 2 + (dp.products_per_step + 1).bit_length()
     powers_a, powers_b = ta.power[ta.power > 0], tb.power[tb.power > 0]

@@ -136,6 +136,32 @@ def test_kernel_equals_python_twin(chip, fa, fb, kwargs, dist):
     assert _same_bits(fp8_gemm(a, b, **args), fp8_gemm_reference(a, b, **args))
 
 
+def test_result_does_not_depend_on_tiling():
+    # N and M not multiples of the kernel's column chunk and row tile: every output equals its own 1 x 1 product.
+    rng = np.random.default_rng(4)
+    a = _codes(rng, (19, 96), "float8_e4m3fn", "wide")
+    b = _codes(rng, (70, 96), "float8_e4m3fn", "wide")
+    for chip in ("h100", "gaudi3"):
+        full = fp8_gemm(a, b, hw=chip)
+        single = np.array([[fp8_gemm(a[i:i + 1], b[j:j + 1], hw=chip)[0, 0] for j in range(0, 70, 23)]
+                           for i in range(0, 19, 6)])
+        assert _same_bits(full[::6, ::23], single)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chip,fmt", [("h100", "float8_e4m3fn"), ("gaudi2", "float8_e4m3"),
+                                      ("gaudi3", "float8_e4m3fn")])
+@pytest.mark.parametrize("dist", ["wide", "spread"])
+def test_kernel_equals_python_twin_large(chip, fmt, dist):
+    rng = np.random.default_rng(11)
+    a = _codes(rng, (8, 1024), fmt, dist)
+    b = _codes(rng, (8, 1024), fmt, dist)
+    for kwargs in ({}, {"scale_a": 0.37, "out_dtype": "bfloat16"}):
+        if chip == "h100":
+            kwargs = dict(kwargs, fast_accum=True, split_k=(640, 384))
+        assert _same_bits(fp8_gemm(a, b, hw=chip, **kwargs), fp8_gemm_reference(a, b, hw=chip, **kwargs))
+
+
 def test_kernel_equals_twin_on_cancellation():
     # Rows whose products cancel exactly or nearly: the accumulator's own truncation decides the low bits.
     rng = np.random.default_rng(5)
