@@ -325,7 +325,7 @@ def _gemm_kernel(a_val, a_pow, b_codes, lut_val, lut_pow, lut_bad, grid_witness,
                             if acc_in_alignment:
                                 for lane in range(_LANES):
                                     t = np.float64(total[lane]) + np.trunc(acc[i, lane] * np.float64(grid[lane]))
-                                    work[lane] = t * cell[lane]
+                                    work[lane] = t * cell[lane]  # the step's exact sum
                             else:
                                 inexact = False
                                 for lane in range(_LANES):
@@ -344,22 +344,27 @@ def _gemm_kernel(a_val, a_pow, b_codes, lut_val, lut_pow, lut_bad, grid_witness,
                                         if (acc[i, lane] - (s - back)) + (x - back) != 0.0 and not math.isinf(acc[i, lane]):
                                             work[lane] = _add_and_round_exactly(acc[i, lane], x, acc_bits, nearest_even,
                                                                                 ftz)
-                            # Round to acc_bits significant bits on the float64 pattern (RZ: drop the bits; RNE: add
-                            # half an ulp minus one plus the kept lsb, then drop), then fix the float32-subnormal range,
-                            # overflow and an accumulator that is already infinite.
-                            for lane in range(_LANES):
-                                b = work_bits[lane]
-                                up = (half_minus_one + ((b >> drop) & 1)) if nearest_even else 0
-                                spare_bits[lane] = (b + up) & ~low_bits
-                            for lane in range(_LANES):
-                                x = work[lane]
-                                r = spare[lane]
-                                y = x * sub_scale
-                                y = (np.rint(y) if nearest_even else np.trunc(y)) * sub_step
-                                y = 0.0 if ftz and abs(y) < _F32_MIN_NORMAL else y
-                                r = y if abs(x) < _F32_MIN_NORMAL else r
-                                r = math.copysign(math.inf, x) if abs(r) >= overflow_at else r
-                                acc[i, lane] = acc[i, lane] if math.isinf(acc[i, lane]) else r
+                            if acc_bits == 24 and nearest_even:  # float32's own rounding, subnormals included
+                                for lane in range(_LANES):
+                                    r = np.float64(np.float32(work[lane]))
+                                    r = 0.0 if ftz and abs(r) < _F32_MIN_NORMAL else r
+                                    acc[i, lane] = acc[i, lane] if math.isinf(acc[i, lane]) else r
+                            else:
+                                # Round on the float64 pattern (RZ: drop the bits; RNE: add half an ulp minus one
+                                # plus the kept lsb, then drop); then the float32-subnormal range and overflow.
+                                for lane in range(_LANES):
+                                    b = work_bits[lane]
+                                    up = (half_minus_one + ((b >> drop) & 1)) if nearest_even else 0
+                                    spare_bits[lane] = (b + up) & ~low_bits
+                                for lane in range(_LANES):
+                                    x = work[lane]
+                                    r = spare[lane]
+                                    y = x * sub_scale
+                                    y = (np.rint(y) if nearest_even else np.trunc(y)) * sub_step
+                                    y = 0.0 if ftz and abs(y) < _F32_MIN_NORMAL else y
+                                    r = y if abs(x) < _F32_MIN_NORMAL else r
+                                    r = math.copysign(math.inf, x) if abs(r) >= overflow_at else r
+                                    acc[i, lane] = acc[i, lane] if math.isinf(acc[i, lane]) else r
                             if promotion > 0 and (k_end - k0) % promotion == 0:
                                 for lane in range(_LANES):
                                     promoted[i, lane] = promoted[i, lane] + np.float32(acc[i, lane])
