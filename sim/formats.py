@@ -372,13 +372,14 @@ def _encode_kernel(x, x_bits, u, out, m_bits, min_exponent, max_code, inf_code, 
 
 
 @njit(cache=True)
-def _round_kernel(x, x_bits, out, out_bits, m_bits, min_exponent, max_code, max_finite_bits, overflow_bits, fnuz,
-                  subnormal_adder):
-    """float32 ``x`` rounded to nearest even in the format, into float32 ``out`` (``*_bits``: uint32 views).
+def _round_kernel(x, out, m_bits, min_exponent, max_code, max_finite_bits, overflow_bits, fnuz, subnormal_adder):
+    """float32 ``x`` (1-D) rounded to nearest even in the format, into float32 ``out`` (1-D).
 
     Same arithmetic as ``_encode_kernel``, but the result is written back as a float32 pattern; ``overflow_bits``
     is the pattern an overflow or +-inf gives (max finite when saturating, else inf or NaN).
     """
+    x_bits = x.view(np.uint32)
+    out_bits = out.view(np.uint32)
     shift = 23 - m_bits
     half_minus_one = (1 << (shift - 1)) - 1
     keep_mask = 0x7FFFFFFF ^ ((1 << shift) - 1)
@@ -455,6 +456,9 @@ def encode(x, fmt: FormatLike, *, saturate: bool = True, rounding: str = "neares
 _EMPTY_F64 = np.zeros(0, dtype=np.float64)
 
 
+_ROUND_ARGS: dict = {}  # (format or name, saturate) -> kernel arguments; the hot path's only lookup
+
+
 @lru_cache(maxsize=None)
 def _round_args(fmt: FloatFormat, saturate: bool) -> tuple:
     max_finite_bits = int(np.array(fmt.max_finite, dtype=np.float32).view(np.uint32))
@@ -481,15 +485,19 @@ def round_to_format(x, fmt: FormatLike, *, saturate: bool = True) -> np.ndarray:
     Returns:
         float32 array, same shape as x.
     """
-    f = fmt if type(fmt) is FloatFormat else get_format(fmt)
-    if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous:
-        x32 = x
-    else:
-        x32 = _as_float32(x, "round_to_format")
+    try:
+        args = _ROUND_ARGS.get((fmt, saturate))
+    except TypeError:  # unhashable fmt: let get_format say what was expected
+        args = _round_args(get_format(fmt), bool(saturate))
+    if args is None:
+        args = _ROUND_ARGS[(fmt, saturate)] = _round_args(get_format(fmt), bool(saturate))
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 1 and x.flags.c_contiguous:
+        out = np.empty_like(x)
+        _round_kernel(x, out, *args)
+        return out
+    x32 = _as_float32(x, "round_to_format")
     out = np.empty(x32.shape, dtype=np.float32)
-    flat_in = x32.reshape(-1)
-    flat_out = out.reshape(-1)
-    _round_kernel(flat_in, flat_in.view(np.uint32), flat_out, flat_out.view(np.uint32), *_round_args(f, saturate))
+    _round_kernel(x32.reshape(-1), out.reshape(-1), *args)
     return out
 
 

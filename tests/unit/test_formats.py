@@ -262,6 +262,10 @@ def test_encode_argument_errors():
         F.encode(np.array(["a"]), "float8_e4m3fn")
     with pytest.raises(TypeError, match="real numeric"):
         F.round_to_format(np.ones(2, np.complex64), "float8_e4m3fn")
+    with pytest.raises(TypeError, match="format must be"):
+        F.round_to_format(np.ones(2, np.float32), ["float8_e4m3fn"])
+    with pytest.raises(ValueError, match="unknown float format"):
+        F.round_to_format(np.ones(2, np.float32), "float8_e4m3x")
 
 
 # ------------------------------------------------------------------ round_to_format, bfloat16, ints
