@@ -90,8 +90,8 @@ def run(repeats: int, seed: int, skip_compile: bool) -> dict:
               "load_average": list(os.getloadavg()), "numpy": np.__version__, "numba": numba.__version__}
     if not skip_compile:
         with tempfile.TemporaryDirectory() as cache:
-            import_cold, compile_s = _first_call_seconds(cache)
-            import_warm, cached_s = _first_call_seconds(cache)
+            _, compile_s = _first_call_seconds(cache)
+            _, cached_s = _first_call_seconds(cache)
         result["first_calls_cold_cache_s"] = compile_s
         result["first_calls_warm_cache_s"] = cached_s
     return result

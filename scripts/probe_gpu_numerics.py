@@ -14,10 +14,13 @@ Output: one compressed npz (a few MB) holding, for every input set ``S``
     ``S__R_out``: float32 (m_rows, N), the GPU's C = A[:m_rows] @ B^T for run ``R`` (bf16 outputs widened exactly
         to float32);
 and ``meta`` (JSON): card, driver, torch/CUDA/cuBLAS versions, seed, date, and per set its formats, distribution and
-shape, per run its ``m_rows``, ``fast_accum``, ``scale_a``, ``scale_b`` (float32 values), ``out_dtype`` and whether two calls
-gave identical bits. A ``cast`` entry records torch's float32 -> float8 conversion of random inputs on the GPU.
+shape, per run its ``m_rows``, ``fast_accum``, ``scale_a``, ``scale_b`` (float32 values), ``out_dtype`` and whether
+two calls gave identical bits. A ``cast`` entry records torch's float32 -> float8 conversion of random inputs on the
+GPU.
 
-The inputs are random codes drawn with numpy from ``--seed``; the GPU is only asked to multiply them.
+The inputs are random codes drawn with numpy from ``--seed`` (and torch's CPU cast); the GPU only multiplies them.
+``--check`` tries, for fast-accumulation runs, the split-K partitions cuBLAS has been seen to use and prints which
+one matches.
 """
 
 from __future__ import annotations
@@ -168,7 +171,8 @@ def probe(out_path: str, seed: int, quick: bool) -> None:
                 meta["failures"].append({"set": name, "run": run, "error": f"{type(exc).__name__}: {exc}"[:300]})
                 continue
             arrays[f"{name}__{run}_out"] = c1
-            set_meta["runs"][run] = {"m_rows": rows, "fast_accum": fast, "scale_a": sa32, "scale_b": sb32, "out_dtype": out_dtype,
+            set_meta["runs"][run] = {"m_rows": rows, "fast_accum": fast, "scale_a": sa32, "scale_b": sb32,
+                                     "out_dtype": out_dtype,
                                      "repeatable": bool(np.array_equal(c1.view(np.uint32), c2.view(np.uint32)))}
         if set_meta["runs"]:
             arrays[f"{name}_a"], arrays[f"{name}_b"] = a, b

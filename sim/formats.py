@@ -241,10 +241,6 @@ def _build_format(base: str, e_bits: int, m_bits: int, bias: int, special: int, 
     )
 
 
-def _special_id(fmt: FloatFormat) -> int:
-    return {"ieee": SPECIAL_IEEE, "fn": SPECIAL_FN, "fnuz": SPECIAL_FNUZ}[fmt.special_values]
-
-
 # ------------------------------------------------------------------------------------------------ decoding
 
 

@@ -332,7 +332,7 @@ def _gemm_kernel(a_val, a_pow, b_codes, lut_val, lut_pow, lut_bad, grid_witness,
                                     x = np.float64(total[lane]) * cell[lane]
                                     s = acc[i, lane] + x
                                     back = s - acc[i, lane]
-                                    err = (acc[i, lane] - (s - back)) + (x - back)  # TwoSum: s + err == ac + x exactly
+                                    err = (acc[i, lane] - (s - back)) + (x - back)  # TwoSum: s + err = acc + x
                                     inexact |= err != 0.0
                                     work[lane] = s
                                     spare[lane] = x
@@ -341,9 +341,9 @@ def _gemm_kernel(a_val, a_pow, b_codes, lut_val, lut_pow, lut_bad, grid_witness,
                                         x = spare[lane]
                                         s = work[lane]
                                         back = s - acc[i, lane]
-                                        if (acc[i, lane] - (s - back)) + (x - back) != 0.0 and not math.isinf(acc[i, lane]):
-                                            work[lane] = _add_and_round_exactly(acc[i, lane], x, acc_bits, nearest_even,
-                                                                                ftz)
+                                        old = acc[i, lane]
+                                        if (old - (s - back)) + (x - back) != 0.0 and not math.isinf(old):
+                                            work[lane] = _add_and_round_exactly(old, x, acc_bits, nearest_even, ftz)
                             if acc_bits == 24 and nearest_even:  # float32's own rounding, subnormals included
                                 for lane in range(_LANES):
                                     r = np.float64(np.float32(work[lane]))
