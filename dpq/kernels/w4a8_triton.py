@@ -1,19 +1,31 @@
 """Fused W4A8 GEMM for Hopper in Triton: y = (x8 @ FP8(s_g (q - z))^T) * (s_x s_t), bf16 or float32 out.
 
-The packed INT4 codes, group scales and zero points (``dpq.packed``) are read from HBM once per tile and expanded to
-FP8 E4M3 in registers; the FP8 tensor-core dot accumulates in float32 registers; the per-tensor scales are applied
-in the epilogue. Nothing of full size is written back: per weight element the kernel streams 0.5 byte of codes plus
-5 bytes per group (float32 scale, uint8 zero; groups of 32, 64 or 128 along K).
+The packed INT4 codes are read from HBM once per tile and expanded to FP8 E4M3 in registers; the FP8 tensor-core dot
+accumulates in float32 registers; the per-tensor scales are applied in the epilogue. Nothing of full size is written
+back. Two variants of the expansion (``variant=``), with the very same numerics:
+
+* ``"lut"`` (v3, the default): when the weight is put on the GPU, the 16 possible expanded values of every
+  (row, group), FP8(s_g (j - z)) for j = 0..15, are computed once with torch (the exact float32 multiply and the
+  saturating RNE cast of the packed format) into a 16-byte table per group, and the codes are re-ordered inside each
+  32-bit word (even columns' nibbles in the low half, odd columns' in the high half). The kernel streams 0.5 byte
+  of codes plus 16 bytes of table per group (0.625 byte per weight at groups of 128) and expands each code with byte
+  permutes (PTX ``prmt``, 11 instructions per 8 weights): two 8-entry look-ups on the low three bits, then a
+  permute choosing between them on the high bit. Exact by construction: every FP8 byte the dot sees is a byte of
+  the table.
+* ``"v2"``: per weight, q - z is formed exactly in float32 (bit trick 0x4B000000 | q = 2^23 + q), s_g (q - z) is
+  one float32 multiply (RNE), and ``cvt.rn.satfinite.e4m3x2.f32`` rounds to nearest even and saturates at +-448.
+  Streams 0.5 byte of codes plus 5 bytes per group (float32 scale, uint8 zero). Issue-bound on Hopper (about 7.4
+  SASS instructions per weight, results/gpu/README.md).
 
 Layout ("swap AB"): the kernel computes the transposed product y^T = w8 @ x8^T, so that the weight rows fill the
 tensor core's M dimension (64 or 128) and the few tokens of a decode step fill its narrow N dimension (16 and up).
-Each program owns BLOCK_N weight rows x BLOCK_T tokens and one contiguous slice of K (split-K for small M * N).
+Each program owns BLOCK_N weight rows x BLOCK_T tokens and one contiguous slice of K (split-K for small M * N);
+one group of the packed format per K step.
 
-Numerics (the data of hw_profiles/h100-triton-w4a8.yaml; see results/gpu/README.md for the measurement):
+Numerics (the data of hw_profiles/h100-triton-w4a8.yaml; see results/gpu/README.md for the measurement), both variants:
 
-* expansion: q - z is formed exactly in float32 (bit trick 0x4B000000 | q = 2^23 + q, no int->float convert),
-  s_g (q - z) is one float32 multiply (RNE), and ``cvt.rn.satfinite.e4m3x2.f32`` rounds to nearest even and
-  saturates at +-448: the same codes as ``sim.formats.encode(..., saturate=True)``;
+* expansion: exactly ``dpq.packed``'s FP8(s_g (q - z)) (float32 multiply, RNE, saturating), the codes of
+  ``sim.formats.encode(..., saturate=True)``;
 * the dot: Hopper's FP8 tensor-core step (32 products plus the accumulator, 13 fraction bits, truncation), one
   chain over the program's whole K slice with no float32 promotion (like cuBLAS's fast accumulation): Triton 3.6's
   default ``max_num_imprecise_acc`` on sm_90 is 2^30. Measured on an H200: ``max_num_imprecise_acc`` equal to the
@@ -24,9 +36,10 @@ Numerics (the data of hw_profiles/h100-triton-w4a8.yaml; see results/gpu/README.
 
 Public API::
 
-    PackedW4A8Weight.from_packed(p, device) / .from_arrays(...)
+    PackedW4A8Weight.from_packed(p, device, variant=) / .from_arrays(..., variant=)
     w4a8_matmul(x8, weight, act_scale, *, out_dtype="bfloat16", config=None) -> torch (M, N)
-    KernelConfig, default_config(m, n, k, num_sms), split_k_parts(k, group_size, config) -> part lengths along K
+    KernelConfig, default_config(m, n, k, num_sms, group_size, variant), split_k_parts(k, config, group_size)
+    lut_word_order_codes / expansion_lut (torch, used on the GPU) and their numpy twins *_np
 """
 
 from __future__ import annotations
@@ -37,6 +50,8 @@ from dataclasses import dataclass
 import numpy as np
 
 GROUP_SIZES = (32, 64, 128)  # one group of the packed format per K step of the kernel (BLOCK_K = group_size)
+VARIANTS = ("lut", "v2")
+DEFAULT_VARIANT = "lut"
 
 
 @dataclass(frozen=True)
@@ -64,11 +79,19 @@ class KernelConfig:
                              f"16/32/64/128/256 (tensor-core tile sizes)")
 
 
-def default_config(m: int, n: int, k: int, num_sms: int = 132, group_size: int = 128) -> KernelConfig:
-    """The tile heuristic: narrow token tiles and split-K at decode, 128 x 128 tiles for prefill."""
+def default_config(m: int, n: int, k: int, num_sms: int = 132, group_size: int = 128,
+                   variant: str = DEFAULT_VARIANT) -> KernelConfig:
+    """The tile heuristic: narrow token tiles and split-K at decode, 128 x 128 tiles for prefill.
+
+    Decode aims at about two programs per SM (enough bytes in flight to cover HBM latency); the "lut" variant takes
+    128-row tiles (its loop's fixed overhead then spreads over 128 weights per thread: 2.8 SASS instructions per
+    weight against 3.6 at 64 rows, scripts/kernel_sass.py).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r}: expected one of {VARIANTS}")
     if m <= 64:
         block_t = 16 if m <= 16 else 32 if m <= 32 else 64
-        block_n, warps, stages = 64, 4, 4
+        block_n, warps, stages = (128, 4, 4) if variant == "lut" else (64, 4, 4)
     else:
         block_t, block_n, warps, stages = 128, 128, 8, 3
     tiles = math.ceil(n / block_n) * math.ceil(m / block_t)
@@ -91,12 +114,75 @@ def split_k_parts(k: int, config: KernelConfig, group_size: int = 128) -> tuple[
     return tuple(parts)
 
 
+def expansion_lut_np(group_scales: np.ndarray, zeros: np.ndarray, fp8_format: str = "float8_e4m3fn") -> np.ndarray:
+    """uint8 (G, N, 16): entry j of (group g, row n) = the FP8 code of s_g (j - z) (float32 multiply, saturating)."""
+    from sim.formats import encode
+
+    s = np.asarray(group_scales, dtype=np.float32).T  # (G, N)
+    d = (np.arange(16, dtype=np.int32)[None, None, :] - np.asarray(zeros, dtype=np.int32).T[:, :, None])
+    return encode((s[:, :, None] * d.astype(np.float32)).astype(np.float32), fp8_format, saturate=True)
+
+
+def prmt_np(a: np.ndarray, b: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    """PTX ``prmt.b32 d, a, b, sel`` (default mode) on uint32 arrays: byte i of d is byte sel[4i..4i+2] of {b, a},
+    or that byte's sign replicated when bit 4i+3 of sel is set."""
+    a, b, sel = (np.asarray(v, dtype=np.uint64) for v in (a, b, sel))
+    src = a | (b << np.uint64(32))
+    d = np.zeros(np.broadcast(a, b, sel).shape, dtype=np.uint64)
+    for i in range(4):
+        nib = (sel >> np.uint64(4 * i)) & np.uint64(0xF)
+        byte = (src >> ((nib & np.uint64(7)) * np.uint64(8))) & np.uint64(0xFF)
+        byte = np.where(nib & np.uint64(8), np.where(byte & np.uint64(0x80), np.uint64(0xFF), np.uint64(0)), byte)
+        d |= byte << np.uint64(8 * i)
+    return d.astype(np.uint32)
+
+
+def lut_expand_np(codes16: np.ndarray, l0, l1, l2, l3) -> np.ndarray:
+    """Plain twin of one element of the kernel's inline asm (``LUT_ASM``), instruction for instruction.
+
+    codes16: uint32 array holding 16 bits of packed codes (4 columns 4j..4j+3, column 4j in the low nibble);
+    l0..l3: uint32 arrays, the (row, group)'s 16-byte table as 4 little-endian words (entries 4i..4i+3 in l_i).
+    Returns uint32: the 4 FP8 bytes of those columns, column 4j in the low byte.
+    """
+    c = np.asarray(codes16, dtype=np.uint32)
+    s = c & np.uint32(0x7777)                               # the three low bits of each code
+    lo, hi = prmt_np(l0, l1, s), prmt_np(l2, l3, s)        # entries 0..7 and 8..15
+    t = ((c >> np.uint32(1)) & np.uint32(0x4444)) | np.uint32(0x3210)  # byte i from lo (i) or hi (4 + i): bit 3
+    return prmt_np(lo, hi, t)
+
+
+# The inline PTX of the "lut" variant: two elements (8 weights) per invocation. Operands: $0, $1 = the outputs of
+# elements 0 and 1 (uint32: 4 FP8 bytes, the first column in the low byte); $2 = the two uint16 code elements
+# (element 0 in the low half, 4 codes each); then the table words l0 ($3, $4 for elements 0, 1), l1 ($5, $6),
+# l2 ($7, $8), l3 ($9, $10): 32-bit operands are not packed, so each element has its own table and the two
+# elements may lie in different rows (they do: the layout Triton picks pairs rows r and r + 8).
+LUT_ASM = """{
+.reg .b32 s0, s1, l0, h0, l1, h1, t, u;
+and.b32 s0, $2, 0x77777777;
+shr.b32 s1, s0, 16;
+prmt.b32 l0, $3, $5, s0;
+prmt.b32 h0, $7, $9, s0;
+prmt.b32 l1, $4, $6, s1;
+prmt.b32 h1, $8, $10, s1;
+shr.b32 t, $2, 1;
+and.b32 t, t, 0x44444444;
+or.b32 t, t, 0x32103210;
+shr.b32 u, t, 16;
+prmt.b32 $0, l0, h0, t;
+prmt.b32 $1, l1, h1, u;
+}"""
+LUT_CONSTRAINTS = "=r,=r," + ",".join(["r"] * 9)  # 2 outputs, the packed codes, 8 table words
+
+
 @dataclass(frozen=True)
 class PackedW4A8Weight:
-    """A packed W4A8 weight on the GPU, as the kernel reads it (fields as in ``dpq.packed.PackedLinear``).
+    """A packed W4A8 weight on the GPU, as one kernel variant reads it (fields as in ``dpq.packed.PackedLinear``).
 
-    codes: torch.uint8 (N, K / 2), column 2j in the low nibble; group_scales: torch.float32 (N, K / group_size);
-    zeros: torch.uint8 (N, K / group_size); tensor_scale: s_t; fp8_max: the FP8 format's largest finite value.
+    variant "v2": codes torch.uint8 (N, K / 2), column 2j in the low nibble; group_scales torch.float32
+    (N, K / group_size); zeros torch.uint8 (N, K / group_size); lut None.
+    variant "lut": codes as for "v2"; lut torch.int32 (K / group_size, N, 4) = the 16 FP8 codes of FP8(s_g (j - z)), j = 0..15, of each (group, row), little-endian;
+    group_scales and zeros None (not read).
+    tensor_scale: s_t; fp8_max: the FP8 format's largest finite value.
     """
 
     codes: object
@@ -105,6 +191,8 @@ class PackedW4A8Weight:
     group_size: int
     tensor_scale: float
     fp8_max: float
+    variant: str = DEFAULT_VARIANT
+    lut: object = None
 
     @property
     def n(self) -> int:
@@ -114,11 +202,25 @@ class PackedW4A8Weight:
     def k(self) -> int:
         return int(self.codes.shape[1] * 2)
 
+    @property
+    def hbm_bytes(self) -> int:
+        """Bytes one call reads of this weight (codes plus per-group data)."""
+        if self.variant == "lut":
+            return int(self.codes.numel() + self.lut.numel() * 4)
+        return int(self.codes.numel() + self.group_scales.numel() * 5)
+
     @classmethod
     def from_arrays(cls, codes, group_scales, zeros, group_size: int, tensor_scale: float, fp8_max: float,
-                    device: str = "cuda") -> "PackedW4A8Weight":
-        """From numpy (or torch) arrays of the packed format; checks shapes and the group size."""
+                    device: str = "cuda", variant: str = DEFAULT_VARIANT) -> "PackedW4A8Weight":
+        """From numpy (or torch) arrays of the packed format; checks shapes and the group size.
+
+        For the "lut" variant the tables are computed here on ``device`` (float32 s_g * (j - z), clamped to
+        +-fp8_max, cast to float8_e4m3fn with round to nearest even: the packed format's expansion).
+        """
         import torch
+
+        if variant not in VARIANTS:
+            raise ValueError(f"variant={variant!r}: expected one of {VARIANTS}")
 
         def dev(a, dtype):
             t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
@@ -133,10 +235,13 @@ class PackedW4A8Weight:
         if k % group_size or s.shape != (n, k // group_size) or z.shape != s.shape:
             raise ValueError(f"codes {tuple(c.shape)}, group_scales {tuple(s.shape)}, zeros {tuple(z.shape)}: "
                              f"expected (N, K/2), (N, K/{group_size}), (N, K/{group_size})")
-        return cls(c, s, z, int(group_size), float(tensor_scale), float(fp8_max))
+        if variant == "v2":
+            return cls(c, s, z, int(group_size), float(tensor_scale), float(fp8_max), "v2")
+        return cls(c, None, None, int(group_size), float(tensor_scale), float(fp8_max),
+                   "lut", expansion_lut(s, z, float(fp8_max)))
 
     @classmethod
-    def from_packed(cls, p, device: str = "cuda") -> "PackedW4A8Weight":
+    def from_packed(cls, p, device: str = "cuda", variant: str = DEFAULT_VARIANT) -> "PackedW4A8Weight":
         """From a ``dpq.packed.PackedLinear`` with int_asym weights and FP8 expansion."""
         from sim.formats import get_format
 
@@ -144,7 +249,26 @@ class PackedW4A8Weight:
             raise ValueError(f"layer {p.name!r}: the W4A8 kernel needs int_asym weights with FP8 expansion")
         fmt = get_format(p.fp8_format)
         return cls.from_arrays(p.codes, p.group_scales, p.zeros, p.group_size, p.tensor_scale,
-                               float(fmt.max_finite), device)
+                               float(fmt.max_finite), device, variant)
+
+
+def expansion_lut(group_scales, zeros, fp8_max: float, rows_per_chunk: int = 4096):
+    """torch int32 (G, N, 4): the 16 FP8 codes FP8(s_g (j - z)) of each (group, row), 4 per little-endian word.
+
+    group_scales float32 (N, G), zeros uint8 (N, G), on the GPU. One float32 multiply of s_g by the exact
+    float32 (j - z), clamped to +-fp8_max, cast with round to nearest even: ``dpq.torch_backend``'s expansion.
+    """
+    import torch
+
+    n, g = group_scales.shape
+    out = torch.empty((g, n, 16), dtype=torch.uint8, device=group_scales.device)
+    j = torch.arange(16, dtype=torch.int32, device=group_scales.device)
+    for r0 in range(0, n, rows_per_chunk):
+        s = group_scales[r0:r0 + rows_per_chunk].t()                      # (G, rows)
+        d = (j[None, None, :] - zeros[r0:r0 + rows_per_chunk].t().to(torch.int32)[:, :, None]).to(torch.float32)
+        w = (s[:, :, None] * d).clamp_(-fp8_max, fp8_max)
+        out[:, r0:r0 + rows_per_chunk] = w.to(torch.float8_e4m3fn).view(torch.uint8)
+    return out.view(torch.int32).contiguous()  # (G, N, 4)
 
 
 _KERNELS = {}
@@ -153,7 +277,7 @@ _KERNELS = {}
 def _kernels():
     """Compile-on-first-use: triton is imported only when the kernel runs."""
     if _KERNELS:
-        return _KERNELS["main"], _KERNELS["reduce"]
+        return _KERNELS
     try:
         import triton
         import triton.language as tl
@@ -212,6 +336,67 @@ def _kernels():
         else:
             tl.store(part_ptr + pid_s.to(tl.int64) * M * N + out_offs, acc, mask=out_mask)
 
+    lut_asm, lut_constraints = tl.constexpr(LUT_ASM), tl.constexpr(LUT_CONSTRAINTS)
+
+    @triton.jit
+    def w4a8_lut_kernel(x_ptr, codes_ptr, lut_ptr, out_ptr, part_ptr,
+                        M, N, K, stride_xm, stride_cn, stride_om, out_scale, k_tiles_per_split,
+                        BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                        OUT_BF16: tl.constexpr, EVEN_N: tl.constexpr):
+        pid_n = tl.program_id(0)
+        pid_t = tl.program_id(1)
+        pid_s = tl.program_id(2)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        offs_kb = tl.arange(0, BLOCK_K // 2)
+        offs_k = tl.arange(0, BLOCK_K)
+        n_mask = offs_n < N
+        t_mask = offs_t < M
+        k_tiles = K // BLOCK_K
+        kt_begin = pid_s * k_tiles_per_split
+        kt_end = kt_begin + k_tiles_per_split
+        if kt_end > k_tiles:
+            kt_end = k_tiles
+        # codes as uint16: 4 columns (4j..4j+3, low nibble first) per element
+        code_rows = codes_ptr.to(tl.pointer_type(tl.uint16)) + offs_n[:, None].to(tl.int64) * (stride_cn // 2)
+        offs_kw = tl.arange(0, BLOCK_K // 4)
+        x_rows = x_ptr + offs_t[:, None].to(tl.int64) * stride_xm
+        lut_rows = lut_ptr + offs_n * 4
+        acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+        for kt in range(kt_begin, kt_end):
+            lut_g = lut_rows + kt.to(tl.int64) * N * 4
+            if EVEN_N:
+                c16 = tl.load(code_rows + (kt * (BLOCK_K // 4) + offs_kw)[None, :])
+                l0 = tl.load(lut_g)
+                l1 = tl.load(lut_g + 1)
+                l2 = tl.load(lut_g + 2)
+                l3 = tl.load(lut_g + 3)
+            else:  # rows past N read table 0 (FP8 +0), so their products vanish
+                c16 = tl.load(code_rows + (kt * (BLOCK_K // 4) + offs_kw)[None, :], mask=n_mask[:, None], other=0)
+                l0 = tl.load(lut_g, mask=n_mask, other=0)
+                l1 = tl.load(lut_g + 1, mask=n_mask, other=0)
+                l2 = tl.load(lut_g + 2, mask=n_mask, other=0)
+                l3 = tl.load(lut_g + 3, mask=n_mask, other=0)
+            quads = tl.inline_asm_elementwise(
+                lut_asm, lut_constraints, [c16, l0[:, None], l1[:, None], l2[:, None], l3[:, None]],
+                dtype=tl.uint32, is_pure=True, pack=2)  # (BLOCK_N, BLOCK_K / 4): FP8 bytes of columns 4j..4j+3
+            b0, b1 = quads.to(tl.uint8), (quads >> 8).to(tl.uint8)
+            b2, b3 = (quads >> 16).to(tl.uint8), (quads >> 24).to(tl.uint8)
+            w8 = tl.reshape(tl.join(tl.join(b0, b2), tl.join(b1, b3)), (BLOCK_N, BLOCK_K))  # bytes back in K order
+            w8 = w8.to(tl.float8e4nv, bitcast=True)
+            x8 = tl.load(x_rows + (kt * BLOCK_K + offs_k)[None, :], mask=t_mask[:, None], other=0.0)
+            acc = tl.dot(w8, tl.trans(x8), acc)
+        out_offs = offs_t[None, :].to(tl.int64) * stride_om + offs_n[:, None]
+        out_mask = n_mask[:, None] & t_mask[None, :]
+        if SPLIT_K == 1:
+            y = acc * out_scale
+            if OUT_BF16:
+                tl.store(out_ptr + out_offs, y.to(tl.bfloat16), mask=out_mask)
+            else:
+                tl.store(out_ptr + out_offs, y, mask=out_mask)
+        else:
+            tl.store(part_ptr + pid_s.to(tl.int64) * M * N + out_offs, acc, mask=out_mask)
+
     @triton.jit
     def splitk_reduce_kernel(part_ptr, out_ptr, MN, out_scale, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
                              OUT_BF16: tl.constexpr):
@@ -226,8 +411,8 @@ def _kernels():
         else:
             tl.store(out_ptr + offs, y, mask=mask)
 
-    _KERNELS["main"], _KERNELS["reduce"] = w4a8_kernel, splitk_reduce_kernel
-    return w4a8_kernel, splitk_reduce_kernel
+    _KERNELS.update({"v2": w4a8_kernel, "lut": w4a8_lut_kernel, "reduce": splitk_reduce_kernel})
+    return _KERNELS
 
 
 def output_scale(act_scale: float, tensor_scale: float) -> float:
@@ -251,7 +436,7 @@ def w4a8_matmul(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: st
     """
     import torch
 
-    main, reduce = _kernels()
+    kernels = _kernels()
     if x8.dtype != torch.float8_e4m3fn or x8.dim() != 2 or x8.shape[1] != weight.k:
         raise ValueError(f"x8: expected float8_e4m3fn (M, {weight.k}), got {x8.dtype} {tuple(x8.shape)}")
     if x8.stride(1) != 1:
@@ -261,7 +446,7 @@ def w4a8_matmul(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: st
     m, k, n = x8.shape[0], weight.k, weight.n
     if config is None:
         config = default_config(m, n, k, torch.cuda.get_device_properties(x8.device).multi_processor_count,
-                                weight.group_size)
+                                weight.group_size, weight.variant)
     k_tiles = k // weight.group_size
     per = math.ceil(k_tiles / config.split_k)
     split = math.ceil(k_tiles / per)  # every part non-empty
@@ -274,16 +459,19 @@ def w4a8_matmul(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: st
         part = out
     scale = output_scale(act_scale, weight.tensor_scale)
     grid = (triton_cdiv(n, config.block_n), triton_cdiv(m, config.block_t), split)
-    main[grid](x8, weight.codes, weight.group_scales, weight.zeros, out, part,
-               m, n, k, x8.stride(0), weight.codes.stride(0), weight.group_scales.stride(0), weight.zeros.stride(0),
-               out.stride(0), scale, per,
-               BLOCK_N=config.block_n, BLOCK_T=config.block_t, BLOCK_K=weight.group_size, SPLIT_K=split,
-               FP8_MAX=weight.fp8_max, OUT_BF16=out_dtype == "bfloat16",
-               num_warps=config.num_warps, num_stages=config.num_stages)
+    launch = dict(BLOCK_N=config.block_n, BLOCK_T=config.block_t, BLOCK_K=weight.group_size, SPLIT_K=split,
+                  OUT_BF16=out_dtype == "bfloat16", num_warps=config.num_warps, num_stages=config.num_stages)
+    if weight.variant == "lut":
+        kernels["lut"][grid](x8, weight.codes, weight.lut, out, part, m, n, k, x8.stride(0), weight.codes.stride(0),
+                             out.stride(0), scale, per, EVEN_N=n % config.block_n == 0, **launch)
+    else:
+        kernels["v2"][grid](x8, weight.codes, weight.group_scales, weight.zeros, out, part,
+                            m, n, k, x8.stride(0), weight.codes.stride(0), weight.group_scales.stride(0),
+                            weight.zeros.stride(0), out.stride(0), scale, per, FP8_MAX=weight.fp8_max, **launch)
     if split > 1:
         block = 1024
-        reduce[(triton_cdiv(m * n, block),)](part, out, m * n, scale, SPLIT_K=split, BLOCK=block,
-                                             OUT_BF16=out_dtype == "bfloat16", num_warps=4)
+        kernels["reduce"][(triton_cdiv(m * n, block),)](part, out, m * n, scale, SPLIT_K=split, BLOCK=block,
+                                                        OUT_BF16=out_dtype == "bfloat16", num_warps=4)
     return out
 
 

@@ -1,0 +1,117 @@
+"""Compile the fused W4A8 Triton kernel for sm_90 on any machine (no GPU needed) and count its SASS instructions.
+
+Uses Triton's own ptxas and cuobjdump (shipped in the triton wheel). Prints the instruction mix of the whole kernel
+and of its main loop (the largest backward branch's body), and the loop's instructions per weight element
+(weights per loop iteration = BLOCK_N x group size, divided over the program's threads). ``--dump DIR`` writes the
+TTGIR, PTX and SASS.
+
+    python scripts/kernel_sass.py --variant lut --block-n 64 --block-t 16 --split-k 4 --warps 4 --stages 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+_INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)[\s.;]")
+
+
+def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split_k: int, warps: int, stages: int):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from dpq.kernels import w4a8_triton as W
+
+    fn = W._kernels()[variant]
+    if variant == "lut":
+        sig = {"x_ptr": "*fp8e4nv", "codes_ptr": "*u8", "lut_ptr": "*i32", "out_ptr": "*bf16", "part_ptr": "*fp32",
+               "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_cn": "i32", "stride_om": "i32",
+               "out_scale": "fp32", "k_tiles_per_split": "i32"}
+        consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_K=block_k, SPLIT_K=split_k, OUT_BF16=True, EVEN_N=True)
+        div = ["x_ptr", "codes_ptr", "lut_ptr", "out_ptr", "part_ptr", "K", "N", "stride_xm", "stride_cn", "stride_om"]
+    else:
+        sig = {"x_ptr": "*fp8e4nv", "codes_ptr": "*u8", "scales_ptr": "*fp32", "zeros_ptr": "*u8", "out_ptr": "*bf16",
+               "part_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_cn": "i32",
+               "stride_sn": "i32", "stride_zn": "i32", "stride_om": "i32", "out_scale": "fp32",
+               "k_tiles_per_split": "i32"}
+        consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_K=block_k, SPLIT_K=split_k, FP8_MAX=448.0,
+                      OUT_BF16=True)
+        div = ["x_ptr", "codes_ptr", "scales_ptr", "zeros_ptr", "out_ptr", "part_ptr", "K", "N", "stride_xm",
+               "stride_cn", "stride_om"]
+    for c in consts:
+        sig[c] = "constexpr"
+    names = list(sig)
+    attrs = {(names.index(d),): [["tt.divisibility", 16]] for d in div}
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                       target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"w4a8_{variant}.cubin"
+    tmp.write_bytes(k.asm["cubin"])
+    sass = subprocess.run([cuobjdump, "--dump-sass", str(tmp)], capture_output=True, text=True, check=True).stdout
+    res = subprocess.run([cuobjdump, "--dump-resource-usage", str(tmp)], capture_output=True, text=True).stdout
+    usage = re.search(r"REG:\d+.*", res)
+    return k, sass, usage.group(0) if usage else "?"
+
+
+def loop_mix(sass: str):
+    """(all instructions, main-loop instructions) as Counters; the main loop = the largest backward branch."""
+    insns = [(int(a, 16), op) for a, op in _INSN.findall(sass)]
+    best = None
+    for line in sass.splitlines():
+        m = re.search(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?BRA\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))", line)
+        if not m:
+            continue
+        here = int(m.group(1), 16)
+        tgt = re.search(r"0x([0-9a-f]+)", line[m.end(1):])
+        label = re.search(r"\.L_x_(\d+)", line)
+        if tgt is None:
+            continue
+        target = int(tgt.group(1), 16)
+        if target < here and (best is None or here - target > best[1] - best[0]):
+            best = (target, here)
+    total = collections.Counter(op for _, op in insns)
+    loop = collections.Counter(op for a, op in insns if best and best[0] <= a <= best[1])
+    return total, loop
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--variant", default="lut")
+    ap.add_argument("--block-n", type=int, default=64)
+    ap.add_argument("--block-t", type=int, default=16)
+    ap.add_argument("--block-k", type=int, default=128, help="= the group size")
+    ap.add_argument("--split-k", type=int, default=4)
+    ap.add_argument("--warps", type=int, default=4)
+    ap.add_argument("--stages", type=int, default=4)
+    ap.add_argument("--dump", type=Path)
+    a = ap.parse_args(argv)
+    k, sass, usage = compile_kernel(a.variant, a.block_n, a.block_t, a.block_k, a.split_k, a.warps, a.stages)
+    total, loop = loop_mix(sass)
+    weights_per_thread = a.block_n * a.block_k / (32 * a.warps)
+    print(f"{a.variant} BLOCK_N={a.block_n} BLOCK_T={a.block_t} BLOCK_K={a.block_k} warps={a.warps} "
+          f"stages={a.stages}: {usage}")
+    print(f"kernel: {sum(total.values())} instructions")
+    n = sum(loop.values())
+    print(f"main loop: {n} instructions per iteration per thread, {weights_per_thread:.0f} weights per thread "
+          f"-> {n / weights_per_thread:.2f} instructions per weight")
+    print("loop mix:", ", ".join(f"{op} {c}" for op, c in loop.most_common(30)))
+    if a.dump:
+        a.dump.mkdir(parents=True, exist_ok=True)
+        (a.dump / f"{a.variant}.ttgir").write_text(k.asm["ttgir"])
+        (a.dump / f"{a.variant}.ptx").write_text(k.asm["ptx"])
+        (a.dump / f"{a.variant}.sass").write_text(sass)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""The "lut" variant of the fused W4A8 kernel, host side: its look-up tables and the inline asm's plain twin.
+
+The twin (``lut_expand_np``, PTX ``prmt`` modelled byte by byte) must give, for every code, the FP8 code of
+s_g (q - z) that ``sim.formats.encode`` gives for the packed format's expansion (zero tolerance).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dpq.kernels.w4a8_triton import expansion_lut_np, lut_expand_np, prmt_np
+from sim.formats import encode
+
+
+def test_prmt_twin_selects_bytes_and_replicates_signs():
+    a, b = np.uint32(0x83020100), np.uint32(0x07068504)
+    assert prmt_np(a, b, np.uint32(0x3210)) == 0x83020100
+    assert prmt_np(a, b, np.uint32(0x7654)) == 0x07068504
+    assert prmt_np(a, b, np.uint32(0x0516)) == (0x00 << 24) | (0x85 << 16) | (0x01 << 8) | 0x06
+    # sign mode (bit 3): byte 3 of a is 0x83 (negative) -> 0xFF, byte 0 of a is 0x00 -> 0x00
+    assert prmt_np(a, b, np.uint32(0x8B00)) == (0x00 << 24) | (0xFF << 16) | (0x00 << 8) | 0x00
+
+
+@pytest.mark.parametrize("fmt,hi", [("float8_e4m3fn", 4), ("float8_e4m3fn", 7), ("float8_e4m3", 6)])
+def test_lut_expansion_equals_the_packed_format(fmt, hi):
+    rng = np.random.default_rng(11)
+    n, g = 37, 5
+    scales = np.exp2(rng.uniform(-8, hi, (n, g))).astype(np.float32)
+    zeros = rng.integers(0, 16, (n, g)).astype(np.uint8)
+    lut = expansion_lut_np(scales, zeros, fmt)                       # (G, N, 16) uint8
+    words = lut.reshape(g, n, 4, 4).astype(np.uint32)
+    words = words[..., 0] | (words[..., 1] << 8) | (words[..., 2] << 16) | (words[..., 3] << 24)  # little-endian
+    # every 4-code combination of every (group, row): all 16 codes in each position
+    q = rng.integers(0, 16, (g, n, 64, 4)).astype(np.uint32)
+    q[:, :, :16, 0] = np.arange(16)
+    q[:, :, :16, 3] = np.arange(16)[::-1]
+    codes16 = q[..., 0] | (q[..., 1] << 4) | (q[..., 2] << 8) | (q[..., 3] << 12)
+    got = lut_expand_np(codes16, *(words[:, :, None, i] for i in range(4)))
+    got_bytes = np.stack([(got >> (8 * i)) & 0xFF for i in range(4)], axis=-1).astype(np.uint8)
+    d = q.astype(np.int32) - zeros.T.astype(np.int32)[:, :, None, None]
+    want = encode((scales.T[:, :, None, None] * d.astype(np.float32)).astype(np.float32), fmt, saturate=True)
+    assert np.array_equal(got_bytes, want)
