@@ -27,8 +27,9 @@ from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import get_num_threads, njit, prange, types
 from numba.cpython.unsafe.numbers import leading_zeros
+from numba.extending import overload
 
 from sim import formats
 from sim.datapath import NumericsSpec
@@ -218,6 +219,18 @@ def _decode_rows(codes, lut_val, lut_pow, lut_bad, val, power):
     return bad
 
 
+def _truncate_to(x, witness):
+    """int(x) (toward zero) in witness's integer dtype; compiled per dtype by the overload below."""
+    raise NotImplementedError  # only called from Numba code
+
+
+@overload(_truncate_to)
+def _truncate_to_overload(x, witness):
+    if witness.dtype == types.int32:  # the narrow path: 16 lanes per AVX-512 register instead of 8
+        return lambda x, witness: np.int32(x)
+    return lambda x, witness: np.int64(x)
+
+
 # Outputs per column chunk (vector lanes) and rows per tile: a chunk of B (P x LANES values per step) is reused
 # from L1 by the rows of a tile.
 _LANES = 64
@@ -321,7 +334,8 @@ def _gemm_kernel(a_val, a_pow, b_codes, lut_val, lut_pow, lut_bad, grid_witness,
                                 total[lane] = 0
                             for j in range(k, k_end):
                                 for lane in range(_LANES):
-                                    total[lane] += np.int64(a_val[m0 + i, j] * b_val[j, lane] * grid[lane])  # truncates
+                                    total[lane] += _truncate_to(a_val[m0 + i, j] * b_val[j, lane] * grid[lane],
+                                                                sum_witness)
                             if acc_in_alignment:
                                 for lane in range(_LANES):
                                     t = np.float64(total[lane]) + np.trunc(acc[i, lane] * np.float64(grid[lane]))
@@ -344,14 +358,27 @@ def _gemm_kernel(a_val, a_pow, b_codes, lut_val, lut_pow, lut_bad, grid_witness,
                                         old = acc[i, lane]
                                         if (old - (s - back)) + (x - back) != 0.0 and not math.isinf(old):
                                             work[lane] = _add_and_round_exactly(old, x, acc_bits, nearest_even, ftz)
-                            if acc_bits == 24 and nearest_even:  # float32's own rounding, subnormals included
-                                for lane in range(_LANES):
-                                    r = np.float64(np.float32(work[lane]))
-                                    r = 0.0 if ftz and abs(r) < _F32_MIN_NORMAL else r
-                                    acc[i, lane] = acc[i, lane] if math.isinf(acc[i, lane]) else r
+                            # Is any lane outside float32's normal range, or already infinite? (Rare; those
+                            # lanes take the careful path below.)
+                            special = False
+                            for lane in range(_LANES):
+                                b = work_bits[lane]
+                                e = (b >> 52) & 0x7FF
+                                old_e = (acc_bits_view[i, lane] >> 52) & 0x7FF
+                                special |= ((e < 1023 + _F32_MIN_NORMAL_EXP) & ((b & 0x7FFFFFFFFFFFFFFF) != 0)) | (
+                                    e >= 1023 + _F32_MAX_EXP) | (old_e == 0x7FF)
+                            if not special:
+                                if acc_bits == 24 and nearest_even:  # float32's own rounding
+                                    for lane in range(_LANES):
+                                        acc[i, lane] = np.float64(np.float32(work[lane]))
+                                else:
+                                    # Round on the float64 pattern (RZ: drop the bits; RNE: add half an ulp minus
+                                    # one plus the kept lsb, then drop).
+                                    for lane in range(_LANES):
+                                        b = work_bits[lane]
+                                        up = (half_minus_one + ((b >> drop) & 1)) if nearest_even else 0
+                                        acc_bits_view[i, lane] = (b + up) & ~low_bits
                             else:
-                                # Round on the float64 pattern (RZ: drop the bits; RNE: add half an ulp minus one
-                                # plus the kept lsb, then drop); then the float32-subnormal range and overflow.
                                 for lane in range(_LANES):
                                     b = work_bits[lane]
                                     up = (half_minus_one + ((b >> drop) & 1)) if nearest_even else 0
@@ -359,7 +386,7 @@ def _gemm_kernel(a_val, a_pow, b_codes, lut_val, lut_pow, lut_bad, grid_witness,
                                 for lane in range(_LANES):
                                     x = work[lane]
                                     r = spare[lane]
-                                    y = x * sub_scale
+                                    y = x * sub_scale  # the float32-subnormal grid of a p-bit accumulator
                                     y = (np.rint(y) if nearest_even else np.trunc(y)) * sub_step
                                     y = 0.0 if ftz and abs(y) < _F32_MIN_NORMAL else y
                                     r = y if abs(x) < _F32_MIN_NORMAL else r
