@@ -16,6 +16,8 @@ Kernels (``kernel=``):
 * ``cublas``: expand the whole weight to FP8 once when the layer is built, then ``torch._scaled_mm`` per call.
 * ``triton``: the fused W4A8 kernel of ``dpq.kernels.w4a8_triton`` (packed INT4 read per call, expanded in
   registers); its numerics are the profile ``h100-triton-w4a8`` (no promotion, split-K parts added in order).
+  ``triton_variant`` (else $DPQ_TRITON_VARIANT, else "lut"): "lut" (table look-up expansion) or "v2" (float32
+  arithmetic per weight); both give the same bits.
 * on HPU: ``torch.ops.hpu.cast_to_fp8_v2`` and ``torch.ops.hpu.fp8_gemm_v2`` (Gaudi 2 takes its FP8 values in
   the e4m3 range of +-240, which are a subset of torch's float8_e4m3fn codes, bit pattern for bit pattern).
 * on CPU: float32 matmul of the same FP8 values (the ``reference`` backend's arithmetic, not a chip's).
@@ -167,7 +169,7 @@ class TorchLinear:
     """
 
     def __init__(self, p: PackedLinear, device: str | None = None, *, kernel: str = "cublas",
-                 out_dtype: str = "bfloat16", triton_config=None):
+                 out_dtype: str = "bfloat16", triton_config=None, triton_variant: str | None = None):
         if not p.quantizes_activations or (p.weight_encoding == "int_asym" and p.expansion != "fp8"):
             raise ValueError(f"torch backend: layer {p.name!r} is not an FP8 GEMM (weights {p.weight_encoding}/"
                              f"{p.expansion}, activations {'FP8' if p.quantizes_activations else '16-bit'}); "
@@ -190,9 +192,10 @@ class TorchLinear:
                 raise ValueError(f"kernel='triton' needs device 'cuda', got {self.device!r}")
             if p.weight_encoding != "int_asym":
                 raise ValueError(f"kernel='triton' runs packed INT weights; layer {p.name!r} has FP8 weights")
-            from dpq.kernels.w4a8_triton import PackedW4A8Weight
+            from dpq.kernels.w4a8_triton import DEFAULT_VARIANT, PackedW4A8Weight
 
-            self._triton_weight = PackedW4A8Weight.from_packed(p, self.device)
+            variant = triton_variant or os.environ.get("DPQ_TRITON_VARIANT") or DEFAULT_VARIANT
+            self._triton_weight = PackedW4A8Weight.from_packed(p, self.device, variant)
             self._triton_config = triton_config
         else:
             self._w8 = weight_fp8(p, self.device)

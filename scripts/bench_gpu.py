@@ -5,7 +5,10 @@ M in 1, 4, 16, 64, 256, 1024, 4096 tokens, four ways to compute y = x @ W^T (bf1
 
 * ``bf16``          torch.matmul, BF16 weights (cuBLAS);
 * ``fp8``           torch._scaled_mm, FP8 E4M3 weights and activations, per-tensor scales (cuBLAS, fast accum);
-* ``w4a8_fused``    the Triton kernel of dpq/kernels/w4a8_triton.py reading packed INT4 (groups of 128);
+* ``w4a8_fused``    the Triton kernel of dpq/kernels/w4a8_triton.py reading packed INT4 (groups of 128), variant
+                    "lut" (v3: codes + a 16-byte FP8 table per group, 0.625 byte per weight);
+* ``w4a8_fused_v2`` the same kernel's variant "v2" (codes + float32 scale and uint8 zero per group, expanded
+                    with float32 arithmetic per weight; 0.539 byte per weight);
 * ``w4a8_unfused``  the same packed weights expanded to FP8 by torch ops on every call, then torch._scaled_mm.
 
 Activations are already FP8 for the FP8 schemes (their quantization is a separate elementwise op in every scheme).
@@ -49,7 +52,8 @@ SHAPES = [
     ("llama-2-70b", "gate_up_proj", 57344, 8192), ("llama-2-70b", "down_proj", 8192, 28672),
 ]
 M_VALUES = (1, 4, 16, 64, 256, 1024, 4096)
-SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_unfused")
+SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_v2", "w4a8_unfused")
+FUSED_VARIANTS = {"w4a8_fused": "lut", "w4a8_fused_v2": "v2"}
 GROUP_SIZE = 128
 FIELDS = ["card", "driver", "torch", "triton", "cuda", "sm_count", "date", "model", "layer", "scheme", "m", "n", "k",
           "latency_s", "spread_rel", "calls_per_graph", "weight_copies", "weight_bytes", "hbm_bytes",
@@ -111,16 +115,17 @@ def make_weights(torch, n: int, k: int, gen):
     return codes, scales, zeros
 
 
-def fused_candidates(m: int, n: int, k: int, sms: int, quick: bool):
+def fused_candidates(m: int, n: int, k: int, sms: int, quick: bool, variant: str):
     """Tile configurations tried for the fused kernel at this shape (the heuristic first)."""
     from dpq.kernels.w4a8_triton import KernelConfig, default_config
 
-    base = default_config(m, n, k, sms, GROUP_SIZE)
+    base = default_config(m, n, k, sms, GROUP_SIZE, variant)
     cands = [base]
     if quick:
         return cands
     if m <= 64:
-        cands += [replace(base, block_n=128), replace(base, block_n=128, num_warps=8),
+        other_n = 64 if base.block_n == 128 else 128
+        cands += [replace(base, block_n=other_n), replace(base, block_n=128, num_warps=8),
                   replace(base, split_k=base.split_k * 2),
                   replace(base, split_k=max(1, base.split_k // 2)), replace(base, num_stages=6)]
     else:
@@ -140,8 +145,8 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
     gen = torch.Generator(device="cuda")
     gen.manual_seed(1234)
     codes, scales, zeros = make_weights(torch, n, k, gen)
-    w_bytes = {"bf16": n * k * 2, "fp8": n * k, "w4a8_fused": codes.numel() + scales.numel() * 5,
-               "w4a8_unfused": codes.numel() + scales.numel() * 5}
+    w_bytes = {"bf16": n * k * 2, "fp8": n * k, "w4a8_fused": codes.numel() + scales.numel() * 16,
+               "w4a8_fused_v2": codes.numel() + scales.numel() * 5, "w4a8_unfused": codes.numel() + scales.numel() * 5}
     fp8_max = 448.0
     w8 = expanded_weight_values(codes, scales, zeros, GROUP_SIZE, "float8_e4m3fn").to(torch.float8_e4m3fn)
     wbf = (w8.to(torch.float32) * 0.01).to(torch.bfloat16)
@@ -177,12 +182,16 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
                     calls_n = copies  # slow: one pass over the copies is enough
                     calls = [(lambda w=ws[i % copies]: unfused(w)) for i in range(calls_n)]
                 else:
-                    pw = PackedW4A8Weight.from_arrays(codes, scales, zeros, GROUP_SIZE, 0.01, fp8_max, "cuda")
+                    variant = FUSED_VARIANTS[scheme]
+                    pw = PackedW4A8Weight.from_arrays(codes, scales, zeros, GROUP_SIZE, 0.01, fp8_max, "cuda", variant)
+                    if pw.hbm_bytes != w_bytes[scheme]:
+                        raise RuntimeError(f"{scheme}: weight holds {pw.hbm_bytes} bytes, expected {w_bytes[scheme]}")
                     ws = [pw] + [PackedW4A8Weight.from_arrays(codes.clone(), scales.clone(), zeros.clone(), GROUP_SIZE,
-                                                              0.01, fp8_max, "cuda") for _ in range(copies - 1)]
+                                                              0.01, fp8_max, "cuda", variant)
+                                 for _ in range(copies - 1)]
                     ref = (x8.double() @ w8.double().t()) * 0.01
                     best = None
-                    for cfg in fused_candidates(m, n, k, info["sm_count"], args.quick):
+                    for cfg in fused_candidates(m, n, k, info["sm_count"], args.quick, variant):
                         y = w4a8_matmul(x8, pw, 1.0, out_dtype="float32", config=cfg)
                         err = float((y.double() - ref).norm() / ref.norm())
                         if not err < 1e-2:
@@ -190,7 +199,8 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
                         ccalls = [(lambda w=ws[i % copies], c=cfg: w4a8_matmul(x8, w, 1.0, config=c))
                                   for i in range(calls_n)]
                         t, spread = time_graph(torch, ccalls, args.repeats)
-                        tune_writer.writerow({"card": info["card"], "model": model, "layer": layer, "m": m, "n": n,
+                        tune_writer.writerow({"card": info["card"], "scheme": scheme, "model": model, "layer": layer,
+                                              "m": m, "n": n,
                                               "k": k, "config": repr(cfg), "latency_s": f"{t:.6e}",
                                               "rel_error_vs_f64": f"{err:.2e}"})
                         if best is None or t < best[0]:
@@ -248,7 +258,7 @@ def main(argv=None) -> int:
             open(args.out / f"tuning_{tag}.csv", "w", newline="") as ft:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
-        tune = csv.DictWriter(ft, fieldnames=["card", "model", "layer", "m", "n", "k", "config", "latency_s",
+        tune = csv.DictWriter(ft, fieldnames=["card", "scheme", "model", "layer", "m", "n", "k", "config", "latency_s",
                                               "rel_error_vs_f64"])
         tune.writeheader()
         for model, layer, n, k in sorted(SHAPES, key=lambda r: models.index(r[0]) if r[0] in models else 99):
@@ -260,15 +270,26 @@ def main(argv=None) -> int:
                 f.flush()
                 ft.flush()
     print(f"# {info['card']} driver {info['driver']} torch {info['torch']} triton {info['triton']}")
-    print(f"{'model':12s} {'layer':13s} {'m':>5s} {'bf16 us':>9s} {'fp8 us':>9s} {'w4a8 us':>9s} "
+    nan = float("nan")
+    print(f"{'model':12s} {'layer':13s} {'m':>5s} {'bf16 us':>9s} {'fp8 us':>9s} {'v2 us':>9s} {'lut us':>9s} "
           f"{'x bf16':>7s} {'x fp8':>7s}")
+    layer_sums = {}
     for (model, layer, m, scheme), t in summary.items():
+        layer_sums.setdefault((model, m, scheme), []).append(t)
         if scheme != "w4a8_fused" or m > 64:
             continue
-        b, f8 = summary.get((model, layer, m, "bf16")), summary.get((model, layer, m, "fp8"))
-        print(f"{model:12s} {layer:13s} {m:5d} {b * 1e6 if b else float('nan'):9.1f} "
-              f"{f8 * 1e6 if f8 else float('nan'):9.1f} {t * 1e6:9.1f} {b / t if b else float('nan'):7.2f} "
-              f"{f8 / t if f8 else float('nan'):7.2f}")
+        b, f8, v2 = (summary.get((model, layer, m, sc), nan) for sc in ("bf16", "fp8", "w4a8_fused_v2"))
+        print(f"{model:12s} {layer:13s} {m:5d} {b * 1e6:9.1f} {f8 * 1e6:9.1f} {v2 * 1e6:9.1f} {t * 1e6:9.1f} "
+              f"{b / t:7.2f} {f8 / t:7.2f}")
+    print("# one decoder layer (the four GEMMs summed)")
+    for (model, m, scheme), ts in layer_sums.items():
+        if scheme != "w4a8_fused" or len(ts) != 4:
+            continue
+        tot = {sc: sum(layer_sums.get((model, m, sc), [nan])) if len(layer_sums.get((model, m, sc), [])) == 4
+               else nan for sc in ("bf16", "fp8", "w4a8_fused_v2", "w4a8_fused")}
+        t = tot["w4a8_fused"]
+        print(f"{model:12s} {'layer':13s} {m:5d} {tot['bf16'] * 1e6:9.1f} {tot['fp8'] * 1e6:9.1f} "
+              f"{tot['w4a8_fused_v2'] * 1e6:9.1f} {t * 1e6:9.1f} {tot['bf16'] / t:7.2f} {tot['fp8'] / t:7.2f}")
     return 0
 
 

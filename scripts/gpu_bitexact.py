@@ -127,6 +127,9 @@ PROBE_VARIANTS = {  # Triton configurations run on the crafted probe (M=16, N=25
     "split1": {"split_k": 1},
     "split3": {"split_k": 3},
     "bn128_bt32": {"block_n": 128, "block_t": 32, "split_k": 1},
+    "bn64_w8": {"block_n": 64, "num_warps": 8, "split_k": 2},
+    "v2_default": {"variant": "v2"},
+    "v2_split1": {"variant": "v2", "split_k": 1},
 }
 
 
@@ -148,16 +151,27 @@ def make_probe(seed: int = 7):
     return p, x
 
 # Variants of the Triton kernel run on every linear: name -> KernelConfig overrides (None = the default heuristic).
-TRITON_VARIANTS = {
+TRITON_VARIANTS = {  # "variant" picks the kernel variant (default: the module's DEFAULT_VARIANT)
     "default": None,
     "split1": {"split_k": 1},
+    "v2_default": {"variant": "v2"},
 }
+
+
+def triton_setup(over, m, n, k, sms, group_size):
+    """(kernel variant, KernelConfig) of one named variant: the heuristic with the overrides applied."""
+    from dpq.kernels.w4a8_triton import DEFAULT_VARIANT, KernelConfig, default_config
+
+    over = dict(over or {})
+    variant = over.pop("variant", DEFAULT_VARIANT)
+    base = default_config(m, n, k, sms, group_size, variant)
+    return variant, KernelConfig(**(base.__dict__ | over))
 
 
 def run(in_dir: Path, out_dir: Path) -> None:
     import torch
 
-    from dpq.kernels.w4a8_triton import KernelConfig, default_config, split_k_parts
+    from dpq.kernels.w4a8_triton import split_k_parts
     from dpq.torch_backend import TorchLinear, activation_fp8
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -175,17 +189,18 @@ def run(in_dir: Path, out_dir: Path) -> None:
         xt = torch.from_numpy(x).cuda()
         lin = TorchLinear(p, "cuda", kernel="cublas", out_dtype="bfloat16")
         results[f"{name}/cublas"] = lin.run(xt).view(torch.int16).cpu().numpy()
-        base = default_config(x.shape[0], p.out_features, p.in_features, dev.multi_processor_count, p.group_size)
         try:
             for vname, over in TRITON_VARIANTS.items():
-                cfg = KernelConfig(**(base.__dict__ | (over or {})))
-                tl = TorchLinear(p, "cuda", kernel="triton", out_dtype="bfloat16", triton_config=cfg)
+                variant, cfg = triton_setup(over, x.shape[0], p.out_features, p.in_features,
+                                            dev.multi_processor_count, p.group_size)
+                tl = TorchLinear(p, "cuda", kernel="triton", out_dtype="bfloat16", triton_config=cfg,
+                                 triton_variant=variant)
                 y1 = tl.run(xt)
                 y2 = tl.run(xt)
                 if not torch.equal(y1.view(torch.int16), y2.view(torch.int16)):
                     raise RuntimeError(f"{name} triton {vname}: two runs differ (race?)")
                 results[f"{name}/triton_{vname}"] = y1.view(torch.int16).cpu().numpy()
-                meta["variants"][f"{name}/triton_{vname}"] = {"config": cfg.__dict__,
+                meta["variants"][f"{name}/triton_{vname}"] = {"config": cfg.__dict__, "variant": variant,
                                                               "split_k_parts": list(split_k_parts(p.in_features, cfg,
                                                                                                 p.group_size))}
         except Exception as exc:  # noqa: BLE001 - keep the cuBLAS results; the error goes into the meta file
@@ -206,12 +221,12 @@ def run(in_dir: Path, out_dir: Path) -> None:
             y = torch._scaled_mm(x8, lin._w8.t(), scale_a=lin._scale_a, scale_b=lin._scale_b, out_dtype=torch.bfloat16,
                                  use_fast_accum=fast)
             results[f"probe/cublas_fast{int(fast)}"] = y.view(torch.int16).cpu().numpy()
-        base = default_config(x.shape[0], p.out_features, p.in_features, dev.multi_processor_count, p.group_size)
         for vname, over in PROBE_VARIANTS.items():
-            cfg = KernelConfig(**(base.__dict__ | over))
-            y = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg).run(xt)
+            variant, cfg = triton_setup(over, x.shape[0], p.out_features, p.in_features, dev.multi_processor_count,
+                                        p.group_size)
+            y = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant=variant).run(xt)
             results[f"probe/triton_{vname}"] = y.view(torch.int16).cpu().numpy()
-            meta["probe"]["variants"][vname] = {"config": cfg.__dict__,
+            meta["probe"]["variants"][vname] = {"config": cfg.__dict__, "variant": variant,
                                                 "split_k_parts": list(split_k_parts(p.in_features, cfg, p.group_size))}
     except Exception as exc:  # noqa: BLE001
         meta.setdefault("errors", []).append(f"probe: {type(exc).__name__}: {exc}")

@@ -16,7 +16,8 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() != (9, 0),
                                  reason="bit-exact numerics are modelled for Hopper (sm_90) only")]
 
-from dpq.kernels.w4a8_triton import KernelConfig, default_config, split_k_parts  # noqa: E402
+from dpq.kernels.w4a8_triton import (KernelConfig, default_config, expansion_lut, expansion_lut_np,  # noqa: E402
+                                     split_k_parts)
 from dpq.packed import PackedLinear, pack_nibbles  # noqa: E402
 from dpq.torch_backend import TorchLinear, emulator_inputs  # noqa: E402
 from sim.mac import fp8_gemm  # noqa: E402
@@ -49,17 +50,41 @@ def test_cublas_path_bit_exact(m, n, k, gs):
     assert np.array_equal(_bits(got), _bits(want))
 
 
+@pytest.mark.parametrize("variant", ["lut", "v2"])
 @pytest.mark.parametrize("m,n,k,gs,split,hi", [(1, 256, 8192, 128, None, 4), (16, 192, 576, 64, None, 4),
                                                (16, 256, 8192, 128, 1, 4), (70, 384, 2048, 128, 3, 4),
-                                               (8, 128, 1024, 32, None, 7)])  # hi=7: s_g (q - z) saturates
-def test_triton_path_bit_exact(m, n, k, gs, split, hi):
+                                               (8, 128, 1024, 32, None, 7),  # hi=7: s_g (q - z) saturates
+                                               (3, 200, 576, 64, None, 4)])  # N not a multiple of the tile
+def test_triton_path_bit_exact(m, n, k, gs, split, hi, variant):
     rng = np.random.default_rng(m * 7 + n)
     p = _layer(rng, n, k, gs, hi)
     x = (rng.standard_normal((m, k)) * np.exp2(rng.uniform(-4, 4, (m, k)))).astype(np.float32)
-    cfg = default_config(m, n, k, torch.cuda.get_device_properties(0).multi_processor_count, gs)
+    cfg = default_config(m, n, k, torch.cuda.get_device_properties(0).multi_processor_count, gs, variant)
     if split is not None:
         cfg = KernelConfig(**(cfg.__dict__ | {"split_k": split}))
-    got = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg)(x)
+    got = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant=variant)(x)
     want = fp8_gemm(hw="h100-triton-w4a8", out_dtype="bfloat16", split_k=split_k_parts(k, cfg, gs),
                     **emulator_inputs(p, x))
     assert np.array_equal(_bits(got), _bits(want))
+
+
+@pytest.mark.parametrize("fp8_max,hi", [(448.0, 7), (240.0, 6)])
+def test_expansion_lut_matches_its_numpy_twin(fp8_max, hi):
+    rng = np.random.default_rng(5)
+    scales = np.exp2(rng.uniform(-8, hi, (300, 7))).astype(np.float32)
+    zeros = rng.integers(0, 16, (300, 7)).astype(np.uint8)
+    got = expansion_lut(torch.from_numpy(scales).cuda(), torch.from_numpy(zeros).cuda(), fp8_max, rows_per_chunk=128)
+    fmt = "float8_e4m3fn" if fp8_max == 448.0 else "float8_e4m3"
+    want = expansion_lut_np(scales, zeros, fmt)
+    assert np.array_equal(got.cpu().contiguous().view(torch.uint8).numpy().reshape(want.shape), want)
+
+
+@pytest.mark.parametrize("block_n,warps,stages", [(64, 4, 4), (128, 4, 4), (128, 8, 3)])
+def test_lut_and_v2_variants_give_the_same_bits(block_n, warps, stages):
+    rng = np.random.default_rng(block_n + warps)
+    p = _layer(rng, 384, 4096, 128)
+    x = (rng.standard_normal((16, 4096)) * np.exp2(rng.uniform(-4, 4, (16, 4096)))).astype(np.float32)
+    cfg = KernelConfig(block_n=block_n, block_t=16, split_k=2, num_warps=warps, num_stages=stages)
+    a = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant="lut")(x)
+    b = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant="v2")(x)
+    assert np.array_equal(_bits(a), _bits(b))
