@@ -123,7 +123,16 @@ def fused_candidates(m: int, n: int, k: int, sms: int, quick: bool, variant: str
     cands = [base]
     if quick:
         return cands
-    if m <= 64:
+    if m <= 64 and variant == "lut":
+        # the lut kernel's speed follows the programs resident per SM (run 1: 6 stages and 8 warps were slower,
+        # more split-K parts faster): fewer stages, more parts, 64-row tiles
+        s = base.split_k
+        cands += [replace(base, num_stages=3), replace(base, num_stages=3, split_k=2 * s),
+                  replace(base, split_k=2 * s), replace(base, split_k=max(1, s // 2)),
+                  replace(base, num_stages=2, split_k=2 * s),
+                  replace(base, block_n=64, num_stages=3), replace(base, block_n=64, num_stages=2),
+                  replace(base, block_n=64, num_stages=4, split_k=2 * s)]
+    elif m <= 64:
         other_n = 64 if base.block_n == 128 else 128
         cands += [replace(base, block_n=other_n), replace(base, block_n=128, num_warps=8),
                   replace(base, split_k=base.split_k * 2),
@@ -191,7 +200,8 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
                                  for _ in range(copies - 1)]
                     ref = (x8.double() @ w8.double().t()) * 0.01
                     best = None
-                    for cfg in fused_candidates(m, n, k, info["sm_count"], args.quick, variant):
+                    quick = args.quick_v2 if scheme == "w4a8_fused_v2" else args.quick
+                    for cfg in fused_candidates(m, n, k, info["sm_count"], quick, variant):
                         y = w4a8_matmul(x8, pw, 1.0, out_dtype="float32", config=cfg)
                         err = float((y.double() - ref).norm() / ref.norm())
                         if not err < 1e-2:
@@ -241,6 +251,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tune-models", default=None,
                     help="comma list: try several fused-kernel tile configurations only for these models "
                          "(default: all models unless --quick)")
+    ap.add_argument("--tune-v2-models", default=None,
+                    help="comma list: the same for w4a8_fused_v2 only (default: as --tune-models)")
     args = ap.parse_args(argv)
     import torch
 
@@ -266,6 +278,8 @@ def main(argv=None) -> int:
                 args_m = argparse.Namespace(**vars(args))
                 if args.tune_models is not None:
                     args_m.quick = args.quick or model not in args.tune_models.split(",")
+                tune_v2 = args.tune_v2_models if args.tune_v2_models is not None else args.tune_models
+                args_m.quick_v2 = args_m.quick if tune_v2 is None else (args.quick or model not in tune_v2.split(","))
                 bench_shape(torch, info, model, layer, n, k, m_values, schemes, args_m, writer, tune, summary)
                 f.flush()
                 ft.flush()

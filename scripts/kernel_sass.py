@@ -35,10 +35,10 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
     fn = W._kernels()[variant]
     if variant == "lut":
         sig = {"x_ptr": "*fp8e4nv", "codes_ptr": "*u8", "lut_ptr": "*i32", "out_ptr": "*bf16", "part_ptr": "*fp32",
-               "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_cn": "i32", "stride_om": "i32",
+               "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_cw": "i32", "stride_om": "i32",
                "out_scale": "fp32", "k_tiles_per_split": "i32"}
         consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_K=block_k, SPLIT_K=split_k, OUT_BF16=True, EVEN_N=True)
-        div = ["x_ptr", "codes_ptr", "lut_ptr", "out_ptr", "part_ptr", "K", "N", "stride_xm", "stride_cn", "stride_om"]
+        div = ["x_ptr", "codes_ptr", "lut_ptr", "out_ptr", "part_ptr", "K", "N", "stride_xm", "stride_cw", "stride_om"]
     else:
         sig = {"x_ptr": "*fp8e4nv", "codes_ptr": "*u8", "scales_ptr": "*fp32", "zeros_ptr": "*u8", "out_ptr": "*bf16",
                "part_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_cn": "i32",

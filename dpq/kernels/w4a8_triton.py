@@ -96,9 +96,12 @@ def default_config(m: int, n: int, k: int, num_sms: int = 132, group_size: int =
         block_t, block_n, warps, stages = 128, 128, 8, 3
     tiles = math.ceil(n / block_n) * math.ceil(m / block_t)
     k_tiles = k // group_size
+    # programs wanted: the lut kernel's speed grew with resident programs up to ~4 per SM (H200 tuning,
+    # results/gpu/tuning_h200_v3_lut.csv); v2 keeps its 2 per SM
+    target = (4 if variant == "lut" else 2) * num_sms
     split = 1
-    if tiles < 2 * num_sms:
-        split = max(1, min(math.ceil(2 * num_sms / tiles), k_tiles // 4 or 1))
+    if tiles < target:
+        split = max(1, min(math.ceil(target / tiles), k_tiles // 4 or 1))
     return KernelConfig(block_n=block_n, block_t=block_t, split_k=split, num_warps=warps, num_stages=stages)
 
 
@@ -340,7 +343,7 @@ def _kernels():
 
     @triton.jit
     def w4a8_lut_kernel(x_ptr, codes_ptr, lut_ptr, out_ptr, part_ptr,
-                        M, N, K, stride_xm, stride_cn, stride_om, out_scale, k_tiles_per_split,
+                        M, N, K, stride_xm, stride_cw, stride_om, out_scale, k_tiles_per_split,
                         BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
                         OUT_BF16: tl.constexpr, EVEN_N: tl.constexpr):
         pid_n = tl.program_id(0)
@@ -348,7 +351,6 @@ def _kernels():
         pid_s = tl.program_id(2)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-        offs_kb = tl.arange(0, BLOCK_K // 2)
         offs_k = tl.arange(0, BLOCK_K)
         n_mask = offs_n < N
         t_mask = offs_t < M
@@ -357,8 +359,8 @@ def _kernels():
         kt_end = kt_begin + k_tiles_per_split
         if kt_end > k_tiles:
             kt_end = k_tiles
-        # codes as uint16: 4 columns (4j..4j+3, low nibble first) per element
-        code_rows = codes_ptr.to(tl.pointer_type(tl.uint16)) + offs_n[:, None].to(tl.int64) * (stride_cn // 2)
+        # codes as uint16: 4 columns (4j..4j+3, low nibble first) per element; stride_cw in uint16 elements
+        code_rows = codes_ptr.to(tl.pointer_type(tl.uint16)) + offs_n[:, None].to(tl.int64) * stride_cw
         offs_kw = tl.arange(0, BLOCK_K // 4)
         x_rows = x_ptr + offs_t[:, None].to(tl.int64) * stride_xm
         lut_rows = lut_ptr + offs_n * 4
@@ -459,15 +461,18 @@ def w4a8_matmul(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: st
         part = out
     scale = output_scale(act_scale, weight.tensor_scale)
     grid = (triton_cdiv(n, config.block_n), triton_cdiv(m, config.block_t), split)
-    launch = dict(BLOCK_N=config.block_n, BLOCK_T=config.block_t, BLOCK_K=weight.group_size, SPLIT_K=split,
+    launch = dict(BLOCK_N=config.block_n, BLOCK_T=config.block_t, BLOCK_K=weight.group_size,
                   OUT_BF16=out_dtype == "bfloat16", num_warps=config.num_warps, num_stages=config.num_stages)
     if weight.variant == "lut":
-        kernels["lut"][grid](x8, weight.codes, weight.lut, out, part, m, n, k, x8.stride(0), weight.codes.stride(0),
-                             out.stride(0), scale, per, EVEN_N=n % config.block_n == 0, **launch)
+        # SPLIT_K is only tested against 1 in the kernel: 1 or 2 keeps one compilation for every split count
+        kernels["lut"][grid](x8, weight.codes, weight.lut, out, part, m, n, k, x8.stride(0),
+                             weight.codes.stride(0) // 2, out.stride(0), scale, per, SPLIT_K=min(split, 2),
+                             EVEN_N=n % config.block_n == 0, **launch)
     else:
         kernels["v2"][grid](x8, weight.codes, weight.group_scales, weight.zeros, out, part,
                             m, n, k, x8.stride(0), weight.codes.stride(0), weight.group_scales.stride(0),
-                            weight.zeros.stride(0), out.stride(0), scale, per, FP8_MAX=weight.fp8_max, **launch)
+                            weight.zeros.stride(0), out.stride(0), scale, per, SPLIT_K=split, FP8_MAX=weight.fp8_max,
+                            **launch)
     if split > 1:
         block = 1024
         kernels["reduce"][(triton_cdiv(m * n, block),)](part, out, m * n, scale, SPLIT_K=split, BLOCK=block,
