@@ -6,8 +6,8 @@ Three steps, so that the GPU machine needs only torch (no numba, no model assets
    quantized model on real text and keep ``--tokens`` real input rows of every linear; write one compressed
    ``.npz`` (packed fields + activations) per chunk of layers into ``--out``.
 2. ``run`` (GPU): for every linear, the torch backend's output with kernel=cublas and kernel=triton (default tile
-   heuristic at M = tokens, plus the split-K and promotion variants named by ``--triton-variants``), as raw bf16
-   bits; also a crafted probe of the Triton dot's accumulation. Writes ``gpu_<path>.npz`` and ``gpu_meta.json``.
+   heuristic at M = tokens, plus the variants of ``TRITON_VARIANTS``: the lut kernel unsplit and the v2 kernel),
+   as raw bf16 bits; also a crafted probe of the Triton dot's accumulation (``PROBE_VARIANTS``). Writes ``gpu_<path>.npz`` and ``gpu_meta.json``.
 3. ``compare`` (here): ``sim.mac.fp8_gemm`` with hw=h100/h200 (cuBLAS path) and hw=h100-triton-w4a8 (Triton path,
    with the kernel's split-K part lengths) on the same inputs; counts equal bf16 bit patterns per path. Writes a
    JSON summary (``--summary``).
@@ -189,8 +189,8 @@ def run(in_dir: Path, out_dir: Path) -> None:
         xt = torch.from_numpy(x).cuda()
         lin = TorchLinear(p, "cuda", kernel="cublas", out_dtype="bfloat16")
         results[f"{name}/cublas"] = lin.run(xt).view(torch.int16).cpu().numpy()
-        try:
-            for vname, over in TRITON_VARIANTS.items():
+        for vname, over in TRITON_VARIANTS.items():
+            try:
                 variant, cfg = triton_setup(over, x.shape[0], p.out_features, p.in_features,
                                             dev.multi_processor_count, p.group_size)
                 tl = TorchLinear(p, "cuda", kernel="triton", out_dtype="bfloat16", triton_config=cfg,
@@ -203,9 +203,9 @@ def run(in_dir: Path, out_dir: Path) -> None:
                 meta["variants"][f"{name}/triton_{vname}"] = {"config": cfg.__dict__, "variant": variant,
                                                               "split_k_parts": list(split_k_parts(p.in_features, cfg,
                                                                                                 p.group_size))}
-        except Exception as exc:  # noqa: BLE001 - keep the cuBLAS results; the error goes into the meta file
-            meta.setdefault("errors", []).append(f"{name}: {type(exc).__name__}: {exc}")
-            log(f"[run] {name}: triton failed: {type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - keep the other paths; the error goes into the meta file
+                meta.setdefault("errors", []).append(f"{name} {vname}: {type(exc).__name__}: {exc}")
+                log(f"[run] {name} {vname}: triton failed: {type(exc).__name__}: {exc}")
         n += 1
     # crafted probe: the inputs travel back with the outputs so that compare needs nothing else
     try:
@@ -224,7 +224,11 @@ def run(in_dir: Path, out_dir: Path) -> None:
         for vname, over in PROBE_VARIANTS.items():
             variant, cfg = triton_setup(over, x.shape[0], p.out_features, p.in_features, dev.multi_processor_count,
                                         p.group_size)
-            y = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant=variant).run(xt)
+            try:
+                y = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant=variant).run(xt)
+            except Exception as exc:  # noqa: BLE001
+                meta.setdefault("errors", []).append(f"probe {vname}: {type(exc).__name__}: {exc}")
+                continue
             results[f"probe/triton_{vname}"] = y.view(torch.int16).cpu().numpy()
             meta["probe"]["variants"][vname] = {"config": cfg.__dict__, "variant": variant,
                                                 "split_k_parts": list(split_k_parts(p.in_features, cfg, p.group_size))}
