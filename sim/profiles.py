@@ -102,6 +102,11 @@ class MatrixEngineSpec:
     k_chunks_per_tile: int = _spec("pipeline stages a tile's K loop is split into in the event model", lo=1)
     split_k_max: int = _spec("largest split-K factor the library uses to fill idle units", lo=1)
     split_k_min_k: int = _spec("smallest K slice per split", lo=1)
+    sustained_rate_fraction: float = _spec(
+        "fraction of the matrix rate of efficiency_by_flops that a serving run sustains step after step (applied by "
+        "simulate, not by predict_gemm): clocks drop under the board power limit in long compute-bound runs, and "
+        "serving engines' GEMM tactics differ from a microbenchmark's; 1 = as measured in short GEMM bursts",
+        lo=0, hi=1, lo_open=True)
 
 
 @dataclass(frozen=True)

@@ -69,12 +69,26 @@ def _vector_rate(hw: HardwareProfile) -> float:
     return hw.vector_engine.peak_flops_per_s * hw.vector_engine.efficiency
 
 
-def _split_k(hw: HardwareProfile, tiles_mn: int, k: int) -> int:
+def _split_k(hw: HardwareProfile, tiles_mn: int, g: "GemmShape") -> int:
     me = hw.matrix_engine
     slots = me.units * me.concurrent_tiles_per_unit
     if tiles_mn >= slots:
         return 1
-    return max(1, min(me.split_k_max, slots // tiles_mn, k // me.split_k_min_k))
+    return max(1, min(me.split_k_max, slots // tiles_mn, g.k // me.split_k_min_k))
+
+
+def _units_load_rate(hw: HardwareProfile, active_tiles: int) -> float:
+    """Load rate of the units that hold ``active_tiles`` tiles: the scheduler spreads tiles one per unit first,
+    so a kernel of few tiles pulls through as many units as it has tiles (each unit at its full rate)."""
+    me = hw.matrix_engine
+    return min(active_tiles, me.units) * me.unit_load_bandwidth_bytes_per_s
+
+
+def _unit_share(hw: HardwareProfile, active_tiles: float) -> float:
+    """Fraction of one unit's matrix rate each of ``active_tiles`` tiles gets: tiles are spread one per unit
+    first, so up to ``units`` tiles run alone on their unit; beyond that they share it (occupancy)."""
+    me = hw.matrix_engine
+    return 1.0 / min(me.concurrent_tiles_per_unit, max(1, math.ceil(active_tiles / me.units)))
 
 
 def _wave_groups(waves: int) -> list[int]:
@@ -105,15 +119,15 @@ def _tile_estimate(hw: HardwareProfile, g: GemmShape, tm: int, tn: int, tile_eff
     me = hw.matrix_engine
     units = me.units * me.concurrent_tiles_per_unit
     mt, nt = math.ceil(g.m / tm), math.ceil(g.n / tn)
-    split = _split_k(hw, mt * nt, g.k)
+    split = _split_k(hw, mt * nt, g)
     tiles = mt * nt * split
     waves = math.ceil(tiles / units)
     if me.work_distribution == "stream_k":
         waves = tiles / units if tiles > units else 1
     kk = g.k / split
     flops = 2.0 * g.m * g.n * g.k
-    unit_rate = (me.peak_flops_per_s[g.matrix_dtype] / units * me.efficiency_by_flops[g.matrix_dtype](flops)
-                 * tile_eff)
+    unit_rate = (me.peak_flops_per_s[g.matrix_dtype] / me.units * me.efficiency_by_flops[g.matrix_dtype](flops)
+                 * tile_eff * _unit_share(hw, min(units, tiles)))
     tile_compute_s = 2.0 * tm * tn * kk / unit_rate
     dequant_s = 0.0
     if g.fused_dequant:
@@ -125,8 +139,7 @@ def _tile_estimate(hw: HardwareProfile, g: GemmShape, tm: int, tn: int, tile_eff
     tile_s = max(tile_s, dequant_s)
     total_bytes = g.m * g.k * g.activation_bytes + g.n * g.k * g.weight_bytes + g.m * g.n * g.output_bytes
     active = min(units, tiles)
-    rate = min(_hbm_rate(hw, total_bytes),
-               active * me.unit_load_bandwidth_bytes_per_s / me.concurrent_tiles_per_unit)
+    rate = min(_hbm_rate(hw, total_bytes), _units_load_rate(hw, active))
     est = max(waves * tile_s, total_bytes / rate)
     if split > 1:
         est += hw.kernel.split_k_reduction_overhead_s
@@ -144,7 +157,7 @@ def gemm_plan(hw: HardwareProfile, g: GemmShape, name: str = "gemm") -> KernelPl
     slots_per_unit = me.concurrent_tiles_per_unit
     units = me.units * slots_per_unit
     flops = 2.0 * g.m * g.n * g.k
-    unit_rate = (me.peak_flops_per_s[g.matrix_dtype] / units * me.efficiency_by_flops[g.matrix_dtype](flops)
+    unit_rate = (me.peak_flops_per_s[g.matrix_dtype] / me.units * me.efficiency_by_flops[g.matrix_dtype](flops)
                  * info["tile_efficiency"])
     kk = g.k / split
     kc = max(1, min(me.k_chunks_per_tile, math.ceil(kk / 64)))
@@ -172,8 +185,8 @@ def gemm_plan(hw: HardwareProfile, g: GemmShape, name: str = "gemm") -> KernelPl
             # the last partial wave's K loops are shared by all units: same work, all units busy
             group = active / units
             active = units
-        rate = min(hbm_rate, active * me.unit_load_bandwidth_bytes_per_s / slots_per_unit)
-        compute_s = group * 2.0 * tm * tn * kk / kc / unit_rate
+        rate = min(hbm_rate, _units_load_rate(hw, active))
+        compute_s = group * 2.0 * tm * tn * kk / kc / (unit_rate * _unit_share(hw, active))
         dequant_s = (group * tn * (kk / kc) * hw.dequant.ops_per_weight[g.matrix_dtype] / per_unit_vec
                      / row_tiles_sharing if g.fused_dequant else 0.0)
         for c in range(kc):

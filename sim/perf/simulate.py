@@ -8,6 +8,7 @@ decode are simulated and the rest interpolated linearly between them (exact when
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -178,6 +179,31 @@ class SimulationResult:
         }
 
 
+_SUSTAINED: dict[int, tuple[HardwareProfile, HardwareProfile]] = {}
+
+
+def sustained_profile(hw: HardwareProfile) -> HardwareProfile:
+    """The profile a serving run sees: matrix efficiency curves times ``matrix_engine.sustained_rate_fraction``."""
+    fraction = hw.matrix_engine.sustained_rate_fraction
+    if fraction >= 1.0:
+        return hw
+    hit = _SUSTAINED.get(id(hw))
+    if hit is not None and hit[0] is hw:
+        return hit[1]
+    from sim.profiles import validate_profile
+
+    raw = copy.deepcopy(dict(hw.raw))
+    me = raw["matrix_engine"]
+    me["efficiency_by_flops"] = {d: [[x, y * fraction] for x, y in curve]
+                                 for d, curve in me["efficiency_by_flops"].items()}
+    me["sustained_rate_fraction"] = 1.0
+    derived = validate_profile(raw, hw.source)
+    if len(_SUSTAINED) > 64:
+        _SUSTAINED.clear()
+    _SUSTAINED[id(hw)] = (hw, derived)
+    return derived
+
+
 def simulate_step(hw: HardwareProfile, ops: list[Op], phase: str, context_len: int) -> StepResult:
     """Simulate one step's ops (memoized per distinct op) and add the host overhead."""
     results = []
@@ -212,6 +238,8 @@ def simulate(hw: HardwareProfile | str, model: ModelConfig | str, *, scheme: str
     steps (the batch's first tokens come after the last one) and the workspace is sized for one step.
     """
     hw = resolve_profile(hw, overrides)
+    profile = hw
+    hw = sustained_profile(hw)
     model = load_model(model)
     s = get_scheme(scheme)
     for name, value in (("batch", batch), ("input_len", input_len), ("tp", tp), ("decode_samples", decode_samples)):
@@ -268,4 +296,4 @@ def simulate(hw: HardwareProfile | str, model: ModelConfig | str, *, scheme: str
         prefill_latency_s=prefill_total, decode_time_per_token_s=per_token, decode_total_s=decode_total,
         e2e_latency_s=e2e, output_tokens_per_s=batch * output_len / e2e if e2e > 0 else math.inf,
         decode_tokens_per_s=batch / per_token if per_token else 0.0, prefill=prefill, decode=decode_step,
-        decode_samples=tuple(samples), memory=memory, profile=hw, model_config=model)
+        decode_samples=tuple(samples), memory=memory, profile=profile, model_config=model)

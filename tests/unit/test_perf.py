@@ -164,3 +164,27 @@ def test_prefill_only_runs():
         simulate("h200", "smollm2-135m", scheme="bf16", batch=2, input_len=64, output_len=-1)
     with pytest.raises(ValueError, match="tp=2"):
         simulate("h200", "smollm2-135m", scheme="bf16", batch=2, input_len=64, output_len=4, tp=2)
+
+
+def test_few_tiles_run_alone_on_their_units():
+    # fewer tiles than units: each tile has a whole unit, so occupancy (tiles per unit) does not change its time
+    base = load_profile("h100", {"matrix_engine.split_k_max": 1})
+    one = load_profile("h100", {"matrix_engine.split_k_max": 1, "matrix_engine.concurrent_tiles_per_unit": 1})
+    t_few = [predict_gemm(hw, 16, 4096, 4096, "fp8") for hw in (base, one)]
+    assert gemm_timing(base, 16, 4096, 4096, "fp8").info["tiles"] < base.matrix_engine.units
+    assert t_few[0] == pytest.approx(t_few[1], rel=1e-9)
+
+
+def test_sustained_rate_fraction_slows_serving_steps_not_single_gemms():
+    full = {"matrix_engine.sustained_rate_fraction": 1.0}
+    half = {"matrix_engine.sustained_rate_fraction": 0.5}
+    kw = dict(scheme="fp8", batch=8, input_len=1024, output_len=2)
+    r_full = simulate("h100", "llama-2-7b", overrides=full, **kw)
+    r_half = simulate("h100", "llama-2-7b", overrides=half, **kw)
+    assert r_full.bound["prefill"] == "compute"
+    # compute-bound prefill: its matrix time doubles; the result keeps the profile as given
+    assert r_half.prefill.split()["matrix_s"] == pytest.approx(2 * r_full.prefill.split()["matrix_s"], rel=0.05)
+    assert r_half.profile.matrix_engine.sustained_rate_fraction == 0.5
+    assert r_half.to_dict()["config"]["profile"]["matrix_engine"]["sustained_rate_fraction"] == 0.5
+    assert predict_gemm(load_profile("h100", half), 4096, 4096, 4096, "fp8") == \
+        predict_gemm(load_profile("h100", full), 4096, 4096, 4096, "fp8")
