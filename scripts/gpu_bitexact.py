@@ -7,7 +7,8 @@ Three steps, so that the GPU machine needs only torch (no numba, no model assets
    ``.npz`` (packed fields + activations) per chunk of layers into ``--out``.
 2. ``run`` (GPU): for every linear, the torch backend's output with kernel=cublas and kernel=triton (default tile
    heuristic at M = tokens, plus the variants of ``TRITON_VARIANTS``: the lut kernel unsplit and the v2 kernel),
-   as raw bf16 bits; also a crafted probe of the Triton dot's accumulation (``PROBE_VARIANTS``). Writes ``gpu_<path>.npz`` and ``gpu_meta.json``.
+   as raw bf16 bits; also a crafted probe of the Triton dot's accumulation (``PROBE_VARIANTS``). Writes
+   ``gpu_<path>.npz`` and ``gpu_meta.json``.
 3. ``compare`` (here): ``sim.mac.fp8_gemm`` with hw=h100/h200 (cuBLAS path) and hw=h100-triton-w4a8 (Triton path,
    with the kernel's split-K part lengths) on the same inputs; counts equal bf16 bit patterns per path. Writes a
    JSON summary (``--summary``).
@@ -259,8 +260,6 @@ def bf16_bits(y_f32: np.ndarray) -> np.ndarray:
 
 
 def compare(in_dir: Path, gpu_dir: Path, hw_cublas: str, hw_triton: str, summary: Path | None) -> dict:
-    from dataclasses import replace
-
     from dpq.torch_backend import emulator_inputs
     from sim.mac import fp8_gemm, resolve_numerics
 

@@ -67,16 +67,8 @@ def loop_mix(sass: str):
     """(all instructions, main-loop instructions) as Counters; the main loop = the largest backward branch."""
     insns = [(int(a, 16), op) for a, op in _INSN.findall(sass)]
     best = None
-    for line in sass.splitlines():
-        m = re.search(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?BRA\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))", line)
-        if not m:
-            continue
-        here = int(m.group(1), 16)
-        tgt = re.search(r"0x([0-9a-f]+)", line[m.end(1):])
-        label = re.search(r"\.L_x_(\d+)", line)
-        if tgt is None:
-            continue
-        target = int(tgt.group(1), 16)
+    for here_hex, target_hex in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?BRA\s+0x([0-9a-f]+)", sass):
+        here, target = int(here_hex, 16), int(target_hex, 16)
         if target < here and (best is None or here - target > best[1] - best[0]):
             best = (target, here)
     total = collections.Counter(op for _, op in insns)

@@ -184,8 +184,8 @@ class PackedW4A8Weight:
 
     variant "v2": codes torch.uint8 (N, K / 2), column 2j in the low nibble; group_scales torch.float32
     (N, K / group_size); zeros torch.uint8 (N, K / group_size); lut None.
-    variant "lut": codes as for "v2"; lut torch.int32 (K / group_size, N, 4) = the 16 FP8 codes of FP8(s_g (j - z)), j = 0..15, of each (group, row), little-endian;
-    group_scales and zeros None (not read).
+    variant "lut": codes as for "v2"; lut torch.int32 (K / group_size, N, 4) = the 16 FP8 codes of
+    FP8(s_g (j - z)), j = 0..15, of each (group, row), 4 per little-endian word; group_scales and zeros None.
     tensor_scale: s_t; fp8_max: the FP8 format's largest finite value.
     """
 
