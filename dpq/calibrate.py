@@ -31,12 +31,13 @@ def _batches(n: int, batch_size: int):
 
 
 def _progress(msg: str, stream) -> None:
+    stream = sys.stderr if stream == "stderr" else stream
     if stream is not None:
         print(msg, file=stream, flush=True)
 
 
 def quantize_model(model: LlamaModel, config, calib_ids: np.ndarray, *, batch_size: int = 8,
-                   progress=sys.stderr, metadata: dict | None = None) -> Checkpoint:
+                   progress="stderr", metadata: dict | None = None) -> Checkpoint:
     """Quantize every linear of ``model`` with ``config``; embeddings and lm_head stay in float.
 
     Args:
@@ -87,9 +88,13 @@ def quantize_model(model: LlamaModel, config, calib_ids: np.ndarray, *, batch_si
     return Checkpoint(linears=linears, metadata=meta)
 
 
-def apply_checkpoint(model: LlamaModel, ckpt: Checkpoint, backend: str = "reference", hw=None) -> LlamaModel:
-    """A model running ``ckpt``'s quantized linears on ``backend`` (norms, embeddings and head from ``model``)."""
-    be = get_backend(backend, hw)
+def apply_checkpoint(model: LlamaModel, ckpt: Checkpoint, backend: str = "reference", hw=None,
+                     **backend_options) -> LlamaModel:
+    """A model running ``ckpt``'s quantized linears on ``backend`` (norms, embeddings and head from ``model``).
+
+    ``backend_options`` go to ``dpq.backends.get_backend`` (e.g. ``out_dtype="float32"``).
+    """
+    be = get_backend(backend, hw, **backend_options)
     layers = []
     for i, layer in enumerate(model.layers):
         lin = {}

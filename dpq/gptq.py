@@ -81,19 +81,22 @@ def act_order_permutation(h_diag: np.ndarray) -> np.ndarray:
 def inverse_hessian_factor(h: np.ndarray, damp: float) -> np.ndarray:
     """Upper Cholesky factor U of (H + damp * mean(diag H) I)^-1 (H^-1 = U^T U), float64.
 
+    One Cholesky and one triangular inverse: with J the exchange matrix and J H J = L L^T,
+    H^-1 = (L^-1 J)^T (L^-1 J), so U = J L^-1 J (L^-1 flipped on both axes, upper triangular).
     If the damped H is still not positive definite (a rank-poor calibration set), damping is multiplied by 10 until
     it is, at most 4 times; then a ValueError is raised.
     """
     n = h.shape[0]
     mean_diag = float(np.mean(np.diag(h)))
+    flipped = h[::-1, ::-1]
     for attempt in range(5):
-        hd = h + (damp * 10 ** attempt) * mean_diag * np.eye(n)
+        hd = flipped + (damp * 10 ** attempt) * mean_diag * np.eye(n)
         try:
-            lower_inv = np.linalg.inv(np.linalg.cholesky(hd))
-            hinv = lower_inv.T @ lower_inv
-            return np.linalg.cholesky((hinv + hinv.T) / 2).T
+            lower = np.linalg.cholesky(hd)
         except np.linalg.LinAlgError:
             continue
+        lower_inv = np.linalg.inv(lower)
+        return np.ascontiguousarray(np.triu(lower_inv[::-1, ::-1]))
     raise ValueError(f"Hessian is not positive definite even with damping {damp * 1e4} x mean(diag)")
 
 
