@@ -20,6 +20,7 @@ Public API::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -231,15 +232,24 @@ def _resolve_path(name_or_path: str | Path, relative_to: Path | None = None) -> 
     return path
 
 
+_YAML_CACHE: dict[str, tuple[str, dict]] = {}
+
+
 def _read_yaml(path: Path) -> dict:
+    # parsed files are cached by their text: simulate() loads its profile on every call and parsing dominates
+    text = path.read_text()
+    hit = _YAML_CACHE.get(str(path))
+    if hit is not None and hit[0] == text:
+        return copy.deepcopy(hit[1])
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), "", f"not valid YAML: {exc}") from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(str(path), "", f"expected a mapping at the top level, got {type(data).__name__}")
+    _YAML_CACHE[str(path)] = (text, copy.deepcopy(data))
     return data
 
 

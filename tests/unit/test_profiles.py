@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import yaml
 
@@ -53,7 +55,11 @@ def test_every_number_has_a_source():
 def test_extends_inherits_and_overrides():
     h100, h200 = load_profile("h100"), load_profile("h200")
     assert h200.memory.capacity_bytes == 143771 * 2**20
-    assert h200.matrix_engine == h100.matrix_engine  # inherited
+    # inherited, except the efficiency curves fitted on the H200's own GEMMs (deep merge of the section)
+    assert h200.matrix_engine.efficiency_by_flops != h100.matrix_engine.efficiency_by_flops
+    assert dataclasses.replace(h200.matrix_engine, efficiency_by_flops=h100.matrix_engine.efficiency_by_flops) \
+        == h100.matrix_engine
+    assert h200.kernel == h100.kernel and h200.host == h100.host
     assert h200.raw.get("numerics") == h100.raw.get("numerics") or "numerics" in h200.raw
 
 
