@@ -155,7 +155,9 @@ class BertEncoder:
         st = read_safetensors(asset_path("minilm", "model.safetensors"))
         cfg = json.loads(asset_path("minilm", "config.json").read_text())
         vocab = asset_path("minilm", "vocab.txt").read_text(encoding="utf-8").split("\n")
-        return cls(st, cfg), WordPieceTokenizer([v for v in vocab if v != ""] if vocab[-1] == "" else vocab)
+        if vocab and vocab[-1] == "":
+            vocab = vocab[:-1]  # trailing newline; line number = token id
+        return cls(st, cfg), WordPieceTokenizer(vocab)
 
     def forward(self, ids: np.ndarray, mask: np.ndarray, observer=None) -> np.ndarray:
         t = self.t

@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from dpq import quantizers as qz
+from sim.formats import round_to_format
 
 
 class HessianAccumulator:
@@ -192,6 +193,9 @@ class FP8AwareQuantizer:
     """DPQ's column quantizer: q = clip(round((w / s_t) / s_g) + z, 0, maxq), w_hat = s_t * FP8(s_g (q - z)).
 
     Group parameters are fixed up front from W8 = FP8(clip(W / s_t, -P, P)) of the *original* weights (DPQ step 5).
+    The FP8 rounding is the runtime's saturating round-to-nearest-even, so w_hat is exactly what the W4A8 kernel
+    multiplies (the authors' code also clips s_g (q - z) to +-P first; the two differ only for a code at the very
+    top of a group's range, which can exceed P by at most s_g / 2 and still lies inside R).
     ``tensor_scale`` is per row (rows,) so that linears sharing one input (q/k/v) can be solved together while
     each keeps its own per-tensor scale.
     """
@@ -208,8 +212,6 @@ class FP8AwareQuantizer:
         pass
 
     def quantize_column(self, w: np.ndarray, column: int) -> tuple[np.ndarray, np.ndarray]:
-        from sim.formats import round_to_format
-
         g = column // self.group_size
         s, z = self.scales[:, g], self.zeros[:, g]
         q = np.clip(np.rint((w / self.s_t) / s) + z, 0, self.maxq).astype(np.float32)
