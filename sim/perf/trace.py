@@ -12,6 +12,7 @@ import json
 from sim.models import load_model
 from sim.perf.engine import run_sequence
 from sim.perf.ops import op_plans, resolve_profile
+from sim.perf.simulate import sustained_profile
 from sim.workload import decode_ops, get_scheme, prefill_ops
 
 _TRACKS = {"overhead": 0, "hbm": 1, "matrix": 2, "vector": 3, "dequant": 3, "link": 4}
@@ -23,7 +24,7 @@ def trace_step(hw, model, *, scheme: str, batch: int, context_len: int, phase: s
 
     phase "prefill": context_len is the prompt length; "decode": the KV length the new token attends to.
     """
-    hw = resolve_profile(hw)
+    hw = sustained_profile(resolve_profile(hw))  # the step as simulate() runs it
     model = load_model(model)
     s = get_scheme(scheme)
     if phase == "prefill":
