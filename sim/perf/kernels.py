@@ -69,12 +69,12 @@ def _vector_rate(hw: HardwareProfile) -> float:
     return hw.vector_engine.peak_flops_per_s * hw.vector_engine.efficiency
 
 
-def _split_k(hw: HardwareProfile, tiles_mn: int, g: "GemmShape") -> int:
+def _split_k(hw: HardwareProfile, tiles_mn: int, k: int) -> int:
     me = hw.matrix_engine
     slots = me.units * me.concurrent_tiles_per_unit
     if tiles_mn >= slots:
         return 1
-    return max(1, min(me.split_k_max, slots // tiles_mn, g.k // me.split_k_min_k))
+    return max(1, min(me.split_k_max, slots // tiles_mn, k // me.split_k_min_k))
 
 
 def _units_load_rate(hw: HardwareProfile, active_tiles: int) -> float:
@@ -119,7 +119,7 @@ def _tile_estimate(hw: HardwareProfile, g: GemmShape, tm: int, tn: int, tile_eff
     me = hw.matrix_engine
     units = me.units * me.concurrent_tiles_per_unit
     mt, nt = math.ceil(g.m / tm), math.ceil(g.n / tn)
-    split = _split_k(hw, mt * nt, g)
+    split = _split_k(hw, mt * nt, g.k)
     tiles = mt * nt * split
     waves = math.ceil(tiles / units)
     if me.work_distribution == "stream_k":
