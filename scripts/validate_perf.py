@@ -3,10 +3,13 @@
     python scripts/validate_perf.py                 # held-out GEMM table + MAPE, roofline baseline, end-to-end
     python scripts/validate_perf.py --fit h100      # fit the profile's efficiency curves on the calibration split
     python scripts/validate_perf.py --all-rows      # print every held-out row, not only a sample
+    python scripts/validate_perf.py --fit-e2e gaudi3  # fit a few parameters on the calibration published points
 
 Calibration and held-out data are split by model *before* any fit (``CALIBRATION_MODELS`` below): the fit sees
 only Llama-2-7B and Llama-2-70B shapes (+ the copy-bandwidth sweep); errors are reported on Llama-2-13B and
-Llama-3-8B shapes (incl. the 128K-vocabulary lm_head), which the fit never sees.
+Llama-3-8B shapes (incl. the 128K-vocabulary lm_head), which the fit never sees. The published end-to-end points
+are split the same way (``E2E_CALIBRATION_MODELS``): Llama-2-7B rows calibrate, Llama-3.1 and MLPerf rows are held
+out.
 """
 
 from __future__ import annotations
@@ -366,7 +369,8 @@ def e2e_candidate(profile: str, params: dict):
 
 
 def fit_e2e(profile: str) -> list[str]:
-    """Grid-fit a few physical parameters of a Gaudi profile on the calibration split of the published points."""
+    """Grid-fit a few physical parameters of a profile (E2E_FIT_PARAMS) on the calibration split of the published
+    points; return a report with the calibration and held-out points before and after."""
     if profile not in E2E_FIT_PARAMS:
         raise SystemExit(f"--fit-e2e: no parameter set for {profile!r}; expected one of {sorted(E2E_FIT_PARAMS)}")
     cal = [p for p in E2E_POINTS if p[1] == profile and e2e_split(p) == "calibration"
@@ -592,7 +596,8 @@ def main(argv=None) -> int:
                     help="fit this profile's W4A8 dequant cost and overlap on the --bench rows (calibration models) "
                          "and report the held-out error, e.g. h100-triton-w4a8")
     ap.add_argument("--fit-e2e", metavar="PROFILE",
-                    help="fit a Gaudi profile's MME/HBM efficiency scales (and host overhead) on the calibration "
+                    help="fit a few parameters of gaudi2/gaudi3 (MME and HBM efficiency scales), h100 (per-step host "
+                         "overhead) or h800 (sustained matrix-rate fraction, goes to h100.yaml) on the calibration "
                          "split of the published end-to-end points; report the held-out points")
     ap.add_argument("--fit-without-copies", action="store_true",
                     help="fit on GEMMs only (the copy sweep then does not shape the HBM curve)")

@@ -35,7 +35,7 @@ def trace_step(hw, model, *, scheme: str, batch: int, context_len: int, phase: s
         raise ValueError(f"phase={phase!r}: expected 'prefill' or 'decode'")
     if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
         raise ValueError(f"layers={layers!r}: expected a positive integer")
-    plans, spans = [], []
+    plans = []
     layer_ops = [op for op in ops if op.scope == "layer"]
     before = [op for op in ops if op.scope == "model" and ops.index(op) < ops.index(layer_ops[0])]
     after = [op for op in ops if op.scope == "model" and op not in before]
