@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# The model has one fused-W4A8 kernel per profile; both fused variants (lut = v3, v2) are held to it.
 SCHEME_OF = {"bf16": ("bf16", None), "fp8": ("fp8", None), "w4a8_fused": ("w4a8", None),
+             "w4a8_fused_v2": ("w4a8", None),
              "w4a8_unfused": ("w4a8", {"dequant.placement": "vector_pass"})}
 M_RANGES = (("decode M<=16", 1, 16), ("M=64", 17, 64), ("M 256-4096", 65, 1 << 30))
 
