@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "compare with the reference backend")
     m.add_argument("--profile", required=True, help="hardware profile (gaudi2, gaudi3, h100, h200, ...)")
     m.add_argument("--checkpoint", required=True, help="packed W4A8 or FP8 checkpoint")
+    m.add_argument("--gemm-output", choices=("bfloat16", "float32"), default="bfloat16",
+                   help="output type of the emulated FP8 GEMM (bfloat16: the W4A8 runtime)")
     m.add_argument("--dataset", choices=TEXT_SOURCES, default="wiki")
     m.add_argument("--windows", type=_positive_int, default=1)
     m.add_argument("--window", type=_positive_int, default=64)
@@ -240,11 +242,13 @@ def cmd_emulate(args) -> int:
     model, tok = load_default_model()
     ckpt = load_checkpoint(args.checkpoint)
     ref = apply_checkpoint(model, ckpt, "reference")
-    emu = apply_checkpoint(model, ckpt, "emulated", args.profile)
+    emu = apply_checkpoint(model, ckpt, "emulated", args.profile, out_dtype=args.gemm_output)
     windows = token_windows(tok, split_documents(load_documents(args.dataset), "eval"), args.window, args.windows)
     t0 = time.perf_counter()
     r = compare_backends(ref, emu, windows)
-    _emit([{"profile": args.profile, "method": ckpt.metadata.get("method"), "dataset": args.dataset,
+    _emit([{"profile": args.profile, "method": ckpt.metadata.get("method"),
+            "fp8_format": ckpt.metadata.get("config", {}).get("fp8_format"), "gemm_output": args.gemm_output,
+            "dataset": args.dataset,
             "tokens": r["tokens"], "ppl_reference": r["ppl_a"], "ppl_emulated": r["ppl_b"],
             "max_abs_logit_diff": r["max_abs_logit_diff"], "mean_abs_logit_diff": r["mean_abs_logit_diff"],
             "argmax_agreement": r["argmax_agreement"], "seconds": round(time.perf_counter() - t0, 1)}], args.format)

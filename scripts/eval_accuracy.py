@@ -64,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--skip-encoder", action="store_true")
     p.add_argument("--out-dir", default="results")
     p.add_argument("--resume", action="store_true", help="keep configurations already in accuracy.json")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="only merge these accuracy.json files (runs split over processes, same protocol) into "
+                        "--out-dir and rewrite the table")
     args = p.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     for m in args.methods:
@@ -76,10 +79,35 @@ def parse_args(argv=None):
     return args
 
 
+def merge(out: Path, files: list[str]) -> int:
+    """Merge runs, emulation rows and encoder rows of other accuracy.json files made with the same protocol."""
+    state = json.loads((out / "accuracy.json").read_text())
+    commands = state["command"] if isinstance(state["command"], list) else [state["command"]]
+    for f in files:
+        other = json.loads(Path(f).read_text())
+        if other["protocol"] != state["protocol"] or other.get("group_size") != state.get("group_size"):
+            raise SystemExit(f"{f}: protocol differs from {out / 'accuracy.json'}; not merged")
+        have = {(r["method"], r["weight_bits"]) for r in state["runs"]}
+        state["runs"] += [r for r in other["runs"] if (r["method"], r["weight_bits"]) not in have]
+        have_e = {(e["profile"], e.get("gemm_output")) for e in state["emulation"]}
+        state["emulation"] += [e for e in other["emulation"] if (e["profile"], e.get("gemm_output")) not in have_e]
+        if not state["encoder"] and other.get("encoder"):
+            state["encoder"], state["encoder_protocol"] = other["encoder"], other["encoder_protocol"]
+        commands += other["command"] if isinstance(other["command"], list) else [other["command"]]
+    order = {m: i for i, m in enumerate(W_METHODS)}
+    state["runs"].sort(key=lambda r: (r["weight_bits"] != 16, r["weight_bits"] == 8, -r["weight_bits"],
+                                      order.get(r["method"], 99)))
+    state["command"] = list(dict.fromkeys(commands))
+    write_all(out, state)
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        return merge(out, args.merge)
     state_path = out / "accuracy.json"
     protocol = Protocol(args.calib_seqs, args.calib_len, args.window, args.windows, args.examples, args.max_tokens,
                         args.seed)
@@ -91,7 +119,7 @@ def main(argv=None) -> int:
     if args.resume and state_path.is_file():
         old = json.loads(state_path.read_text())
         if old.get("protocol") == state["protocol"]:
-            state.update({k: old[k] for k in ("runs", "emulation", "encoder") if k in old})
+            state.update({k: old[k] for k in ("runs", "emulation", "encoder", "encoder_protocol") if k in old})
         else:
             log("[eval_accuracy] --resume: protocol differs from the saved one; starting over")
     done = {(r["method"], r["weight_bits"]) for r in state["runs"]}
@@ -249,7 +277,10 @@ def write_md(path: Path, state: dict) -> None:
          f"- FP8: `float8_e4m3` (Gaudi 2's E4M3, R = 240, what the authors' code uses) for every A8 method; "
          f"activation scales static per tensor from the calibration pass of the 4-bit model.",
          f"- Machine: {state['machine']}, 2 shared cores.", "",
-         f"Command: `{state['command']}`", "", "## Perplexity and zero-shot accuracy", ""]
+         "Commands (a run split over processes, then `--merge`d): " +
+         "; ".join(f"`{c}`" for c in (state["command"] if isinstance(state["command"], list)
+                                      else [state["command"]])),
+         "", "## Perplexity and zero-shot accuracy", ""]
     runs = state["runs"]
     ds = state["datasets"]
     head = ["method", "W bits", "group", "acts"] + [f"{d} ppl" for d in ds] + tasks + ["zs avg", "quantize s"]
