@@ -235,7 +235,8 @@ def cmd_eval(args) -> int:
 def cmd_emulate(args) -> int:
     from dpq.calibrate import apply_checkpoint
     from dpq.data import load_documents, split_documents, token_windows
-    from dpq.eval import compare_backends
+    from dpq.backends import get_backend
+    from dpq.eval import compare_backends, compare_linears
     from dpq.packed import load_checkpoint
     from dpq.pipeline import load_default_model
 
@@ -246,12 +247,16 @@ def cmd_emulate(args) -> int:
     windows = token_windows(tok, split_documents(load_documents(args.dataset), "eval"), args.window, args.windows)
     t0 = time.perf_counter()
     r = compare_backends(ref, emu, windows)
+    lin = compare_linears(model, ckpt, get_backend("emulated", args.profile).hw, windows, out_dtype=args.gemm_output)
     _emit([{"profile": args.profile, "method": ckpt.metadata.get("method"),
             "fp8_format": ckpt.metadata.get("config", {}).get("fp8_format"), "gemm_output": args.gemm_output,
             "dataset": args.dataset,
             "tokens": r["tokens"], "ppl_reference": r["ppl_a"], "ppl_emulated": r["ppl_b"],
             "max_abs_logit_diff": r["max_abs_logit_diff"], "mean_abs_logit_diff": r["mean_abs_logit_diff"],
-            "argmax_agreement": r["argmax_agreement"], "seconds": round(time.perf_counter() - t0, 1)}], args.format)
+            "argmax_agreement": r["argmax_agreement"], "linear_sqnr_db_min": lin["sqnr_db_min"],
+            "linear_sqnr_db_mean_finite": lin["sqnr_db_mean_finite"],
+            "linears_identical": f"{lin['identical']}/{lin['linears']}",
+            "seconds": round(time.perf_counter() - t0, 1)}], args.format)
     return 0
 
 
