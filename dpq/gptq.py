@@ -198,18 +198,30 @@ class FP8AwareQuantizer:
     top of a group's range, which can exceed P by at most s_g / 2 and still lies inside R).
     ``tensor_scale`` is per row (rows,) so that linears sharing one input (q/k/v) can be solved together while
     each keeps its own per-tensor scale.
+
+    With ``protective_range`` set (an ablation, not the authors' algorithm), the group parameters are instead
+    recomputed when the solver reaches each group, from FP8(clip(W / s_t, -P, P)) of the *error-updated* weights,
+    as plain GPTQ does.
     """
 
     def __init__(self, scales: np.ndarray, zeros: np.ndarray, tensor_scale_per_row: np.ndarray, group_size: int,
-                 bits: int, fmt_name: str):
+                 bits: int, fmt_name: str, *, protective_range: float | None = None, pow2_scales: bool = False):
         self.scales, self.zeros = scales, zeros
         self.s_t = tensor_scale_per_row.astype(np.float32)
         self.group_size = group_size
         self.maxq = qz.max_code(bits)
         self.fmt = qz.fp8_format(fmt_name)
+        self.fmt_name = fmt_name
+        self.protective_range = protective_range
+        self.pow2_scales = pow2_scales
 
     def start_group(self, w_group: np.ndarray, group: int) -> None:
-        pass
+        if self.protective_range is None:
+            return
+        p = self.protective_range
+        w8 = qz.round_fp8(np.clip(w_group / self.s_t[:, None], -p, p), self.fmt_name)
+        s, z = qz.group_params(w8, w8.shape[1], self.maxq, pow2_scales=self.pow2_scales)
+        self.scales[:, group], self.zeros[:, group] = s[:, 0], z[:, 0]
 
     def quantize_column(self, w: np.ndarray, column: int) -> tuple[np.ndarray, np.ndarray]:
         g = column // self.group_size

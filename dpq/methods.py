@@ -12,6 +12,7 @@ fp8-w8a8       FP8 weights (per-tensor scale) and FP8 activations (static per-te
 dpq            GPTQ whose dequantization includes the FP8 rounding (DPQ), W4A8
 dpq-gar        DPQ with group-aware reordering
 dpq-pow2       DPQ with power-of-two group scales (our extension: INT -> FP8 expansion becomes exact)
+dpq-dyn        ablation: DPQ with group parameters recomputed from the error-updated weights (as GPTQ does)
 =============  ==========================================================================================
 """
 
@@ -165,20 +166,24 @@ class DPQConfig:
     hw_scales: tuple = ()
     gar: bool = False
     pow2_group_scales: bool = False
+    group_params_from: str = "original"  # "original" (DPQ step 5) or "updated" (GPTQ-style ablation)
 
     uses_hessian = True
     quantizes_activations = True
 
     @property
     def method(self) -> str:
-        if self.gar and self.pow2_group_scales:
-            return "dpq-gar-pow2"
-        return "dpq-gar" if self.gar else "dpq-pow2" if self.pow2_group_scales else "dpq"
+        parts = ["dpq"] + (["gar"] if self.gar else []) + (["pow2"] if self.pow2_group_scales else []) + \
+            (["dyn"] if self.group_params_from == "updated" else [])
+        return "-".join(parts)
 
     def __post_init__(self):
         _check_common(self)
         _check_gptq(self)
         _check_fp8(self)
+        if self.group_params_from not in ("original", "updated"):
+            raise ValueError(f"{self.method}: group_params_from must be 'original' or 'updated', got "
+                             f"{self.group_params_from!r}")
 
 
 METHODS = {
@@ -190,6 +195,7 @@ METHODS = {
     "dpq": (DPQConfig, {}),
     "dpq-gar": (DPQConfig, {"gar": True}),
     "dpq-pow2": (DPQConfig, {"pow2_group_scales": True}),
+    "dpq-dyn": (DPQConfig, {"group_params_from": "updated"}),
 }
 
 
@@ -296,7 +302,10 @@ def quantize_linears(weights: dict, hessian: np.ndarray | None, cfg) -> dict:
         s_t, w8 = _fp8_image(weights, names, cfg, maxq)
         s, z = qz.group_params(w8, gs, maxq, pow2_scales=cfg.pow2_group_scales)
         s_row = np.repeat(np.asarray(s_t, dtype=np.float32), rows)
-        quantizer = FP8AwareQuantizer(s, z, s_row, gs, bits, cfg.fp8_format)
+        dynamic = cfg.group_params_from == "updated"
+        limit = qz.protective_range(qz.fp8_max(cfg.fp8_format), maxq)
+        quantizer = FP8AwareQuantizer(s, z, s_row, gs, bits, cfg.fp8_format,
+                                      protective_range=limit if dynamic else None, pow2_scales=cfg.pow2_group_scales)
         perm = gar_permutation(np.diag(hessian).copy(), gs) if cfg.gar else None
         q, _, _ = gptq_solve(w_all, hessian, quantizer, group_size=gs, block_size=cfg.block_size, damp=cfg.damp,
                              perm=perm)
