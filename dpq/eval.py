@@ -207,7 +207,8 @@ def compare_linears(model: LlamaModel, ckpt, hw, windows: np.ndarray, *, out_dty
 
     Inputs of every linear are recorded while the reference-backend model runs ``windows``; each linear then runs on
     both backends and SQNR(reference, emulated) in dB is taken. Returns mean/min/max over linears and the count of
-    linears whose outputs are identical.
+    linears whose outputs are identical; ``per_linear`` lists {"linear": name, "sqnr_db": value} in checkpoint order
+    (inf where the outputs are identical).
     """
     from dpq.backends import EmulatedLinear, ReferenceLinear
     from dpq.calibrate import INPUT_GROUP_OF, apply_checkpoint
@@ -225,4 +226,5 @@ def compare_linears(model: LlamaModel, ckpt, hw, windows: np.ndarray, *, out_dty
     finite = v[np.isfinite(v)]
     return {"linears": int(v.size), "identical": int(np.isinf(v).sum()),
             "sqnr_db_mean_finite": float(finite.mean()) if finite.size else float("inf"),
-            "sqnr_db_min": float(v.min())}
+            "sqnr_db_min": float(v.min()),
+            "per_linear": [{"linear": key, "sqnr_db": float(x)} for key, x in zip(ckpt.linears, v)]}

@@ -158,7 +158,7 @@ def plot_emulation_error(rows: Iterable[Mapping], path: Path, *, title: str, met
     by_chip: dict[str, list] = defaultdict(list)
     for r in rows:
         by_chip[r["profile"]].append(r)
-    fig, ax = plt.subplots(figsize=(9, 4.6))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     layers: list = []
     for r in rows:
         if r["layer"] not in layers:
@@ -170,7 +170,7 @@ def plot_emulation_error(rows: Iterable[Mapping], path: Path, *, title: str, met
     if len(layers) <= 40:
         ax.set_xticks(range(len(layers)))
         ax.set_xticklabels(layers, rotation=75, fontsize=6)
-    ax.set_xlabel("layer")
+    ax.set_xlabel("layer" if len(layers) <= 40 else "linear, in model order (decoder layer by layer)")
     ax.set_ylabel("SQNR vs float reference (dB)" if metric == "sqnr_db" else metric)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
