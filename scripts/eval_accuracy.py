@@ -60,6 +60,10 @@ def parse_args(argv=None):
     p.add_argument("--encoder-calib", type=int, default=64, help="calibration paragraphs for the encoder SQNR")
     p.add_argument("--encoder-eval", type=int, default=32, help="held-out paragraphs for the encoder SQNR")
     p.add_argument("--encoder-group-size", type=int, default=128)
+    p.add_argument("--diagnose", default="", metavar="LAYERS",
+                   help="only run the layer diagnostic on these blocks (e.g. 0,10,20,29): weight error weighted by "
+                        "the calibration Hessian and by a held-out Hessian, per method, written to the results")
+    p.add_argument("--diagnose-methods", default="rtn-w4a8,gptq-w4a16,naive-w4a8,dpq,dpq-gar,dpq-dyn")
     p.add_argument("--skip-model", action="store_true")
     p.add_argument("--skip-encoder", action="store_true")
     p.add_argument("--out-dir", default="results")
@@ -108,6 +112,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.merge:
         return merge(out, args.merge)
+    if args.diagnose:
+        return run_diagnosis(args, out)
     state_path = out / "accuracy.json"
     protocol = Protocol(args.calib_seqs, args.calib_len, args.window, args.windows, args.examples, args.max_tokens,
                         args.seed)
@@ -202,6 +208,59 @@ def main(argv=None) -> int:
                                      "eval_tokens": int(sum(v.shape[0] for k, v in ei.items() if k[1] == "attn_in")),
                                      "group_size": args.encoder_group_size}
         write_all(out, state)
+    write_all(out, state)
+    return 0
+
+
+def run_diagnosis(args, out: Path) -> int:
+    """Per block and input group: 10 log10(tr(W H W^T) / tr(D H D^T)) with D = W - (effective quantized W), for H from
+    the calibration data (what the solver minimises) and from held-out evaluation text (what generalises).
+    Float-model inputs; weights only (activation quantization not included)."""
+    from dpq.backends import effective_weight
+    from dpq.gptq import HessianAccumulator
+    from dpq.methods import quantize_linears
+    from dpq.model import INPUT_GROUPS
+
+    layers = sorted({int(v) for v in args.diagnose.split(",") if v})
+    methods = [m for m in args.diagnose_methods.split(",") if m]
+    model, tok = load_default_model()
+    calib = calibration_ids(tok, args.calib_seqs, args.calib_len)
+    held = np.concatenate([token_windows(tok, split_documents(load_documents(d), "eval"), args.window,
+                                         max(1, args.windows // 2)) for d in args.datasets])
+    xc, xe = model.embed_tokens(calib), model.embed_tokens(held)
+    d_in = {"attn_in": model.config.d_model, "attn_out": model.config.d_model, "mlp_in": model.config.d_model,
+            "mlp_down": model.config.d_ff}
+    rows = []
+    for i in range(max(layers) + 1):
+        if i in layers:
+            hc = {g: HessianAccumulator(d_in[g]) for g in INPUT_GROUPS}
+            he = {g: HessianAccumulator(d_in[g]) for g in INPUT_GROUPS}
+            for sl in range(0, len(xc), 8):
+                model.forward_layer(i, xc[sl:sl + 8], observer=lambda _i, g, h: hc[g].add(h))
+            for sl in range(0, len(xe), 4):
+                model.forward_layer(i, xe[sl:sl + 4], observer=lambda _i, g, h: he[g].add(h))
+            for bits in args.bits:
+                for m in methods:
+                    cfg = make_config(m, weight_bits=bits, group_size=args.group_size)
+                    for g, names in INPUT_GROUPS.items():
+                        w = {n: model.layers[i].linears[n].weight for n in names}
+                        packed = quantize_linears(w, hc[g].hessian, cfg)
+                        res = {}
+                        for tag, h in (("calib", hc[g].hessian), ("heldout", he[g].hessian)):
+                            num = sum(np.einsum("ij,jk,ik->", w[n].astype(np.float64), h, w[n]) for n in names)
+                            den = sum(np.einsum("ij,jk,ik->", (w[n] - effective_weight(packed[n])).astype(np.float64),
+                                                h, w[n] - effective_weight(packed[n])) for n in names)
+                            res[tag] = float(10 * np.log10(num / den))
+                        rows.append({"block": i, "group": g, "method": m, "weight_bits": bits, **res})
+            log(f"[diagnose] block {i} done")
+        for sl in range(0, len(xc), 8):
+            xc[sl:sl + 8] = model.forward_layer(i, xc[sl:sl + 8])
+        for sl in range(0, len(xe), 4):
+            xe[sl:sl + 4] = model.forward_layer(i, xe[sl:sl + 4])
+    state_path = out / "accuracy.json"
+    state = json.loads(state_path.read_text())
+    state["diagnosis"] = {"rows": rows, "calib_tokens": int(calib.size), "heldout_tokens": int(held.size),
+                          "command": "python scripts/eval_accuracy.py " + " ".join(sys.argv[1:])}
     write_all(out, state)
     return 0
 
@@ -322,6 +381,26 @@ def write_md(path: Path, state: dict) -> None:
         for (m, b, g), v in by.items():
             a = np.array(v)
             L.append(f"| {m} | {b} | {g or '-'} | {a.mean():.2f} | {a.min():.2f} | {np.median(a):.2f} |")
+        L.append("")
+    if state.get("diagnosis"):
+        dg = state["diagnosis"]
+        L += ["## Diagnosis: does the solver's gain on calibration data carry over to held-out text?", "",
+              f"Per block and input group, weight-quantization error weighted by the input Hessian, as "
+              f"10 log10(tr(W H W^T) / tr(D H D^T)) in dB (D = W minus the effective quantized weight, FP8 expansion "
+              f"included; activations not quantized), with H from the calibration data ({dg['calib_tokens']} tokens, "
+              f"what the solver minimises) and from held-out evaluation text ({dg['heldout_tokens']} tokens). "
+              f"Inputs from the float model. Averaged over the four input groups of each block. "
+              f"Command: `{dg['command']}`", "",
+              "| W bits | method | " + " | ".join(f"block {b} calib / held-out" for b in
+                                                 sorted({r['block'] for r in dg['rows']})) + " |",
+              "|---|---|" + "---|" * len({r['block'] for r in dg['rows']})]
+        keys = list(dict.fromkeys((r["weight_bits"], r["method"]) for r in dg["rows"]))
+        for b, m in keys:
+            cells = []
+            for blk in sorted({r["block"] for r in dg["rows"]}):
+                rs = [r for r in dg["rows"] if (r["weight_bits"], r["method"], r["block"]) == (b, m, blk)]
+                cells.append(f"{np.mean([r['calib'] for r in rs]):.2f} / {np.mean([r['heldout'] for r in rs]):.2f}")
+            L.append(f"| {b} | {m} | " + " | ".join(cells) + " |")
         L.append("")
     text = "\n".join(L) + "\n" + (notes if notes else NOTES_MARK + "\n")
     path.write_text(text)
