@@ -194,16 +194,17 @@ def probe(out_path: str, seed: int, quick: bool) -> None:
 
 
 def cublas_split_candidates(k: int) -> list:
-    """Split-K partitions to try against a fast-accumulation run: none, equal contiguous parts, and parts made of
-    256-element K tiles with the remainder tiles going to the first parts (seen here: K=8192 -> 2816+2816+2560)."""
+    """Split-K partitions to try against a fast-accumulation run: none, equal contiguous parts, and n parts of
+    ceil(K / n) rounded up to a multiple of 128 with the remainder last — the rule behind every partition measured
+    by scripts/probe_split_k.py on an H200 (K=8192 -> 3 parts 2816+2816+2560, 14336 -> 4x2944+2560,
+    16384 -> 5x2816+2304, 28672 -> 10x2688+1792; tests/golden/hopper_split_k_probe.npz)."""
     out: list = [1] + [p for p in (2, 3, 4, 8, 16) if k % p == 0]
-    tile = 256
-    if k % tile == 0:
-        tiles = k // tile
-        for parts in range(2, min(tiles, 16) + 1):
-            base, extra = divmod(tiles, parts)
-            if extra:
-                out.append(tuple((base + (i < extra)) * tile for i in range(parts)))
+    quantum = 128
+    for parts in range(2, 33):
+        size = -(-(-(-k // parts)) // quantum) * quantum
+        last = k - (parts - 1) * size
+        if 0 < last < size:
+            out.append((size,) * (parts - 1) + (last,))
     return out
 
 

@@ -12,11 +12,15 @@ from sim.mac import fp8_gemm, fp8_gemm_reference, resolve_numerics
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 
-# Hopper fast-accumulation runs where cuBLAS splits K. K=8192 (M*N = 16*16) is explained by three parts of
-# 256-element tiles, the remainder tile going to the first parts; the larger K were not explained by any
-# contiguous or interleaved split tried (see tests/golden/README.md), so those runs are expected to differ.
-HOPPER_SPLITS = {"e4e4_normal_16x16x8192": (2816, 2816, 2560)}
-HOPPER_UNEXPLAINED = {"e4e4_normal_16x16x14336", "e4e4_normal_16x16x16384", "e4e4_normal_16x16x28672"}
+# Hopper fast-accumulation runs where cuBLAS splits K into contiguous parts, each a full chain, the parts added in
+# float32 in order. The partitions were measured with scripts/probe_split_k.py (tests/golden/hopper_split_k_probe.npz,
+# H200); test_split_k_probe_implies_these_partitions re-derives them from that file.
+HOPPER_SPLITS = {
+    "e4e4_normal_16x16x8192": (2816, 2816, 2560),
+    "e4e4_normal_16x16x14336": (2944,) * 4 + (2560,),
+    "e4e4_normal_16x16x16384": (2816,) * 5 + (2304,),
+    "e4e4_normal_16x16x28672": (2688,) * 10 + (1792,),
+}
 
 
 def _same_bits(x, y):
@@ -49,10 +53,7 @@ def _hopper_runs():
     data, meta = _load("hopper_scaled_mm.npz")
     for name, s in meta["sets"].items():
         for run, r in s["runs"].items():
-            marks = []
-            if r["fast_accum"] and name in HOPPER_UNEXPLAINED:
-                marks = [pytest.mark.xfail(strict=True, reason="cuBLAS split-K partition not identified")]
-            yield pytest.param(name, run, marks=marks, id=f"{name}-{run}")
+            yield pytest.param(name, run, id=f"{name}-{run}")
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,35 @@ def test_hopper_scaled_mm_vectors_bit_exact(hopper_data, name, run):
                    split_k=split, out_dtype=r["out_dtype"])
     expected = data[f"{name}__{run}_out"]
     assert _same_bits(out, expected), f"{np.sum(out != expected)} of {expected.size} outputs differ"
+
+
+def _partition_from_probe(positions, out00, k, tiny, large):
+    """Contiguous K parts implied by a split-K probe sweep (see scripts/probe_split_k.py).
+
+    out00(p) = large + tiny * (K - |part(p)|) + (tiny terms of part(p) before p, truncated), so at the first step of
+    a part the value is large + tiny * (K - |part|), and a part starts wherever the value drops.
+    """
+    counts = (out00.astype(np.float64) - large) / tiny
+    starts = [0] + [i for i in range(1, len(counts)) if counts[i] < counts[i - 1]]
+    bounds = [int(positions[i]) for i in starts] + [k]
+    parts = tuple(b - a for a, b in zip(bounds, bounds[1:]))
+    for i, size in zip(starts, parts):
+        assert counts[i] == k - size  # the value at a part's first step names that part's length
+    return parts
+
+
+def test_split_k_probe_implies_these_partitions():
+    data, meta = _load("hopper_split_k_probe.npz")
+    checked = 0
+    for m, n, k in meta["shapes"]:
+        tag = f"m{m}_n{n}_k{k}"
+        parts = _partition_from_probe(data[f"{tag}_positions"], data[f"{tag}_out00"], k, meta["tiny_product"],
+                                      meta["large_product"])
+        assert parts == HOPPER_SPLITS[f"e4e4_normal_16x16x{k}"], tag
+        if f"{tag}_other_rows" in data.files:  # rows without the large term: every chain sums its tiny terms exactly
+            assert np.all(data[f"{tag}_other_rows"] == k * meta["tiny_product"])
+        checked += 1
+    assert checked == 7
 
 
 def test_hopper_vectors_cover_what_the_issue_asks(hopper_data):
