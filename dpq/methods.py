@@ -13,6 +13,8 @@ dpq            GPTQ whose dequantization includes the FP8 rounding (DPQ), W4A8
 dpq-gar        DPQ with group-aware reordering
 dpq-pow2       DPQ with power-of-two group scales (our extension: INT -> FP8 expansion becomes exact)
 dpq-dyn        ablation: DPQ with group parameters recomputed from the error-updated weights (as GPTQ does)
+gptq-gar-w4a16 ablation: GPTQ W4A16 in GAR order (to separate the effect of the order from FP8-awareness)
+naive-gar-w4a8 ablation: naive W4A8 whose GPTQ runs in GAR order
 =============  ==========================================================================================
 """
 
@@ -77,10 +79,14 @@ class GPTQConfig:
     group_size: int = 128
     damp: float = 0.01
     block_size: int = 128
+    gar: bool = False
 
-    method = "gptq-w4a16"
     uses_hessian = True
     quantizes_activations = False
+
+    @property
+    def method(self) -> str:
+        return "gptq-gar-w4a16" if self.gar else "gptq-w4a16"
 
     def __post_init__(self):
         _check_common(self)
@@ -119,10 +125,14 @@ class NaiveW4A8Config:
     tensor_scale: str = "pow2"
     act_scale: str = "float"
     hw_scales: tuple = ()
+    gar: bool = False
 
-    method = "naive-w4a8"
     uses_hessian = True
     quantizes_activations = True
+
+    @property
+    def method(self) -> str:
+        return "naive-gar-w4a8" if self.gar else "naive-w4a8"
 
     def __post_init__(self):
         _check_common(self)
@@ -196,6 +206,8 @@ METHODS = {
     "dpq-gar": (DPQConfig, {"gar": True}),
     "dpq-pow2": (DPQConfig, {"pow2_group_scales": True}),
     "dpq-dyn": (DPQConfig, {"group_params_from": "updated"}),
+    "gptq-gar-w4a16": (GPTQConfig, {"gar": True}),
+    "naive-gar-w4a8": (NaiveW4A8Config, {"gar": True}),
 }
 
 
@@ -285,7 +297,9 @@ def quantize_linears(weights: dict, hessian: np.ndarray | None, cfg) -> dict:
 
     if isinstance(cfg, (GPTQConfig, NaiveW4A8Config)):
         quantizer = IntGroupQuantizer(w_all.shape[0], w_all.shape[1], gs, bits)
-        q, w_hat, _ = gptq_solve(w_all, hessian, quantizer, group_size=gs, block_size=cfg.block_size, damp=cfg.damp)
+        perm = gar_permutation(np.diag(hessian).copy(), gs) if cfg.gar else None
+        q, w_hat, _ = gptq_solve(w_all, hessian, quantizer, group_size=gs, block_size=cfg.block_size, damp=cfg.damp,
+                                 perm=perm)
         s, z = quantizer.scales, quantizer.zeros
         if isinstance(cfg, GPTQConfig):
             return _split(names, rows, q, s, z, np.ones(len(names)), cfg, expansion="float")
