@@ -359,12 +359,14 @@ def write_md(path: Path, state: dict) -> None:
               "activations (sim.formats); `emulated` = the chip's FP8 matrix engine bit-exactly (sim.mac.fp8_gemm with "
               "the profile's accumulation, BF16 output). The checkpoint for each chip uses that chip's FP8 format.", "",
               "| profile | FP8 format | method | GEMM output | tokens | ppl reference | ppl emulated | "
-              "max abs logit diff | mean abs logit diff | argmax agreement | seconds |", "|" + "---|" * 11]
+              "max abs logit diff | mean abs logit diff | argmax agreement | per-linear SQNR min / mean dB "
+              "(identical) | seconds |", "|" + "---|" * 12]
         for e in state["emulation"]:
             L.append(f"| {e['profile']} | {e['fp8_format']} | {e['method']} W{e['weight_bits']} g{e['group_size']} | "
                      f"{e.get('gemm_output', 'bfloat16')} | "
                      f"{e['tokens']} | {e['ppl_a']:.4f} | {e['ppl_b']:.4f} | {e['max_abs_logit_diff']:.4g} | "
-                     f"{e['mean_abs_logit_diff']:.4g} | {100 * e['argmax_agreement']:.1f}% | {e['seconds']} |")
+                     f"{e['mean_abs_logit_diff']:.4g} | {100 * e['argmax_agreement']:.1f}% | "
+                     f"{_linear_cell(e)} | {e['seconds']} |")
         L.append("")
     if state["encoder"]:
         ep = state.get("encoder_protocol", {})
@@ -404,6 +406,13 @@ def write_md(path: Path, state: dict) -> None:
         L.append("")
     text = "\n".join(L) + "\n" + (notes if notes else NOTES_MARK + "\n")
     path.write_text(text)
+
+
+def _linear_cell(e: dict) -> str:
+    if "linear_sqnr_db_min" not in e:
+        return ""
+    return (f"{e['linear_sqnr_db_min']:.1f} / {e['linear_sqnr_db_mean_finite']:.1f} "
+            f"({e.get('linears_identical', '')})")
 
 
 def ordering_text(state: dict) -> str:
