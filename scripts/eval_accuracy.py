@@ -416,24 +416,29 @@ def _linear_cell(e: dict) -> str:
 
 
 def ordering_text(state: dict) -> str:
-    """The paper's claimed ordering, checked on the measured perplexities."""
+    """The paper's claimed ordering, checked on the measured perplexities (and against same-order ablations)."""
     idx = {(r["method"], r["weight_bits"]): r for r in state["runs"]}
     lines = ["**Paper's claim checked** (DPQ W4A8 degrades less than naive W4A8 and RTN W4A8, and no more than "
-             "GPTQ W4A16; lower perplexity is better):", ""]
+             "GPTQ W4A16; lower perplexity is better). `dpq-gar` is also compared with the baselines run in the same "
+             "GAR order when those rows exist:", ""]
+    pairs = {"dpq": (("naive-w4a8", "<"), ("rtn-w4a8", "<"), ("gptq-w4a16", "<=")),
+             "dpq-gar": (("naive-w4a8", "<"), ("rtn-w4a8", "<"), ("gptq-w4a16", "<="), ("naive-gar-w4a8", "<"),
+                         ("gptq-gar-w4a16", "<="))}
     for bits in sorted({r["weight_bits"] for r in state["runs"] if r["weight_bits"] < 8}, reverse=True):
-        d = idx.get(("dpq", bits))
-        if d is None:
-            continue
-        for ds in state["datasets"]:
-            parts = []
-            for other, rel in (("naive-w4a8", "<"), ("rtn-w4a8", "<"), ("gptq-w4a16", "<=")):
-                o = idx.get((other, bits))
-                if o is None:
-                    continue
-                a, b = d["ppl"][ds]["ppl"], o["ppl"][ds]["ppl"]
-                ok = a < b if rel == "<" else a <= b
-                parts.append(f"dpq {a:.2f} {rel} {other} {b:.2f}: {'holds' if ok else '**does not hold**'}")
-            lines.append(f"- W{bits} {ds}: " + "; ".join(parts))
+        for variant, others in pairs.items():
+            d = idx.get((variant, bits))
+            if d is None:
+                continue
+            for ds in state["datasets"]:
+                parts = []
+                for other, rel in others:
+                    o = idx.get((other, bits))
+                    if o is None:
+                        continue
+                    a, b = d["ppl"][ds]["ppl"], o["ppl"][ds]["ppl"]
+                    ok = a < b if rel == "<" else a <= b
+                    parts.append(f"{other} {b:.2f} {'holds' if ok else '**does not hold**'}")
+                lines.append(f"- W{bits} {ds}: {variant} {d['ppl'][ds]['ppl']:.2f} vs " + "; ".join(parts))
     return "\n".join(lines)
 
 
