@@ -357,7 +357,7 @@ def write_md(path: Path, state: dict) -> None:
         L += ["## Emulated backend vs reference backend", "",
               "Same checkpoint, same tokens: `reference` = float32 numpy with the FP8 roundings of weights and "
               "activations (sim.formats); `emulated` = the chip's FP8 matrix engine bit-exactly (sim.mac.fp8_gemm with "
-              "the profile's accumulation, BF16 output). The checkpoint for each chip uses that chip's FP8 format.", "",
+              "the profile's accumulation; GEMM output BF16 as the W4A8 runtime, or float32 to isolate the accumulation). The checkpoint for each chip uses that chip's FP8 format; wiki evaluation text, 2 windows of 128 tokens.", "",
               "| profile | FP8 format | method | GEMM output | tokens | ppl reference | ppl emulated | "
               "max abs logit diff | mean abs logit diff | argmax agreement | per-linear SQNR min / mean dB "
               "(identical) | seconds |", "|" + "---|" * 12]
