@@ -74,11 +74,6 @@ def gar_permutation(h_diag: np.ndarray, group_size: int) -> np.ndarray:
     return (base[group_order, None] + inner[group_order]).reshape(-1).astype(np.int64)
 
 
-def act_order_permutation(h_diag: np.ndarray) -> np.ndarray:
-    """GPTQ's act-order: all columns by H_jj descending (groups broken; shown for comparison only)."""
-    return np.argsort(-h_diag, kind="stable").astype(np.int64)
-
-
 def inverse_hessian_factor(h: np.ndarray, damp: float) -> np.ndarray:
     """Upper Cholesky factor U of (H + damp * mean(diag H) I)^-1 (H^-1 = U^T U), float64.
 
