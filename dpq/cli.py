@@ -20,39 +20,10 @@ import sys
 import time
 from typing import Sequence
 
+from sim.argtypes import choice_list, nonnegative_int, positive_int
 from sim.errors import DpqsimError
 
 FORMATS = ("table", "json", "csv")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 0") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 0")
-    return v
-
-
-def _choice_list(choices):
-    def parse(text: str) -> list[str]:
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [t for t in items if t not in choices]
-        if bad or not items:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated subset of {list(choices)}")
-        return items
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,12 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--method", choices=list(METHODS), required=required_method,
                         help="quantization method")
         sp.add_argument("--bits", type=int, choices=(2, 3, 4), default=4, help="weight bits (INT methods)")
-        sp.add_argument("--group-size", type=_positive_int, default=64,
+        sp.add_argument("--group-size", type=positive_int, default=64,
                         help="columns per group (must divide every in_features; SmolLM2's 576 rules out 128)")
         sp.add_argument("--hw", help="hardware profile whose FP8 format (numerics.default_fp8_format) and range "
                                      "the quantizer targets (default: float8_e4m3, R = 240, as the authors' code)")
-        sp.add_argument("--calib-seqs", type=_positive_int, default=proto.calib_sequences)
-        sp.add_argument("--calib-len", type=_positive_int, default=proto.calib_tokens)
+        sp.add_argument("--calib-seqs", type=positive_int, default=proto.calib_sequences)
+        sp.add_argument("--calib-len", type=positive_int, default=proto.calib_tokens)
 
     q = sub.add_parser("quantize", help="quantize the embedded model layer by layer and save a packed checkpoint")
     add_quant_args(q, True)
@@ -93,11 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", help="packed checkpoint (default: the Q4_1-dequantized float model)")
     e.add_argument("--backend", choices=BACKEND_NAMES, default="reference")
     e.add_argument("--profile", help="hardware profile for --backend emulated")
-    e.add_argument("--datasets", type=_choice_list(TEXT_SOURCES), default=list(TEXT_SOURCES))
-    e.add_argument("--windows", type=_positive_int, default=proto.ppl_windows, help="perplexity windows per dataset")
-    e.add_argument("--window", type=_positive_int, default=proto.ppl_window, help="tokens per window")
-    e.add_argument("--tasks", type=_choice_list(TASKS), default=list(TASKS))
-    e.add_argument("--examples", type=_nonneg_int, default=proto.zero_shot_examples,
+    e.add_argument("--datasets", type=choice_list(TEXT_SOURCES), default=list(TEXT_SOURCES))
+    e.add_argument("--windows", type=positive_int, default=proto.ppl_windows, help="perplexity windows per dataset")
+    e.add_argument("--window", type=positive_int, default=proto.ppl_window, help="tokens per window")
+    e.add_argument("--tasks", type=choice_list(TASKS), default=list(TASKS))
+    e.add_argument("--examples", type=nonnegative_int, default=proto.zero_shot_examples,
                    help="examples per zero-shot task (0: skip zero-shot)")
     e.add_argument("--seed", type=int, default=proto.seed, help="seed of the zero-shot example subsets")
     e.add_argument("--format", choices=FORMATS, default="table")
@@ -109,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--gemm-output", choices=("bfloat16", "float32"), default="bfloat16",
                    help="output type of the emulated FP8 GEMM (bfloat16: the W4A8 runtime)")
     m.add_argument("--dataset", choices=TEXT_SOURCES, default="wiki")
-    m.add_argument("--windows", type=_positive_int, default=1)
-    m.add_argument("--window", type=_positive_int, default=64)
+    m.add_argument("--windows", type=positive_int, default=1)
+    m.add_argument("--window", type=positive_int, default=64)
     m.add_argument("--format", choices=FORMATS, default="table")
     return p
 

@@ -14,11 +14,11 @@ The CLI is a thin layer: the work is done by sim.perf.simulate, sim.capacity and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from sim.argtypes import name_list, positive_float, positive_int, positive_int_list
 from sim.errors import DpqsimError
 
 DEFAULT_PROFILE = "gaudi3"
@@ -28,43 +28,6 @@ DEFAULT_BATCH = (16,)
 DEFAULT_INPUT_LEN = 1024
 DEFAULT_OUTPUT_LEN = 256
 SUBCOMMANDS = ("run", "profiles", "models", "capacity", "plot")
-
-
-class UsageError(Exception):
-    """A bad command-line argument: reported like argparse's own errors, exit code 2."""
-
-
-# ------------------------------------------------------------------------------------------ argument types
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number")
-    return value
-
-
-def _int_list(text: str) -> list[int]:
-    return [_positive_int(part) for part in text.split(",") if part.strip()]
-
-
-def _name_list(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected one or more comma-separated names")
-    return names
 
 
 def _flatten(groups: Sequence[Sequence]) -> list:
@@ -88,11 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="simulate prefill and decode for each scheme (the default)")
     _add_workload_args(run)
-    run.add_argument("--profile", type=_name_list, action="append", metavar="NAME[,NAME]",
+    run.add_argument("--profile", type=name_list, action="append", metavar="NAME[,NAME]",
                      help=f"hardware profile name or YAML path (default {DEFAULT_PROFILE})")
-    run.add_argument("--batch", type=_int_list, action="append", metavar="B[,B]",
+    run.add_argument("--batch", type=positive_int_list, action="append", metavar="B[,B]",
                      help=f"batch size(s) (default {','.join(map(str, DEFAULT_BATCH))})")
-    run.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree (default 1)")
+    run.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel degree (default 1)")
     run.add_argument("--layers", action="store_true",
                      help="also print the per-op speedups of W4A8 over BF16 when the table has several batches")
     _add_output_args(run)
@@ -115,21 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     cap = sub.add_parser("capacity", help="fewest devices and the batch that meet a traffic and latency target")
     cap.add_argument("--model", default="llama-2-70b", help="model name or YAML path (default llama-2-70b)")
-    cap.add_argument("--profile", type=_name_list, action="append", metavar="NAME[,NAME]",
+    cap.add_argument("--profile", type=name_list, action="append", metavar="NAME[,NAME]",
                      help="profiles to compare (default gaudi2,gaudi3,h100,h200)")
-    cap.add_argument("--scheme", type=_name_list, action="append", metavar="S[,S]",
+    cap.add_argument("--scheme", type=name_list, action="append", metavar="S[,S]",
                      help="schemes to compare (default bf16,fp8,w4a8)")
     target = cap.add_mutually_exclusive_group(required=True)
-    target.add_argument("--tokens-per-s", type=_positive_float, help="target output tokens/s of the whole system")
-    target.add_argument("--requests-per-s", type=_positive_float,
+    target.add_argument("--tokens-per-s", type=positive_float, help="target output tokens/s of the whole system")
+    target.add_argument("--requests-per-s", type=positive_float,
                         help="target requests/s (each --input-len in, --output-len out)")
-    cap.add_argument("--input-len", type=_positive_int, default=2048, help="input tokens per request (2048)")
-    cap.add_argument("--output-len", type=_positive_int, default=256, help="output tokens per request (256)")
-    cap.add_argument("--ttft-ms", type=_positive_float, default=2000.0, help="time-to-first-token limit (2000)")
-    cap.add_argument("--tpot-ms", type=_positive_float, default=50.0, help="time-per-output-token limit (50)")
-    cap.add_argument("--tp", type=_int_list, action="append", metavar="N[,N]",
+    cap.add_argument("--input-len", type=positive_int, default=2048, help="input tokens per request (2048)")
+    cap.add_argument("--output-len", type=positive_int, default=256, help="output tokens per request (256)")
+    cap.add_argument("--ttft-ms", type=positive_float, default=2000.0, help="time-to-first-token limit (2000)")
+    cap.add_argument("--tpot-ms", type=positive_float, default=50.0, help="time-per-output-token limit (50)")
+    cap.add_argument("--tp", type=positive_int_list, action="append", metavar="N[,N]",
                      help="tensor-parallel degrees to consider (default 1,2,4,8)")
-    cap.add_argument("--max-devices", type=_positive_int, default=1024, help="give up above this many devices")
+    cap.add_argument("--max-devices", type=positive_int, default=1024, help="give up above this many devices")
     cap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="profile override applied to every profile")
     _add_output_args(cap)
@@ -141,11 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or YAML path (default {DEFAULT_MODEL})")
-    p.add_argument("--scheme", type=_name_list, action="append", metavar="S[,S]",
-                   help=f"scheme(s) among bf16, fp8, w4a16, w4a8 (default all)")
-    p.add_argument("--input-len", type=_positive_int, default=DEFAULT_INPUT_LEN,
+    p.add_argument("--scheme", type=name_list, action="append", metavar="S[,S]",
+                   help="scheme(s) among bf16, fp8, w4a16, w4a8 (default all)")
+    p.add_argument("--input-len", type=positive_int, default=DEFAULT_INPUT_LEN,
                    help=f"prompt tokens per sequence (default {DEFAULT_INPUT_LEN})")
-    p.add_argument("--output-len", type=_positive_int, default=DEFAULT_OUTPUT_LEN,
+    p.add_argument("--output-len", type=positive_int, default=DEFAULT_OUTPUT_LEN,
                    help=f"generated tokens per sequence (default {DEFAULT_OUTPUT_LEN})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a profile value, e.g. --set dequant.placement=vector_pass")
@@ -325,10 +288,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "plot": cmd_plot}
     try:
         return handlers[args.command](args)
-    except UsageError as exc:
-        parser.print_usage(sys.stderr)
-        print(f"simulate: error: {exc}", file=sys.stderr)
-        return 2
     except (DpqsimError, ValueError, FileNotFoundError) as exc:
         print(f"simulate: error: {exc}", file=sys.stderr)
         return 1

@@ -168,7 +168,7 @@ def render_table(out: RunOutput, layers: bool = True) -> str:
         cols = [Column("op", "op (one decoder layer)", align="<")]
         for phase in ("prefill", "decode"):
             cols += [Column(f"{phase}_bf16_s", f"{phase} bf16 us", us),
-                     Column(f"{phase}_w4a8_s", f"w4a8 us", us),
+                     Column(f"{phase}_w4a8_s", "w4a8 us", us),
                      Column(f"{phase}_speedup", "x", fmt_ratio),
                      Column(f"{phase}_w4a8_bound", "w4a8 bound", lambda v: v or "", align="<")]
         for profile in req.profiles:
