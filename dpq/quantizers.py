@@ -88,12 +88,7 @@ def activation_scale(absmax: float, fp8_max_value: float, mode: str = "float") -
     """Static per-tensor activation scale s_x = max|x| / R (``float``) or its power of two rounded up (``pow2``)."""
     if mode not in ("float", "pow2"):
         raise ValueError(f"activation scale mode {mode!r} unknown (expected 'float' or 'pow2')")
-    if not (math.isfinite(absmax) and absmax >= 0):
-        raise ValueError(f"activation absmax must be finite and >= 0, got {absmax}")
-    if absmax == 0.0:
-        return 1.0
-    s = absmax / fp8_max_value
-    return math.ldexp(1.0, math.ceil(math.log2(s))) if mode == "pow2" else float(np.float32(s))
+    return tensor_scale(absmax, fp8_max_value, mode)
 
 
 def group_params(w: np.ndarray, group_size: int, maxq: int, *, pow2_scales: bool = False

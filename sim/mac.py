@@ -149,6 +149,17 @@ def _round_scaled(n, lsb_in, p, nearest_even, ftz):
 
 
 @njit(cache=True, inline="always")
+def _floor_to_lsb(v, v_lsb, base):
+    """v * 2^v_lsb as a count of 2^base units, rounded down, and whether nonzero bits were dropped."""
+    if v_lsb >= base:
+        return v << (v_lsb - base), False
+    sh = base - v_lsb
+    if sh > 62:
+        return np.int64(-1) if v < 0 else np.int64(0), True
+    return v >> sh, (v - ((v >> sh) << sh)) != 0
+
+
+@njit(cache=True, inline="always")
 def _add_exact_and_round(s, s_lsb, acc, acc_lsb, p, nearest_even, ftz):
     """Round s * 2^s_lsb + acc * 2^acc_lsb (exact sum) once; same result convention as _round_scaled."""
     if acc == 0:
@@ -165,28 +176,10 @@ def _add_exact_and_round(s, s_lsb, acc, acc_lsb, p, nearest_even, ftz):
     # same way as the exact value since the result keeps at most 24 bits. (Operands this far apart cannot cancel:
     # the result's top is within one bit of the larger one's, far above the sticky position.)
     base = top - 60
-    total = np.int64(0)
-    sticky = False
-    if s_lsb >= base:
-        total += s << (s_lsb - base)
-    else:
-        sh = base - s_lsb
-        if sh > 62:
-            total += -1 if s < 0 else 0
-            sticky = True
-        else:
-            total += s >> sh  # floor
-            sticky = sticky or (s - ((s >> sh) << sh)) != 0
-    if acc_lsb >= base:
-        total += acc << (acc_lsb - base)
-    else:
-        sh = base - acc_lsb
-        if sh > 62:
-            total += -1 if acc < 0 else 0
-            sticky = True
-        else:
-            total += acc >> sh
-            sticky = sticky or (acc - ((acc >> sh) << sh)) != 0
+    s_part, s_sticky = _floor_to_lsb(s, s_lsb, base)
+    acc_part, acc_sticky = _floor_to_lsb(acc, acc_lsb, base)
+    total = s_part + acc_part
+    sticky = s_sticky or acc_sticky
     return _round_scaled(2 * total + (1 if sticky else 0), base - 1, p, nearest_even, ftz)
 
 
