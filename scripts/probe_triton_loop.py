@@ -1,0 +1,297 @@
+"""Calibration probe for the fused-kernel performance model: a Triton FP8 swap-AB GEMM loop without W4A8 expansion.
+
+The fused W4A8 kernel (dpq/kernels/w4a8_triton.py) is one Triton loop per program: per K step of 128 it stages a
+weight tile and a token tile in shared memory with cp.async (``num_stages`` deep), forms the FP8 weight operand and
+runs one wgmma. This probe runs *the same loop shape with FP8 weights and no INT4 expansion*, so that the hardware
+parameters of the model in sim/perf/fused_kernel.py can be measured on kernels that are not the W4A8 kernel (whose
+measurements stay held out). Knobs, each a structural property of a loop:
+
+* tile (block_n weight rows x block_t tokens x 128), warps, stages, split-K parts (sets the programs per SM);
+* ``alu``: a dependent chain of ``alu`` 32-bit LOP3 instructions applied to every 4 weight bytes in registers
+  before the dot (0 = no register pass: the dot reads the weight tile straight from shared memory);
+* ``half``: stream 64 bytes per weight row and K step instead of 128 (the tile is formed by repeating them).
+
+Timing as scripts/bench_gpu.py: weights rotate over copies so every call reads HBM, a CUDA graph of back-to-back
+calls, median of replays. Every row records the kernel's registers per thread and shared memory per program (from
+the compiled kernel). Writes ``probe_triton_loop_<card>.csv``.
+
+    python3 scripts/probe_triton_loop.py --out DIR [--quick]          # on the GPU
+    python3 scripts/probe_triton_loop.py --structure results/gpu/probe_triton_loop_h200.csv   # any machine
+
+``--structure CSV`` compiles every configuration of a probe CSV for sm_90 with Triton's own ptxas (no GPU) and
+writes ``<CSV stem>_structure.csv``: registers, shared memory and main-loop SASS instructions per thread, the
+structure sim/perf/fused_kernel.py needs next to each measured time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import math
+import statistics
+import sys
+from pathlib import Path
+
+BLOCK_K = 128
+FIELDS = ["card", "sm_count", "triton", "torch", "date", "experiment", "block_n", "block_t", "warps", "stages", "alu",
+          "half", "n", "k", "m", "split_k", "programs", "iterations_per_program", "registers_per_thread",
+          "shared_bytes_per_program", "weight_bytes", "latency_s", "spread_rel", "calls_per_graph"]
+
+
+def build_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def loop_kernel(w_ptr, x_ptr, part_ptr, M, N, K, stride_w, stride_x, k_tiles_per_split, zero,
+                    BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, ALU: tl.constexpr,
+                    ALU_ASM: tl.constexpr, HALF: tl.constexpr):
+        pid_n = tl.program_id(0)
+        pid_t = tl.program_id(1)
+        pid_s = tl.program_id(2)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        offs_k = tl.arange(0, BLOCK_K)
+        t_mask = offs_t < M
+        k_tiles = K // BLOCK_K
+        kt_begin = pid_s * k_tiles_per_split
+        kt_end = tl.minimum(kt_begin + k_tiles_per_split, k_tiles)
+        w_rows = w_ptr + offs_n[:, None].to(tl.int64) * stride_w
+        x_rows = x_ptr + offs_t[:, None].to(tl.int64) * stride_x
+        z8 = zero.to(tl.uint8)
+        acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+        for kt in range(kt_begin, kt_end):
+            if HALF:
+                offs_h = tl.arange(0, BLOCK_K // 2)
+                wb = tl.load(w_rows + (kt * (BLOCK_K // 2) + offs_h)[None, :])
+            else:
+                wb = tl.load(w_rows + (kt * BLOCK_K + offs_k)[None, :])
+            if ALU > 0:
+                wb = tl.inline_asm_elementwise(ALU_ASM, "=r,r,r", [wb, tl.zeros_like(wb) + z8], dtype=tl.uint8,
+                                               is_pure=True, pack=4)
+            if HALF:
+                wb = tl.reshape(tl.join(wb, wb), (BLOCK_N, BLOCK_K))
+            w8 = wb.to(tl.float8e4nv, bitcast=True)
+            x8 = tl.load(x_rows + (kt * BLOCK_K + offs_k)[None, :], mask=t_mask[:, None], other=0.0)
+            acc = tl.dot(w8, tl.trans(x8), acc)
+        out = part_ptr + pid_s.to(tl.int64) * M * N + offs_t[None, :].to(tl.int64) * N + offs_n[:, None]
+        tl.store(out, acc, mask=t_mask[None, :])
+
+    return loop_kernel
+
+
+def alu_asm(alu: int) -> str:
+    """PTX of a dependent chain of ``alu`` integer instructions on each 4 weight bytes, alternately an add and a
+    xor of a run-time zero: values unchanged, yet the compiler can neither fold nor merge the chain."""
+    if alu == 0:
+        return ""
+    ops = ["add.u32 t, t, $2;" if i % 2 == 0 else "xor.b32 t, t, $2;" for i in range(alu)]
+    return "{ .reg .b32 t; mov.b32 t, $1; " + " ".join(ops) + " mov.b32 $0, t; }"
+
+
+def time_graph(torch, calls, repeats: int) -> tuple[float, float]:
+    """Median seconds per call of a CUDA graph of ``calls`` (thunks) back to back, and the relative spread."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for fn in calls[:2]:
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for fn in calls:
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e-3 / len(calls))
+    med = statistics.median(times)
+    return med, (max(times) - min(times)) / med
+
+
+def experiments(quick: bool):
+    """(experiment, n, k, m, block_n, block_t, warps, stages, alu, half, split) rows to measure."""
+    rows = []
+    # A: programs per SM (split-K parts) at the decode tile, plain FP8 loop and with a register pass
+    for alu in (0, 1, 6):
+        for split in (1, 2, 4, 8, 16):
+            rows.append(("programs", 8192, 8192, 1, 128, 16, 4, 4, alu, 0, split))
+    # B: dependent instructions per 4 weight bytes in the register pass (4 programs/SM and 1 program/SM)
+    for alu in (2, 4, 12, 24):
+        for split in (1, 8):
+            rows.append(("alu", 8192, 8192, 1, 128, 16, 4, 4, alu, 0, split))
+    # C: 64 bytes per row and K step (the packed INT4 codes' access pattern, no table, no INT4 format)
+    for alu in (0, 6):
+        for split in (1, 4, 8):
+            rows.append(("half", 8192, 8192, 1, 128, 16, 4, 4, alu, 1, split))
+    # D: stages, warps, 64-row and wider-token tiles
+    for block_n, block_t, warps, stages in ((128, 16, 4, 2), (128, 16, 4, 3), (128, 16, 4, 6), (128, 16, 8, 4),
+                                            (64, 16, 4, 4), (64, 64, 4, 4), (128, 64, 4, 4)):
+        m = block_t
+        for alu in (0, 6):
+            for split in (1, 8):
+                rows.append(("tile", 8192, 8192, m, block_n, block_t, warps, stages, alu, 0, split))
+    # E: fixed cost (one K step per program) and a long K loop
+    for split in (64,):
+        rows.append(("fixed", 8192, 8192, 1, 128, 16, 4, 4, 0, 0, split))
+        rows.append(("fixed", 8192, 8192, 1, 128, 16, 4, 4, 6, 0, split))
+    # F: how programs spread over SMs (1 to 2.3 programs per SM of 64 iterations each)
+    for n in (16896, 17920, 25344, 33792, 38400):
+        for alu in (0, 6):
+            rows.append(("spread", n, 8192, 1, 128, 16, 4, 4, alu, 0, 1))
+    # G: the prefill tile (128 x 128 tokens, 8 warps, 3 stages)
+    for alu in (0, 6):
+        for split in (1, 8):
+            rows.append(("tile", 8192, 8192, 128, 128, 128, 8, 3, alu, 0, split))
+    rows.append(("long", 57344, 8192, 1, 128, 16, 4, 4, 0, 0, 2))
+    rows.append(("long", 57344, 8192, 1, 128, 16, 4, 4, 6, 0, 2))
+    if quick:
+        rows = rows[:6]
+    return rows
+
+
+def compile_structure(block_n: int, block_t: int, warps: int, stages: int, alu: int, half: int) -> dict:
+    """Registers/thread, shared bytes/program and main-loop SASS instructions/thread of one probe configuration,
+    compiled for sm_90 here (Triton's ptxas and cuobjdump; no GPU)."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from scripts.kernel_sass import loop_mix
+
+    sig = {"w_ptr": "*u8", "x_ptr": "*fp8e4nv", "part_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32",
+           "stride_w": "i32", "stride_x": "i32", "k_tiles_per_split": "i32", "zero": "i32"}
+    consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_K=BLOCK_K, ALU=alu, ALU_ASM=alu_asm(alu), HALF=bool(half))
+    for c in consts:
+        sig[c] = "constexpr"
+    names = list(sig)
+    div = ["w_ptr", "x_ptr", "part_ptr", "N", "K", "stride_w", "stride_x"]  # as the launch specializes them
+    attrs = {(names.index(d),): [["tt.divisibility", 16]] for d in div}
+    k = triton.compile(ASTSource(fn=build_kernel(), signature=sig, constexprs=consts, attrs=attrs),
+                       target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "probe.cubin"
+        cubin.write_bytes(k.asm["cubin"])
+        sass = subprocess.run([tool, "--dump-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([tool, "--dump-resource-usage", str(cubin)], capture_output=True, text=True).stdout
+    _, loop = loop_mix(sass)
+    return {"registers_per_thread": int(re.search(r"REG:(\d+)", usage).group(1)),
+            "shared_bytes_per_program": int(k.metadata.shared),
+            "loop_instructions_per_thread": sum(loop.values())}
+
+
+def write_structure(csv_path: Path) -> Path:
+    """<csv stem>_structure.csv: the SASS structure of every configuration measured in ``csv_path``."""
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    keys = sorted({tuple(int(r[c]) for c in ("block_n", "block_t", "warps", "stages", "alu", "half")) for r in rows})
+    out = csv_path.with_name(csv_path.stem + "_structure.csv")
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["block_n", "block_t", "warps", "stages", "alu", "half",
+                                          "registers_per_thread", "shared_bytes_per_program",
+                                          "loop_instructions_per_thread"])
+        w.writeheader()
+        for key in keys:
+            st = compile_structure(*key)
+            w.writerow(dict(zip(("block_n", "block_t", "warps", "stages", "alu", "half"), key), **st))
+            print(key, st, flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--structure", type=Path, help="probe CSV: write its configurations' SASS structure (no GPU)")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--rotate-bytes", type=float, default=2.4e8)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default=None, help="comma-separated experiment names to run")
+    args = ap.parse_args(argv)
+    if args.structure:
+        print(f"wrote {write_structure(args.structure)}")
+        return 0
+    if args.out is None:
+        ap.error("--out is required for a GPU run")
+    import torch
+    import triton
+
+    kernel = build_kernel()
+    dev = torch.cuda.get_device_properties(0)
+    card, sms = dev.name, dev.multi_processor_count
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"probe_triton_loop_{card.replace(' ', '_')}.csv"
+    weights = {}
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        only = set(args.only.split(",")) if args.only else None
+        for exp, n, k, m, block_n, block_t, warps, stages, alu, half, split in experiments(args.quick):
+            if only and exp not in only:
+                continue
+            row_bytes = k // 2 if half else k
+            w_bytes = n * row_bytes
+            copies = max(2, math.ceil(args.rotate_bytes / w_bytes))
+            key = (n, row_bytes)
+            if key not in weights:
+                weights[key] = [torch.randint(0, 120, (n, row_bytes), dtype=torch.uint8, device="cuda",
+                                              generator=gen) for _ in range(copies)]
+            ws = weights[key]
+            x = torch.randn(m, k, device="cuda").to(torch.float8_e4m3fn)
+            k_tiles = k // BLOCK_K
+            per = math.ceil(k_tiles / split)
+            parts = math.ceil(k_tiles / per)
+            part = torch.empty(parts * m * n, dtype=torch.float32, device="cuda")
+            grid = (n // block_n, math.ceil(m / block_t), parts)
+            compiled = {}
+
+            def call(wt):
+                def fn():
+                    compiled["k"] = kernel[grid](wt, x, part, m, n, k, wt.stride(0), x.stride(0), per, 0,
+                                                 BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_K=BLOCK_K, ALU=alu,
+                                                 ALU_ASM=alu_asm(alu),
+                                                 HALF=bool(half), num_warps=warps, num_stages=stages)
+                return fn
+            calls_n = max(len(ws), min(400, math.ceil(2e-3 / max(w_bytes / 3e12, 2e-6))))
+            calls = [call(ws[i % len(ws)]) for i in range(calls_n)]
+            try:
+                t, spread = time_graph(torch, calls, args.repeats)
+            except Exception as exc:  # a configuration the compiler refuses (e.g. shared memory) is reported
+                print(f"{exp} bn={block_n} bt={block_t} w={warps} s={stages} alu={alu} half={half}: {exc}")
+                continue
+            ck = compiled["k"]
+            row = dict(card=card, sm_count=sms, triton=triton.__version__, torch=torch.__version__, date=date,
+                       experiment=exp, block_n=block_n, block_t=block_t, warps=warps, stages=stages, alu=alu,
+                       half=half, n=n, k=k, m=m, split_k=parts, programs=grid[0] * grid[1] * grid[2],
+                       iterations_per_program=per, registers_per_thread=ck.n_regs,
+                       shared_bytes_per_program=ck.metadata.shared, weight_bytes=w_bytes,
+                       latency_s=f"{t:.6e}", spread_rel=f"{spread:.4f}", calls_per_graph=calls_n)
+            w.writerow(row)
+            f.flush()
+            print(f"{exp:8s} bn={block_n} bt={block_t} w={warps} s={stages} alu={alu:2d} half={half} "
+                  f"split={parts:2d} progs={row['programs']:5d} it={per:3d} regs={ck.n_regs} "
+                  f"smem={ck.metadata.shared}: {t * 1e6:8.2f} us  {w_bytes / t / 1e12:.2f} TB/s", flush=True)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
