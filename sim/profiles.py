@@ -103,6 +103,13 @@ class MatrixEngineSpec:
     k_chunks_per_tile: int = _spec("pipeline stages a tile's K loop is split into in the event model", lo=1)
     split_k_max: int = _spec("largest split-K factor the library uses to fill idle units", lo=1)
     split_k_min_k: int = _spec("smallest K slice per split", lo=1)
+    split_k_kernel_max_m: Mapping[str, float] = _spec(
+        "largest M (activation rows) for which the GEMM library runs split-K as a kernel of its own plus a separate "
+        "reduction kernel (one more kernel fixed cost), by dtype; 0 = never", lo=0)
+    split_k_kernel_max_n: Mapping[str, float] = _spec(
+        "largest N (weight rows) for which the library runs that separate-reduction split-K, by dtype", lo=0)
+    split_k_kernel_min_k_over_n: Mapping[str, float] = _spec(
+        "the library runs that separate-reduction split-K only when K >= this x N (long K loops), by dtype", lo=0)
     sustained_rate_fraction: float = _spec(
         "fraction of the matrix rate of efficiency_by_flops that a serving run sustains step after step (applied by "
         "simulate, not by predict_gemm): clocks drop under the board power limit in long compute-bound runs, and "
@@ -155,6 +162,66 @@ class HostSpec:
 
 
 @dataclass(frozen=True)
+class SmSpec:
+    count: int = _spec("streaming multiprocessors (SMs) a kernel's programs spread over", lo=1)
+    registers_per_sm: int = _spec("32-bit registers in one SM's register file", lo=1)
+    register_allocation_unit: int = _spec("registers are granted to a warp in multiples of this many", lo=1)
+    shared_bytes_per_sm: float = _spec("shared memory one SM can give its resident programs (bytes)", lo=0,
+                                       lo_open=True)
+    shared_bytes_reserved_per_program: float = _spec("shared memory the runtime keeps per resident program "
+                                                     "(bytes)", lo=0)
+    max_warps_per_sm: int = _spec("most warps resident on one SM", lo=1)
+    max_programs_per_sm: int = _spec("most programs (thread blocks) resident on one SM", lo=1)
+    schedulers_per_sm: int = _spec("warp schedulers per SM, each issuing at most one warp instruction per cycle",
+                                   lo=1)
+    clock_hz: float = _spec("SM clock under load (cycles per second)", lo=0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class TritonLoopSpec:
+    iteration_fixed_s: float = _spec("SM time of one main-loop iteration beyond its loads and its instruction "
+                                     "issue (barrier, wgmma wait)", lo=0)
+    sm_load_bandwidth_bytes_per_s: float = _spec(
+        "bytes per second one SM's cp.async path stages into shared memory for a software-pipelined Triton loop",
+        lo=0, lo_open=True)
+    cycles_per_instruction: float = _spec("SM cycles per warp instruction of the loop body, per scheduler",
+                                          lo=0, lo_open=True)
+    program_fixed_s: float = _spec("SM time per program beyond its iterations (prologue, pipeline fill, "
+                                   "epilogue store)", lo=0)
+    loaded_hbm_latency_s: float = _spec("round trip of a cp.async load under a streaming kernel's load; a "
+                                        "program with s stages waits at least this over (s - 1) per iteration",
+                                        lo=0)
+    kernel_fixed_s: float = _spec("fixed cost of one launch of the looping kernel inside a CUDA graph (launch, "
+                                  "first wave's ramp, last wave's tail)", lo=0)
+    program_spread: str = _spec("how the busiest SM's share of the programs is counted: 'ceil' (whole programs, "
+                                "ceil(programs / SMs)) or 'even' (programs / SMs, at least one)",
+                                choices=("ceil", "even"))
+
+
+@dataclass(frozen=True)
+class FusedKernelSpec:
+    block_k: int = _spec("K per main-loop iteration (one quantization group)", lo=1)
+    weight_bytes_per_weight: float = _spec("bytes the kernel streams from HBM per weight (codes and expansion "
+                                           "metadata)", lo=0, lo_open=True)
+    expansion_instructions_per_weight: float = _spec(
+        "SASS instructions per weight of the loop that expand INT4 to the matrix dtype (reported as the "
+        "dequant share; the time uses the loop's whole count)", lo=0)
+    programs_per_sm_target: int = _spec("the launch heuristic's programs per SM: K is split while fewer "
+                                        "output tiles than this times the SMs exist", lo=1)
+    min_iterations_per_part: int = _spec("the launch heuristic keeps at least this many K steps per split part",
+                                         lo=1)
+    split_reduction: bool = _spec("split-K parts are summed by a second kernel (float32 partials through HBM)")
+    tile_configs: tuple[tuple[float, ...], ...] = _spec(
+        "launch configurations by token count: [max_m, block_n, block_t, warps, stages, registers_per_thread, "
+        "shared_bytes_per_program, loop_instructions_per_thread], rows by increasing max_m; the first row whose "
+        "max_m >= M is used (the last beyond)", lo=0)
+
+
+TILE_CONFIG_COLUMNS = ("max_m", "block_n", "block_t", "warps", "stages", "registers_per_thread",
+                       "shared_bytes_per_program", "loop_instructions_per_thread")
+
+
+@dataclass(frozen=True)
 class HardwareProfile:
     """One accelerator, validated. Every number is SI with its unit in its name; ``sources`` gives provenance.
 
@@ -174,13 +241,17 @@ class HardwareProfile:
     sources: Mapping[str, str]
     numerics: Any = None
     raw: Mapping[str, Any] = field(default=None, repr=False, compare=False)
+    sm: SmSpec | None = None
+    triton_loop: TritonLoopSpec | None = None
+    fused_kernel: FusedKernelSpec | None = None
 
     def to_dict(self) -> dict:
         """The resolved profile as plain data (for writing next to results): performance sections, sources, and
         the numerics section as merged from the file(s)."""
         out: dict[str, Any] = {"name": self.name, "description": self.description, "source": self.source}
-        for sec_name, _ in _SECTIONS:
-            out[sec_name] = _to_plain(getattr(self, sec_name))
+        for sec_name, _ in _SECTIONS + _OPTIONAL_SECTIONS:
+            if getattr(self, sec_name) is not None:
+                out[sec_name] = _to_plain(getattr(self, sec_name))
         out["sources"] = dict(self.sources)
         out["numerics"] = (self.raw or {}).get("numerics")
         return out
@@ -195,7 +266,14 @@ _SECTIONS = (
     ("interconnect", InterconnectSpec),
     ("host", HostSpec),
 )
-_TOP_KEYS = {"name", "description", "extends", "sources", "numerics"} | {s for s, _ in _SECTIONS}
+# present only in profiles of hardware running the fused Triton kernel (sim/perf/fused_kernel.py)
+_OPTIONAL_SECTIONS = (
+    ("sm", SmSpec),
+    ("triton_loop", TritonLoopSpec),
+    ("fused_kernel", FusedKernelSpec),
+)
+_TOP_KEYS = ({"name", "description", "extends", "sources", "numerics"} | {s for s, _ in _SECTIONS}
+             | {s for s, _ in _OPTIONAL_SECTIONS})
 
 
 def _to_plain(obj: Any) -> Any:
@@ -413,6 +491,26 @@ def _check_tiles(value: Any, source: str, key: str, meta: Mapping) -> tuple:
     return tuple(out)
 
 
+def _check_tile_configs(value: Any, source: str, key: str) -> tuple:
+    expected = "[" + ", ".join(TILE_CONFIG_COLUMNS) + "]"
+    if not isinstance(value, list) or not value:
+        raise ConfigError(source, key, f"value {describe_value(value)}: expected a list of {expected}")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, list) or len(item) != len(TILE_CONFIG_COLUMNS):
+            raise ConfigError(source, f"{key}[{i}]", f"value {describe_value(item)}: expected {expected}")
+        row = []
+        for j, col in enumerate(TILE_CONFIG_COLUMNS):
+            integer = col != "loop_instructions_per_thread"
+            row.append(_check_number(item[j], source, f"{key}[{i}][{j}] ({col})", {"lo": 1}, integer=integer))
+        if out and row[0] <= out[-1][0]:
+            raise ConfigError(source, f"{key}[{i}][0] (max_m)", f"value {row[0]}: expected max_m increasing")
+        if row[4] < 2:
+            raise ConfigError(source, f"{key}[{i}][4] (stages)", f"value {row[4]}: expected >= 2")
+        out.append(tuple(row))
+    return tuple(out)
+
+
 def _validate_section(cls, value: Any, source: str, prefix: str):
     if not isinstance(value, dict):
         raise ConfigError(source, prefix, f"value {describe_value(value)}: expected a mapping")
@@ -439,6 +537,8 @@ def _validate_section(cls, value: Any, source: str, prefix: str):
             kwargs[f.name] = _check_dtype_map(v, source, key, meta, _check_curve)
         elif f.type == "tuple[tuple[int, int, float], ...]":
             kwargs[f.name] = _check_tiles(v, source, key, meta)
+        elif f.type == "tuple[tuple[float, ...], ...]":
+            kwargs[f.name] = _check_tile_configs(v, source, key)
         elif f.type in ("bool", bool):
             if not isinstance(v, bool):
                 raise ConfigError(source, key, f"value {describe_value(v)}: expected true or false")
@@ -457,7 +557,7 @@ def _validate_section(cls, value: Any, source: str, prefix: str):
 def numeric_keys(raw: Mapping) -> list[str]:
     """Dotted keys of the performance sections whose values are numbers or curves (need a source)."""
     out = []
-    for sec, _ in _SECTIONS:
+    for sec, _ in _SECTIONS + _OPTIONAL_SECTIONS:
         for key, value in (raw.get(sec) or {}).items():
             if isinstance(value, (int, float, list, dict)) and not isinstance(value, bool):
                 out.append(f"{sec}.{key}")
@@ -483,7 +583,14 @@ def validate_profile(raw: Mapping, source: str) -> HardwareProfile:
     sources = raw.get("sources") or {}
     if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
         raise ConfigError(source, "sources", "expected a mapping of dotted key -> provenance text")
-    known = {f"{sec}.{f.name}" for sec, cls in _SECTIONS for f in fields(cls)}
+    optional = {}
+    for sec_name, cls in _OPTIONAL_SECTIONS:
+        if raw.get(sec_name) is not None:
+            optional[sec_name] = _validate_section(cls, raw[sec_name], source, sec_name)
+    if "fused_kernel" in optional and ("sm" not in optional or "triton_loop" not in optional):
+        raise ConfigError(source, "fused_kernel", "the fused-kernel model needs the 'sm' and 'triton_loop' "
+                                                  "sections too")
+    known = {f"{sec}.{f.name}" for sec, cls in _SECTIONS + _OPTIONAL_SECTIONS for f in fields(cls)}
     for key in sources:
         if ".".join(str(key).split(".")[:2]) not in known:
             raise ConfigError(source, f"sources.{key}", "provenance for a key the profile does not have")
@@ -502,4 +609,4 @@ def validate_profile(raw: Mapping, source: str) -> HardwareProfile:
         else:
             numerics = datapath.parse_numerics(raw["numerics"], source=source)
     return HardwareProfile(name=name, description=description, source=source, numerics=numerics, raw=raw,
-                           sources=dict(sources), **sections)
+                           sources=dict(sources), **sections, **optional)
