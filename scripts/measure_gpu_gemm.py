@@ -186,12 +186,69 @@ def measure_copy(torch, sizes, repeats, writer, info, l2_bytes):
         torch.cuda.empty_cache()
 
 
+def dump_kernels(torch, shapes, m_values, writer, info):
+    """Which cuBLAS kernels each GEMM launches (name, grid, block, shared memory, registers, duration), read from a
+    torch.profiler trace of one call after warm-up: the ground truth for the tile/split-K model's choices."""
+    import json
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    dev = torch.device("cuda")
+    scale = torch.tensor(1.0, device=dev, dtype=torch.float32)
+    for model, layer, n, k in shapes:
+        w = torch.randn(n, k, device=dev, dtype=torch.bfloat16)
+        w8t = (w * 0.5).to(torch.float8_e4m3fn).t()
+        for scheme in ("bf16", "fp8"):
+            for m in m_values:
+                m_run = m if scheme == "bf16" or m % 16 == 0 else 16 * math.ceil(m / 16)
+                x = torch.randn(m_run, k, device=dev, dtype=torch.bfloat16)
+                if scheme == "bf16":
+                    def fn():
+                        return torch.matmul(x, w.t())
+                else:
+                    x8 = x.to(torch.float8_e4m3fn)
+                    try:
+                        torch._scaled_mm(x8, w8t, scale_a=scale, scale_b=scale, out_dtype=torch.bfloat16)
+                    except RuntimeError:
+                        m_run = 16 * math.ceil(m / 16)
+                        x8 = torch.randn(m_run, k, device=dev, dtype=torch.bfloat16).to(torch.float8_e4m3fn)
+
+                    def fn():
+                        return torch._scaled_mm(x8, w8t, scale_a=scale, scale_b=scale, out_dtype=torch.bfloat16)
+                for _ in range(3):
+                    fn()
+                torch.cuda.synchronize()
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    fn()
+                    torch.cuda.synchronize()
+                with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
+                    prof.export_chrome_trace(tmp.name)
+                    events = json.load(open(tmp.name))["traceEvents"]
+                for e in events:
+                    if e.get("cat") != "kernel":
+                        continue
+                    a = e.get("args", {})
+                    writer.writerow({**info, "model": model, "layer": layer, "scheme": scheme, "m": m,
+                                     "m_run": m_run, "n": n, "k": k, "kernel": e["name"],
+                                     "grid": "x".join(map(str, a.get("grid", []))),
+                                     "block": "x".join(map(str, a.get("block", []))),
+                                     "shared_memory_bytes": a.get("shared memory", ""),
+                                     "registers_per_thread": a.get("registers per thread", ""),
+                                     "duration_us": e.get("dur", "")})
+                print(f"{model:12s} {layer:8s} {scheme:4s} m={m:5d} kernels listed", flush=True)
+        del w, w8t
+        torch.cuda.empty_cache()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output folder for the CSV files")
     parser.add_argument("--repeats", type=int, default=15, help="graph replays per point (median taken)")
     parser.add_argument("--max-calls", type=int, default=64, help="GEMMs captured per graph, at most")
     parser.add_argument("--quick", action="store_true", help="a few shapes only (smoke test)")
+    parser.add_argument("--kernels", action="store_true",
+                        help="only list the cuBLAS kernels (name, grid, block) each GEMM launches -> kernels_<card>.csv")
     args = parser.parse_args(argv)
 
     import torch
@@ -206,6 +263,14 @@ def main(argv=None) -> int:
     shapes = SHAPES[:2] if args.quick else SHAPES
     m_values = [1, 64, 4096] if args.quick else M_VALUES
     print(info, "L2", l2_bytes, flush=True)
+    if args.kernels:
+        fields = list(info) + ["model", "layer", "scheme", "m", "m_run", "n", "k", "kernel", "grid", "block",
+                               "shared_memory_bytes", "registers_per_thread", "duration_us"]
+        with open(os.path.join(args.out, f"kernels_{card}.csv"), "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            dump_kernels(torch, shapes, m_values, writer, info)
+        return 0
 
     copy_fields = list(info) + ["bytes_copied", "bytes_moved", "latency_s", "spread_rel", "bandwidth_bytes_per_s"]
     with open(os.path.join(args.out, f"copy_{card}.csv"), "w", newline="") as fh:

@@ -77,6 +77,16 @@ def _split_k(hw: HardwareProfile, tiles_mn: int, k: int) -> int:
     return max(1, min(me.split_k_max, slots // tiles_mn, k // me.split_k_min_k))
 
 
+def _split_k_kernel(hw: HardwareProfile, m: int, n: int, k: int, dtype: str) -> bool:
+    """Whether the GEMM library runs this GEMM as split-K with a separate reduction kernel (a second kernel, so a
+    second fixed cost). Read from the library's own choices (profile ``split_k_kernel_*``): on Hopper, cuBLAS does
+    this for small-M GEMMs with a long K loop and too few N tiles to fill the SMs, and per dtype differently (FP8
+    kernels use 16-row, 64-wide tiles and split only at M <= 16 for N = 4096; BF16 splits up to M = 128)."""
+    me = hw.matrix_engine
+    return (m <= me.split_k_kernel_max_m[dtype] and n <= me.split_k_kernel_max_n[dtype]
+            and k >= me.split_k_kernel_min_k_over_n[dtype] * n)
+
+
 def _units_load_rate(hw: HardwareProfile, active_tiles: int) -> float:
     """Load rate of the units that hold ``active_tiles`` tiles: the scheduler spreads tiles one per unit first,
     so a kernel of few tiles pulls through as many units as it has tiles (each unit at its full rate)."""
@@ -196,13 +206,16 @@ def gemm_plan(hw: HardwareProfile, g: GemmShape, name: str = "gemm") -> KernelPl
                 compute_s=compute_s, compute_resource="matrix",
                 write_bytes=out_bytes * share if c == kc - 1 else 0.0, write_rate_bytes_per_s=rate))
     fixed = hw.kernel.launch_overhead_s
+    library_split = _split_k_kernel(hw, g.m, g.n, g.k, g.matrix_dtype)
+    if library_split:
+        fixed += hw.kernel.launch_overhead_s  # the library's reduction kernel: a kernel of its own
     if split > 1:
         # reduction kernel: its own fixed cost, then read the fp32 partials and write the output
         fixed += hw.kernel.split_k_reduction_overhead_s
         if partial_bytes:
             chunks.append(Chunk(partial_bytes, hbm_rate, 0.0, 0.0, 0.0, "vector", g.m * g.n * g.output_bytes,
                                 hbm_rate))
-    info.update({"hbm_bytes": total_bytes, "flops": flops, "k_chunks": kc})
+    info.update({"hbm_bytes": total_bytes, "flops": flops, "k_chunks": kc, "split_k_kernel": library_split})
     return KernelPlan(name, fixed, tuple(chunks), buffers=me.pipeline_buffers, info=info)
 
 
