@@ -188,3 +188,21 @@ def test_sustained_rate_fraction_slows_serving_steps_not_single_gemms():
     assert r_half.to_dict()["config"]["profile"]["matrix_engine"]["sustained_rate_fraction"] == 0.5
     assert predict_gemm(load_profile("h100", half), 4096, 4096, 4096, "fp8") == \
         predict_gemm(load_profile("h100", full), 4096, 4096, 4096, "fp8")
+
+
+def test_split_k_kernel_rule_follows_the_library_and_costs_one_more_kernel():
+    """cuBLAS (kernels_h100.csv) splits the Llama-2-7B down projection (4096 x 11008) into a split-K kernel plus a
+    reduction kernel for FP8 only at M <= 16 and for BF16 up to M = 128; Gaudi profiles never do."""
+    from sim.perf.kernels import GemmShape, gemm_plan
+    from sim.profiles import load_profile
+
+    hw = load_profile("h100")
+    fp8_16 = gemm_plan(hw, GemmShape(16, 4096, 11008, "fp8", 1.0, 1.0))
+    fp8_32 = gemm_plan(hw, GemmShape(32, 4096, 11008, "fp8", 1.0, 1.0))
+    assert fp8_16.info["split_k_kernel"] and not fp8_32.info["split_k_kernel"]
+    assert gemm_plan(hw, GemmShape(64, 4096, 11008, "bf16", 2.0, 2.0)).info["split_k_kernel"]
+    assert not gemm_plan(hw, GemmShape(16, 8192, 28672, "fp8", 1.0, 1.0)).info["split_k_kernel"]  # 70B down
+    assert not gemm_plan(hw, GemmShape(1, 5120, 5120, "bf16", 2.0, 2.0)).info["split_k_kernel"]  # K < 2N
+    assert fp8_16.fixed_s - fp8_32.fixed_s >= hw.kernel.launch_overhead_s * (1 - 1e-9)
+    gaudi = load_profile("gaudi3")
+    assert not gemm_plan(gaudi, GemmShape(16, 4096, 11008, "fp8", 1.0, 1.0)).info["split_k_kernel"]
