@@ -6,9 +6,12 @@ M in 1, 4, 16, 64, 256, 1024, 4096 tokens, four ways to compute y = x @ W^T (bf1
 * ``bf16``          torch.matmul, BF16 weights (cuBLAS);
 * ``fp8``           torch._scaled_mm, FP8 E4M3 weights and activations, per-tensor scales (cuBLAS, fast accum);
 * ``w4a8_fused``    the Triton kernel of dpq/kernels/w4a8_triton.py reading packed INT4 (groups of 128), variant
-                    "lut" (v3: codes + a 16-byte FP8 table per group, 0.625 byte per weight);
-* ``w4a8_fused_v2`` the same kernel's variant "v2" (codes + float32 scale and uint8 zero per group, expanded
-                    with float32 arithmetic per weight; 0.539 byte per weight);
+                    "v4" (codes group-major + a 16-byte FP8 table per group, 0.625 byte per weight);
+* ``w4a8_fused_v3`` its earlier variant "lut" (v3: the same bytes, codes row-major, 2-byte shared loads);
+* ``w4a8_fused_v2`` the variant "v2" (codes + float32 scale and uint8 zero per group, expanded with float32
+                    arithmetic per weight; 0.539 byte per weight);
+* ``fp8_triton``    the v4 kernel's loop with weights already FP8 (1 byte per weight, no expansion; variant "fp8",
+                    the same tile heuristic): the cost of the Triton loop itself, for calibrating the perf model;
 * ``w4a8_unfused``  the same packed weights expanded to FP8 by torch ops on every call, then torch._scaled_mm.
 
 Activations are already FP8 for the FP8 schemes (their quantization is a separate elementwise op in every scheme).
@@ -52,12 +55,14 @@ SHAPES = [
     ("llama-2-70b", "gate_up_proj", 57344, 8192), ("llama-2-70b", "down_proj", 8192, 28672),
 ]
 M_VALUES = (1, 4, 16, 64, 256, 1024, 4096)
-SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_v2", "w4a8_unfused")
-FUSED_VARIANTS = {"w4a8_fused": "lut", "w4a8_fused_v2": "v2"}
+SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_v3", "w4a8_fused_v2", "fp8_triton", "w4a8_unfused")
+FUSED_VARIANTS = {"w4a8_fused": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2", "fp8_triton": "fp8"}
 GROUP_SIZE = 128
 FIELDS = ["card", "driver", "torch", "triton", "cuda", "sm_count", "date", "model", "layer", "scheme", "m", "n", "k",
           "latency_s", "spread_rel", "calls_per_graph", "weight_copies", "weight_bytes", "hbm_bytes",
-          "achieved_tb_per_s", "achieved_tflop_per_s", "config"]
+          "achieved_tb_per_s", "achieved_tflop_per_s", "config", "block_n", "block_t", "split_k", "num_warps",
+          "num_stages", "groups_per_step", "registers", "shared_bytes"]
+CONFIG_FIELDS = ("block_n", "block_t", "split_k", "num_warps", "num_stages", "groups_per_step")
 
 
 def log(msg: str) -> None:
@@ -123,38 +128,40 @@ def fused_candidates(m: int, n: int, k: int, sms: int, quick: bool, variant: str
     cands = [base]
     if quick:
         return cands
-    if m <= 64 and variant == "lut":
-        # the lut kernel's speed follows the programs resident per SM (run 1: 6 stages and 8 warps were slower,
-        # more split-K parts faster): fewer stages, more parts, 64-row tiles
-        s = base.split_k
-        cands += [replace(base, num_stages=3), replace(base, num_stages=3, split_k=2 * s),
+    s = base.split_k
+    if m <= 64 and variant in ("v4", "fp8"):
+        # v4: 76 registers at 128 rows (6 programs per SM by registers; shared memory allows 6 at 4 stages):
+        # stages, split around the heuristic's, two groups per K step, 64-row tiles
+        cands += [replace(base, num_stages=3), replace(base, num_stages=5), replace(base, num_stages=6),
                   replace(base, split_k=2 * s), replace(base, split_k=max(1, s // 2)),
-                  replace(base, num_stages=2, split_k=2 * s),
-                  replace(base, block_n=64, num_stages=3), replace(base, block_n=64, num_stages=2),
-                  replace(base, block_n=64, num_stages=4, split_k=2 * s)]
+                  replace(base, groups_per_step=2, num_stages=3), replace(base, groups_per_step=2),
+                  replace(base, groups_per_step=2, split_k=max(1, s // 2), num_stages=3),
+                  replace(base, block_n=64, split_k=2 * s), replace(base, block_n=64, groups_per_step=2, split_k=s)]
+    elif m <= 64 and variant == "lut":
+        cands += [replace(base, split_k=2 * s), replace(base, split_k=max(1, s // 2)),
+                  replace(base, block_n=64, num_stages=3)]
     elif m <= 64:
         other_n = 64 if base.block_n == 128 else 128
-        cands += [replace(base, block_n=other_n), replace(base, block_n=128, num_warps=8),
-                  replace(base, split_k=base.split_k * 2),
-                  replace(base, split_k=max(1, base.split_k // 2)), replace(base, num_stages=6)]
+        cands += [replace(base, block_n=other_n), replace(base, split_k=base.split_k * 2)]
     else:
         cands += [KernelConfig(block_n=128, block_t=64, split_k=1, num_warps=4, num_stages=4)]
     seen, out = set(), []
     for c in cands:
-        if c not in seen:
+        if c not in seen and (k // GROUP_SIZE) % c.groups_per_step == 0:
             seen.add(c)
             out.append(c)
     return out
 
 
 def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer, tune_writer, summary):
-    from dpq.kernels.w4a8_triton import PackedW4A8Weight, w4a8_matmul
+    from dpq.kernels.w4a8_triton import PackedW4A8Weight, kernel_resources, w4a8_matmul
     from dpq.torch_backend import expanded_weight_values
 
     gen = torch.Generator(device="cuda")
     gen.manual_seed(1234)
     codes, scales, zeros = make_weights(torch, n, k, gen)
     w_bytes = {"bf16": n * k * 2, "fp8": n * k, "w4a8_fused": codes.numel() + scales.numel() * 16,
+               "w4a8_fused_v3": codes.numel() + scales.numel() * 16, "fp8_triton": n * k,
                "w4a8_fused_v2": codes.numel() + scales.numel() * 5, "w4a8_unfused": codes.numel() + scales.numel() * 5}
     fp8_max = 448.0
     w8 = expanded_weight_values(codes, scales, zeros, GROUP_SIZE, "float8_e4m3fn").to(torch.float8_e4m3fn)
@@ -171,7 +178,7 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
                 # enough back-to-back calls for a graph of ~2 ms (launch gaps and timer resolution negligible)
                 est_s = max(w_bytes[scheme] / 3e12, 2 * m * n * k / 6e14, 5e-6)
                 calls_n = max(copies, min(args.max_calls, math.ceil(2e-3 / est_s)))
-                config_used = ""
+                config_used, cfg, res = "", None, {}
                 if scheme == "bf16":
                     ws = [wbf] + [wbf.clone() for _ in range(copies - 1)]
                     calls = [(lambda w=ws[i % copies]: torch.matmul(xbf, w.t())) for i in range(calls_n)]
@@ -200,8 +207,10 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
                                  for _ in range(copies - 1)]
                     ref = (x8.double() @ w8.double().t()) * 0.01
                     best = None
-                    quick = args.quick_v2 if scheme == "w4a8_fused_v2" else args.quick
+                    quick = {"w4a8_fused_v2": args.quick_v2, "fp8_triton": args.quick_fp8_triton,
+                             "w4a8_fused_v3": args.quick_v3}.get(scheme, args.quick)
                     for cfg in fused_candidates(m, n, k, info["sm_count"], quick, variant):
+                        res = kernel_resources(x8, pw, cfg)
                         y = w4a8_matmul(x8, pw, 1.0, out_dtype="float32", config=cfg)
                         err = float((y.double() - ref).norm() / ref.norm())
                         if not err < 1e-2:
@@ -212,10 +221,10 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
                         tune_writer.writerow({"card": info["card"], "scheme": scheme, "model": model, "layer": layer,
                                               "m": m, "n": n,
                                               "k": k, "config": repr(cfg), "latency_s": f"{t:.6e}",
-                                              "rel_error_vs_f64": f"{err:.2e}"})
+                                              "rel_error_vs_f64": f"{err:.2e}", **res})
                         if best is None or t < best[0]:
-                            best = (t, spread, cfg)
-                    t, spread, cfg = best
+                            best = (t, spread, cfg, res)
+                    t, spread, cfg, res = best
                     config_used = repr(cfg)
                     calls = None
                 if calls is not None:
@@ -225,7 +234,9 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
                 row = dict(info, model=model, layer=layer, scheme=scheme, m=m, n=n, k=k, latency_s=f"{t:.6e}",
                            spread_rel=f"{spread:.4f}", calls_per_graph=calls_n, weight_copies=copies,
                            weight_bytes=w_bytes[scheme], hbm_bytes=hbm, achieved_tb_per_s=f"{hbm / t / 1e12:.3f}",
-                           achieved_tflop_per_s=f"{2 * m * n * k / t / 1e12:.2f}", config=config_used)
+                           achieved_tflop_per_s=f"{2 * m * n * k / t / 1e12:.2f}", config=config_used,
+                           registers=res.get("registers", ""), shared_bytes=res.get("shared_bytes", ""),
+                           **{f: (getattr(cfg, f) if cfg is not None else "") for f in CONFIG_FIELDS})
                 row = {f: row[f] for f in FIELDS}
                 writer.writerow(row)
                 summary[(model, layer, m, scheme)] = t
@@ -253,6 +264,9 @@ def main(argv=None) -> int:
                          "(default: all models unless --quick)")
     ap.add_argument("--tune-v2-models", default=None,
                     help="comma list: the same for w4a8_fused_v2 only (default: as --tune-models)")
+    ap.add_argument("--tune-aux", action="store_true",
+                    help="also tune w4a8_fused_v3 and fp8_triton (default: their heuristic configuration only)")
+    ap.add_argument("--tag", default="", help="suffix of the output file names (bench_<card><tag>.csv)")
     args = ap.parse_args(argv)
     import torch
 
@@ -266,12 +280,12 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tag = info["card"].replace("NVIDIA ", "").split()[0].lower()
     summary = {}
-    with open(args.out / f"bench_{tag}.csv", "w", newline="") as f, \
-            open(args.out / f"tuning_{tag}.csv", "w", newline="") as ft:
+    with open(args.out / f"bench_{tag}{args.tag}.csv", "w", newline="") as f, \
+            open(args.out / f"tuning_{tag}{args.tag}.csv", "w", newline="") as ft:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         tune = csv.DictWriter(ft, fieldnames=["card", "scheme", "model", "layer", "m", "n", "k", "config", "latency_s",
-                                              "rel_error_vs_f64"])
+                                              "rel_error_vs_f64", "registers", "shared_bytes", "spills"])
         tune.writeheader()
         for model, layer, n, k in sorted(SHAPES, key=lambda r: models.index(r[0]) if r[0] in models else 99):
             if model in models:
@@ -280,30 +294,32 @@ def main(argv=None) -> int:
                     args_m.quick = args.quick or model not in args.tune_models.split(",")
                 tune_v2 = args.tune_v2_models if args.tune_v2_models is not None else args.tune_models
                 args_m.quick_v2 = args_m.quick if tune_v2 is None else (args.quick or model not in tune_v2.split(","))
+                args_m.quick_v3 = args_m.quick_fp8_triton = args_m.quick or not args.tune_aux
                 bench_shape(torch, info, model, layer, n, k, m_values, schemes, args_m, writer, tune, summary)
                 f.flush()
                 ft.flush()
     print(f"# {info['card']} driver {info['driver']} torch {info['torch']} triton {info['triton']}")
     nan = float("nan")
-    print(f"{'model':12s} {'layer':13s} {'m':>5s} {'bf16 us':>9s} {'fp8 us':>9s} {'v2 us':>9s} {'lut us':>9s} "
-          f"{'x bf16':>7s} {'x fp8':>7s}")
+    cols = ("bf16", "fp8", "w4a8_fused_v3", "fp8_triton", "w4a8_fused")
+    print(f"{'model':12s} {'layer':13s} {'m':>5s} {'bf16 us':>9s} {'fp8 us':>9s} {'v3 us':>9s} {'fp8tri':>9s} "
+          f"{'v4 us':>9s} {'x bf16':>7s} {'x fp8':>7s}")
     layer_sums = {}
     for (model, layer, m, scheme), t in summary.items():
         layer_sums.setdefault((model, m, scheme), []).append(t)
         if scheme != "w4a8_fused" or m > 64:
             continue
-        b, f8, v2 = (summary.get((model, layer, m, sc), nan) for sc in ("bf16", "fp8", "w4a8_fused_v2"))
-        print(f"{model:12s} {layer:13s} {m:5d} {b * 1e6:9.1f} {f8 * 1e6:9.1f} {v2 * 1e6:9.1f} {t * 1e6:9.1f} "
-              f"{b / t:7.2f} {f8 / t:7.2f}")
+        v = [summary.get((model, layer, m, sc), nan) for sc in cols]
+        print(f"{model:12s} {layer:13s} {m:5d} " + " ".join(f"{x * 1e6:9.1f}" for x in v)
+              + f" {v[0] / t:7.2f} {v[1] / t:7.2f}")
     print("# one decoder layer (the four GEMMs summed)")
     for (model, m, scheme), ts in layer_sums.items():
         if scheme != "w4a8_fused" or len(ts) != 4:
             continue
-        tot = {sc: sum(layer_sums.get((model, m, sc), [nan])) if len(layer_sums.get((model, m, sc), [])) == 4
-               else nan for sc in ("bf16", "fp8", "w4a8_fused_v2", "w4a8_fused")}
+        tot = {sc: sum(layer_sums[(model, m, sc)]) if len(layer_sums.get((model, m, sc), [])) == 4 else nan
+               for sc in cols}
         t = tot["w4a8_fused"]
-        print(f"{model:12s} {'layer':13s} {m:5d} {tot['bf16'] * 1e6:9.1f} {tot['fp8'] * 1e6:9.1f} "
-              f"{tot['w4a8_fused_v2'] * 1e6:9.1f} {t * 1e6:9.1f} {tot['bf16'] / t:7.2f} {tot['fp8'] / t:7.2f}")
+        print(f"{model:12s} {'layer':13s} {m:5d} " + " ".join(f"{tot[sc] * 1e6:9.1f}" for sc in cols)
+              + f" {tot['bf16'] / t:7.2f} {tot['fp8'] / t:7.2f}")
     return 0
 
 

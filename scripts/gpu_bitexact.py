@@ -6,7 +6,8 @@ Three steps, so that the GPU machine needs only torch (no numba, no model assets
    quantized model on real text and keep ``--tokens`` real input rows of every linear; write one compressed
    ``.npz`` (packed fields + activations) per chunk of layers into ``--out``.
 2. ``run`` (GPU): for every linear, the torch backend's output with kernel=cublas and kernel=triton (default tile
-   heuristic at M = tokens, plus the variants of ``TRITON_VARIANTS``: the lut kernel unsplit and the v2 kernel),
+   heuristic at M = tokens, plus the variants of ``TRITON_VARIANTS``: the default kernel unsplit, the lut (v3),
+   fp8 (no expansion) and v2 variants),
    as raw bf16 bits; also a crafted probe of the Triton dot's accumulation (``PROBE_VARIANTS``). Writes
    ``gpu_<path>.npz`` and ``gpu_meta.json``.
 3. ``compare`` (here): ``sim.mac.fp8_gemm`` with hw=h100/h200 (cuBLAS path) and hw=h100-triton-w4a8 (Triton path,
@@ -129,8 +130,10 @@ PROBE_VARIANTS = {  # Triton configurations run on the crafted probe (M=16, N=25
     "split3": {"split_k": 3},
     "bn128_bt32": {"block_n": 128, "block_t": 32, "split_k": 1},
     "bn64_w8": {"block_n": 64, "num_warps": 8, "split_k": 2},
+    "gps2_split3": {"groups_per_step": 2, "split_k": 3},
+    "lut_default": {"variant": "lut"},
+    "fp8_default": {"variant": "fp8"},
     "v2_default": {"variant": "v2"},
-    "v2_split1": {"variant": "v2", "split_k": 1},
 }
 
 
@@ -155,6 +158,8 @@ def make_probe(seed: int = 7):
 TRITON_VARIANTS = {  # "variant" picks the kernel variant (default: the module's DEFAULT_VARIANT)
     "default": None,
     "split1": {"split_k": 1},
+    "lut_default": {"variant": "lut"},
+    "fp8_default": {"variant": "fp8"},
     "v2_default": {"variant": "v2"},
 }
 

@@ -25,7 +25,8 @@ if str(ROOT) not in sys.path:
 _INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)[\s.;]")
 
 
-def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split_k: int, warps: int, stages: int):
+def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split_k: int, warps: int, stages: int,
+                   groups_per_step: int = 1):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -33,7 +34,14 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
     from dpq.kernels import w4a8_triton as W
 
     fn = W._kernels()[variant]
-    if variant == "lut":
+    if variant in ("v4", "fp8"):
+        sig = {"x_ptr": "*fp8e4nv", "w_ptr": "*i16" if variant == "v4" else "*u8", "lut_ptr": "*i32",
+               "out_ptr": "*bf16", "part_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
+               "stride_om": "i32", "out_scale": "fp32", "k_steps_per_split": "i32"}
+        consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, GROUP=block_k, GPS=groups_per_step, SPLIT_K=split_k,
+                      OUT_BF16=True, EVEN_N=True, FP8_W=variant == "fp8")
+        div = ["x_ptr", "w_ptr", "lut_ptr", "out_ptr", "part_ptr", "K", "N", "stride_xm", "stride_om"]
+    elif variant == "lut":
         sig = {"x_ptr": "*fp8e4nv", "codes_ptr": "*u8", "lut_ptr": "*i32", "out_ptr": "*bf16", "part_ptr": "*fp32",
                "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_cw": "i32", "stride_om": "i32",
                "out_scale": "fp32", "k_tiles_per_split": "i32"}
@@ -82,15 +90,17 @@ def main(argv=None) -> int:
     ap.add_argument("--block-n", type=int, default=64)
     ap.add_argument("--block-t", type=int, default=16)
     ap.add_argument("--block-k", type=int, default=128, help="= the group size")
+    ap.add_argument("--groups-per-step", type=int, default=1, help="v4/fp8: groups per K step")
     ap.add_argument("--split-k", type=int, default=4)
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--stages", type=int, default=4)
     ap.add_argument("--dump", type=Path)
     a = ap.parse_args(argv)
-    k, sass, usage = compile_kernel(a.variant, a.block_n, a.block_t, a.block_k, a.split_k, a.warps, a.stages)
+    k, sass, usage = compile_kernel(a.variant, a.block_n, a.block_t, a.block_k, a.split_k, a.warps, a.stages,
+                                    a.groups_per_step)
     total, loop = loop_mix(sass)
-    weights_per_thread = a.block_n * a.block_k / (32 * a.warps)
-    print(f"{a.variant} BLOCK_N={a.block_n} BLOCK_T={a.block_t} BLOCK_K={a.block_k} warps={a.warps} "
+    weights_per_thread = a.block_n * a.block_k * a.groups_per_step / (32 * a.warps)
+    print(f"{a.variant} BLOCK_N={a.block_n} BLOCK_T={a.block_t} BLOCK_K={a.block_k}x{a.groups_per_step} warps={a.warps} "
           f"stages={a.stages}: {usage}")
     print(f"kernel: {sum(total.values())} instructions")
     n = sum(loop.values())

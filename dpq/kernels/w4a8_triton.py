@@ -50,9 +50,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-GROUP_SIZES = (32, 64, 128)  # one group of the packed format per K step of the kernel (BLOCK_K = group_size)
-VARIANTS = ("lut", "v2")
-DEFAULT_VARIANT = "lut"
+GROUP_SIZES = (32, 64, 128)  # whole groups of the packed format per K step of the kernel
+VARIANTS = ("v4", "lut", "v2", "fp8")
+DEFAULT_VARIANT = "v4"
+TABLE_VARIANTS = ("v4", "lut")  # the variants that read the 16-byte expansion tables
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,9 @@ class KernelConfig:
     """Tile shape and launch parameters of one w4a8_matmul call.
 
     block_n: weight rows per program (the tensor core's M: 64 or 128); block_t: tokens per program (16..256);
-    split_k: parts K is cut into (contiguous, whole groups; parts then summed in order); num_warps, num_stages:
-    Triton launch options.
+    split_k: parts K is cut into (contiguous, whole K steps; parts then summed in order); num_warps, num_stages:
+    Triton launch options; groups_per_step: groups of the packed format per K step (the "v4" and "fp8" variants
+    take 1, 2 or 4; "lut" and "v2" only 1).
     """
 
     block_n: int = 64
@@ -69,51 +71,77 @@ class KernelConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 4
+    groups_per_step: int = 1
 
     def __post_init__(self):
-        for name in ("block_n", "block_t", "split_k", "num_warps", "num_stages"):
+        for name in ("block_n", "block_t", "split_k", "num_warps", "num_stages", "groups_per_step"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"KernelConfig.{name}={v!r}: expected a positive integer")
         if self.block_n not in (64, 128, 256) or self.block_t not in (16, 32, 64, 128, 256):
             raise ValueError(f"KernelConfig: block_n {self.block_n} must be 64/128/256 and block_t {self.block_t} "
                              f"16/32/64/128/256 (tensor-core tile sizes)")
+        if self.groups_per_step not in (1, 2, 4):
+            raise ValueError(f"KernelConfig.groups_per_step={self.groups_per_step}: expected 1, 2 or 4")
+
+
+# Programs per SM the decode heuristic plans for, per variant (from the tuning runs, results/gpu/README.md).
+_PROGRAMS_PER_SM = {"v4": 4, "fp8": 4, "lut": 4, "v2": 2}
+# Fixed cost of one program (pipeline fill, epilogue) in K steps, for choosing the split (v4 and fp8).
+_PROGRAM_OVERHEAD_STEPS = 2
 
 
 def default_config(m: int, n: int, k: int, num_sms: int = 132, group_size: int = 128,
                    variant: str = DEFAULT_VARIANT) -> KernelConfig:
     """The tile heuristic: narrow token tiles and split-K at decode, 128 x 128 tiles for prefill.
 
-    Decode aims at about two programs per SM (enough bytes in flight to cover HBM latency); the "lut" variant takes
-    128-row tiles (its loop's fixed overhead then spreads over 128 weights per thread: 2.8 SASS instructions per
-    weight against 3.6 at 64 rows, scripts/kernel_sass.py).
+    Decode: 128-row tiles for the table variants (the loop's fixed overhead spreads over 128 weights per thread).
+    "v4"/"fp8": the split-K count minimises the busiest SM's work, (all steps + a fixed cost per program) / SMs
+    + one program's steps (the tail); "lut"/"v2": enough parts for about 4 (lut) or 2 (v2) programs per SM.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r}: expected one of {VARIANTS}")
+    gps = 1
     if m <= 64:
         block_t = 16 if m <= 16 else 32 if m <= 32 else 64
-        block_n, warps, stages = (128, 4, 4) if variant == "lut" else (64, 4, 4)
+        block_n, warps, stages = (64, 4, 4) if variant == "v2" else (128, 4, 4)
     else:
         block_t, block_n, warps, stages = 128, 128, 8, 3
     tiles = math.ceil(n / block_n) * math.ceil(m / block_t)
-    k_tiles = k // group_size
-    # programs wanted: the lut kernel's speed grew with resident programs up to ~4 per SM (H200 tuning,
-    # results/gpu/tuning_h200_v3_lut.csv); v2 keeps its 2 per SM
-    target = (4 if variant == "lut" else 2) * num_sms
+    k_steps = k // (group_size * gps)
     split = 1
-    if tiles < target:
-        split = max(1, min(math.ceil(target / tiles), k_tiles // 4 or 1))
-    return KernelConfig(block_n=block_n, block_t=block_t, split_k=split, num_warps=warps, num_stages=stages)
+    if variant in ("v4", "fp8"):
+        if m <= 64:
+            best = None
+            for s in range(1, max(1, k_steps // 2) + 1):
+                per = math.ceil(k_steps / s)
+                progs = tiles * math.ceil(k_steps / per)
+                cost = (tiles * k_steps + progs * _PROGRAM_OVERHEAD_STEPS) / num_sms + per + _PROGRAM_OVERHEAD_STEPS
+                if best is None or cost < best[0] - 1e-9:
+                    best = (cost, s)
+            split = best[1]
+    else:
+        target = _PROGRAMS_PER_SM[variant] * num_sms
+        if tiles < target:
+            split = max(1, min(math.ceil(target / tiles), k_steps // 4 or 1))
+    return KernelConfig(block_n=block_n, block_t=block_t, split_k=split, num_warps=warps, num_stages=stages,
+                        groups_per_step=gps)
+
+
+def k_step(config: KernelConfig, group_size: int) -> int:
+    """K elements per loop iteration of the kernel."""
+    return group_size * config.groups_per_step
 
 
 def split_k_parts(k: int, config: KernelConfig, group_size: int = 128) -> tuple[int, ...]:
     """Lengths along K of the parts the kernel sums in order (what ``sim.mac.fp8_gemm(split_k=...)`` takes)."""
-    k_tiles = k // group_size
-    per = math.ceil(k_tiles / config.split_k)
+    step = k_step(config, group_size)
+    k_steps = k // step
+    per = math.ceil(k_steps / config.split_k)
     parts = []
     t = 0
-    while t < k_tiles:
-        parts.append(min(per, k_tiles - t) * group_size)
+    while t < k_steps:
+        parts.append(min(per, k_steps - t) * step)
         t += per
     return tuple(parts)
 
@@ -178,15 +206,75 @@ prmt.b32 $1, l1, h1, u;
 LUT_CONSTRAINTS = "=r,=r," + ",".join(["r"] * 9)  # 2 outputs, the packed codes, 8 table words
 
 
+def v4_codes_np(codes: np.ndarray, group_size: int) -> np.ndarray:
+    """uint16 (G, N, group_size / 4): the "v4" kernel's layout of packed codes (N, K / 2) uint8.
+
+    Group-major (all rows of one group are one contiguous block, so a program's K step reads one stretch of HBM),
+    and within each (group, row) the 16-bit words (4 codes each, column 4w in the low nibble) reordered so that
+    the words one thread of the tensor-core layout needs, w = a, a + 4, a + 8, ..., lie side by side: stored
+    word a * (W / 4) + j holds word 4 j + a (W = group_size / 4). The kernel undoes the reorder with a
+    reshape/permute of the loaded tile, so the values it expands are the packed codes unchanged.
+    """
+    c = np.ascontiguousarray(codes, dtype=np.uint8)
+    n, kb = c.shape
+    k = kb * 2
+    if group_size % 16 or k % group_size:
+        raise ValueError(f"v4_codes_np: K={k} and group_size={group_size} (a multiple of 16 dividing K) expected")
+    w = group_size // 4
+    words = c.view("<u2").reshape(n, k // group_size, w // 4, 4)       # [n, g, j, a] = word 4 j + a
+    return np.ascontiguousarray(words.transpose(1, 0, 3, 2)).reshape(k // group_size, n, w)
+
+
+def v4_words_np(stored: np.ndarray, group_size: int) -> np.ndarray:
+    """Inverse of the reorder as the kernel does it: (G, N, W) stored words -> (N, K / 4) words in K order."""
+    g, n, w = stored.shape
+    t = stored.reshape(g, n, 4, w // 4).transpose(0, 1, 3, 2)           # the kernel's permute((0, 2, 1))
+    return np.ascontiguousarray(t.reshape(g, n, w).transpose(1, 0, 2)).reshape(n, g * w)
+
+
+def v4_codes(codes, group_size: int):
+    """torch twin of ``v4_codes_np`` (on the codes' device): int16 (G, N, group_size / 4)."""
+    import torch
+
+    n, kb = codes.shape
+    k = kb * 2
+    w = group_size // 4
+    words = codes.contiguous().view(torch.int16).reshape(n, k // group_size, w // 4, 4)
+    return words.permute(1, 0, 3, 2).contiguous().reshape(k // group_size, n, w)
+
+
+def fp8_weight_from_lut(codes, lut, group_size: int, rows_per_chunk: int = 2048):
+    """uint8 (G, N, group_size): the expanded FP8 weight, group-major, by table look-up (the "fp8" variant's input).
+
+    codes uint8 (N, K / 2), lut int32 (G, N, 4) (``expansion_lut``). Byte (g, n, c) = entry q(n, g * gs + c) of
+    table (g, n): the very bytes the table variants feed the dot.
+    """
+    import torch
+
+    n, kb = codes.shape
+    g = kb * 2 // group_size
+    lut8 = lut.view(torch.uint8).reshape(g, n, 16)
+    out = torch.empty((g, n, group_size), dtype=torch.uint8, device=codes.device)
+    for r0 in range(0, n, rows_per_chunk):
+        c = codes[r0:r0 + rows_per_chunk]
+        q = torch.stack((c & 0xF, c >> 4), dim=-1).reshape(c.shape[0], g, group_size).to(torch.int64)
+        t = lut8[:, r0:r0 + rows_per_chunk].permute(1, 0, 2)                # (rows, G, 16)
+        out[:, r0:r0 + rows_per_chunk] = torch.gather(t, 2, q).permute(1, 0, 2)
+    return out
+
+
 @dataclass(frozen=True)
 class PackedW4A8Weight:
-    """A packed W4A8 weight on the GPU, as one kernel variant reads it (fields as in ``dpq.packed.PackedLinear``).
+    """A W4A8 weight on the GPU, in the layout one kernel variant reads (fields as in ``dpq.packed.PackedLinear``).
 
-    variant "v2": codes torch.uint8 (N, K / 2), column 2j in the low nibble; group_scales torch.float32
-    (N, K / group_size); zeros torch.uint8 (N, K / group_size); lut None.
-    variant "lut": codes as for "v2"; lut torch.int32 (K / group_size, N, 4) = the 16 FP8 codes of
-    FP8(s_g (j - z)), j = 0..15, of each (group, row), 4 per little-endian word; group_scales and zeros None.
-    tensor_scale: s_t; fp8_max: the FP8 format's largest finite value.
+    variant "v4": codes torch.int16 (G, N, group_size / 4) (``v4_codes``: group-major, words reordered per
+    thread); lut torch.int32 (G, N, 4) = the 16 FP8 codes of FP8(s_g (j - z)), j = 0..15, of each (group, row),
+    4 per little-endian word.
+    variant "lut": codes torch.uint8 (N, K / 2) as packed (column 2j in the low nibble); lut as for "v4".
+    variant "v2": codes as for "lut"; group_scales torch.float32 (N, K / group_size); zeros torch.uint8.
+    variant "fp8": codes torch.uint8 (G, N, group_size) = the expanded FP8 weight, group-major (no INT4: the
+    same loop with 1-byte weights, for measuring the loop's cost; bit-equal to the table variants).
+    tensor_scale: s_t; fp8_max: the FP8 format's largest finite value; n, k: the weight's shape (N rows of K).
     """
 
     codes: object
@@ -197,20 +285,16 @@ class PackedW4A8Weight:
     fp8_max: float
     variant: str = DEFAULT_VARIANT
     lut: object = None
-
-    @property
-    def n(self) -> int:
-        return int(self.codes.shape[0])
-
-    @property
-    def k(self) -> int:
-        return int(self.codes.shape[1] * 2)
+    n: int = 0
+    k: int = 0
 
     @property
     def hbm_bytes(self) -> int:
         """Bytes one call reads of this weight (codes plus per-group data)."""
-        if self.variant == "lut":
-            return int(self.codes.numel() + self.lut.numel() * 4)
+        if self.variant in TABLE_VARIANTS:
+            return int(self.codes.numel() * self.codes.element_size() + self.lut.numel() * 4)
+        if self.variant == "fp8":
+            return int(self.codes.numel())
         return int(self.codes.numel() + self.group_scales.numel() * 5)
 
     @classmethod
@@ -218,7 +302,7 @@ class PackedW4A8Weight:
                     device: str = "cuda", variant: str = DEFAULT_VARIANT) -> "PackedW4A8Weight":
         """From numpy (or torch) arrays of the packed format; checks shapes and the group size.
 
-        For the "lut" variant the tables are computed here on ``device`` (float32 s_g * (j - z), clamped to
+        For the table variants the tables are computed here on ``device`` (float32 s_g * (j - z), clamped to
         +-fp8_max, cast to float8_e4m3fn with round to nearest even: the packed format's expansion).
         """
         import torch
@@ -234,15 +318,21 @@ class PackedW4A8Weight:
         c, s, z = dev(codes, torch.uint8), dev(group_scales, torch.float32), dev(zeros, torch.uint8)
         n, k = c.shape[0], c.shape[1] * 2
         if group_size not in GROUP_SIZES:
-            raise ValueError(f"group_size={group_size}: the Triton W4A8 kernel expands one group per K step and "
+            raise ValueError(f"group_size={group_size}: the Triton W4A8 kernel expands whole groups per K step and "
                              f"takes group sizes {GROUP_SIZES} (use the cublas kernel for others)")
         if k % group_size or s.shape != (n, k // group_size) or z.shape != s.shape:
             raise ValueError(f"codes {tuple(c.shape)}, group_scales {tuple(s.shape)}, zeros {tuple(z.shape)}: "
                              f"expected (N, K/2), (N, K/{group_size}), (N, K/{group_size})")
+        common = dict(group_size=int(group_size), tensor_scale=float(tensor_scale), fp8_max=float(fp8_max),
+                      variant=variant, n=int(n), k=int(k))
         if variant == "v2":
-            return cls(c, s, z, int(group_size), float(tensor_scale), float(fp8_max), "v2")
-        return cls(c, None, None, int(group_size), float(tensor_scale), float(fp8_max),
-                   "lut", expansion_lut(s, z, float(fp8_max)))
+            return cls(c, s, z, **common)
+        lut = expansion_lut(s, z, float(fp8_max))
+        if variant == "lut":
+            return cls(c, None, None, lut=lut, **common)
+        if variant == "fp8":
+            return cls(fp8_weight_from_lut(c, lut, group_size), None, None, **common)
+        return cls(v4_codes(c, group_size), None, None, lut=lut, **common)
 
     @classmethod
     def from_packed(cls, p, device: str = "cuda", variant: str = DEFAULT_VARIANT) -> "PackedW4A8Weight":
@@ -401,6 +491,79 @@ def _kernels():
             tl.store(part_ptr + pid_s.to(tl.int64) * M * N + out_offs, acc, mask=out_mask)
 
     @triton.jit
+    def w4a8_v4_kernel(x_ptr, w_ptr, lut_ptr, out_ptr, part_ptr,
+                       M, N, K, stride_xm, stride_om, out_scale, k_steps_per_split,
+                       BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, GROUP: tl.constexpr, GPS: tl.constexpr,
+                       SPLIT_K: tl.constexpr, OUT_BF16: tl.constexpr, EVEN_N: tl.constexpr, FP8_W: tl.constexpr):
+        # v4 (and, with FP8_W, the same loop on 1-byte FP8 weights): GPS groups per K step; weights group-major
+        # (one contiguous block of HBM per group and program); codes read 16 bytes per thread (words reordered
+        # at load time, see v4_codes_np); tables read as one (BLOCK_N, 4) tile.
+        pid_n = tl.program_id(0)
+        pid_t = tl.program_id(1)
+        pid_s = tl.program_id(2)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        n_mask = offs_n < N
+        t_mask = offs_t < M
+        k_steps = K // (GROUP * GPS)
+        ks_begin = pid_s * k_steps_per_split
+        ks_end = ks_begin + k_steps_per_split
+        if ks_end > k_steps:
+            ks_end = k_steps
+        offs_g = tl.arange(0, GROUP)
+        x_rows = x_ptr + offs_t[:, None].to(tl.int64) * stride_xm
+        if FP8_W:
+            w_tile = offs_n[:, None] * GROUP + offs_g[None, :]                     # (BLOCK_N, GROUP) bytes
+            w_base = w_ptr.to(tl.pointer_type(tl.float8e4nv))
+        else:
+            W: tl.constexpr = GROUP // 4                                            # 16-bit words per row
+            offs_a = tl.arange(0, 4)
+            offs_j = tl.arange(0, W // 4)
+            w_tile = (offs_n[:, None, None] * W + offs_a[None, :, None] * (W // 4)
+                      + offs_j[None, None, :])                                      # (BLOCK_N, 4, W / 4)
+            w_base = w_ptr.to(tl.pointer_type(tl.uint16))
+            lut_tile = offs_n[:, None] * 4 + tl.arange(0, 4)[None, :]              # (BLOCK_N, 4) words
+        acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+        for ks in range(ks_begin, ks_end):
+            for gi in tl.static_range(GPS):
+                g = (ks * GPS + gi).to(tl.int64)
+                if FP8_W:
+                    if EVEN_N:
+                        w8 = tl.load(w_base + g * N * GROUP + w_tile)
+                    else:
+                        w8 = tl.load(w_base + g * N * GROUP + w_tile, mask=n_mask[:, None], other=0.0)
+                else:
+                    if EVEN_N:
+                        c3 = tl.load(w_base + g * N * W + w_tile)
+                        lw = tl.load(lut_ptr + g * N * 4 + lut_tile)
+                    else:  # rows past N read code 0 and table 0 (FP8 +0), so their products vanish
+                        c3 = tl.load(w_base + g * N * W + w_tile, mask=n_mask[:, None, None], other=0)
+                        lw = tl.load(lut_ptr + g * N * 4 + lut_tile, mask=n_mask[:, None], other=0)
+                    c16 = tl.reshape(tl.permute(c3, (0, 2, 1)), (BLOCK_N, W))       # words back in K order
+                    l02, l13 = tl.split(tl.reshape(lw, (BLOCK_N, 2, 2)))           # [n, i, j] = word 2 i + j
+                    l0, l2 = tl.split(l02)
+                    l1, l3 = tl.split(l13)
+                    quads = tl.inline_asm_elementwise(
+                        lut_asm, lut_constraints, [c16, l0[:, None], l1[:, None], l2[:, None], l3[:, None]],
+                        dtype=tl.uint32, is_pure=True, pack=2)  # (BLOCK_N, W): FP8 bytes of columns 4w..4w+3
+                    b0, b1 = quads.to(tl.uint8), (quads >> 8).to(tl.uint8)
+                    b2, b3 = (quads >> 16).to(tl.uint8), (quads >> 24).to(tl.uint8)
+                    w8 = tl.reshape(tl.join(tl.join(b0, b2), tl.join(b1, b3)), (BLOCK_N, GROUP))
+                    w8 = w8.to(tl.float8e4nv, bitcast=True)
+                x8 = tl.load(x_rows + (g * GROUP + offs_g)[None, :], mask=t_mask[:, None], other=0.0)
+                acc = tl.dot(w8, tl.trans(x8), acc)
+        out_offs = offs_t[None, :].to(tl.int64) * stride_om + offs_n[:, None]
+        out_mask = n_mask[:, None] & t_mask[None, :]
+        if SPLIT_K == 1:
+            y = acc * out_scale
+            if OUT_BF16:
+                tl.store(out_ptr + out_offs, y.to(tl.bfloat16), mask=out_mask)
+            else:
+                tl.store(out_ptr + out_offs, y, mask=out_mask)
+        else:
+            tl.store(part_ptr + pid_s.to(tl.int64) * M * N + out_offs, acc, mask=out_mask)
+
+    @triton.jit
     def splitk_reduce_kernel(part_ptr, out_ptr, MN, out_scale, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
                              OUT_BF16: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -414,7 +577,8 @@ def _kernels():
         else:
             tl.store(out_ptr + offs, y, mask=mask)
 
-    _KERNELS.update({"v2": w4a8_kernel, "lut": w4a8_lut_kernel, "reduce": splitk_reduce_kernel})
+    _KERNELS.update({"v2": w4a8_kernel, "lut": w4a8_lut_kernel, "v4": w4a8_v4_kernel, "fp8": w4a8_v4_kernel,
+                     "reduce": splitk_reduce_kernel})
     return _KERNELS
 
 
@@ -437,6 +601,12 @@ def w4a8_matmul(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: st
     Returns:
         torch tensor (M, N) of ``out_dtype``.
     """
+    return _launch(x8, weight, act_scale, out_dtype=out_dtype, config=config, workspace=workspace)[0]
+
+
+def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, config: KernelConfig | None,
+            workspace=None):
+    """w4a8_matmul's work; returns (y, the main kernel's CompiledKernel)."""
     import torch
 
     kernels = _kernels()
@@ -450,9 +620,15 @@ def w4a8_matmul(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: st
     if config is None:
         config = default_config(m, n, k, torch.cuda.get_device_properties(x8.device).multi_processor_count,
                                 weight.group_size, weight.variant)
-    k_tiles = k // weight.group_size
-    per = math.ceil(k_tiles / config.split_k)
-    split = math.ceil(k_tiles / per)  # every part non-empty
+    step = k_step(config, weight.group_size)
+    if weight.variant in ("lut", "v2") and config.groups_per_step != 1:
+        raise ValueError(f"variant {weight.variant!r} takes groups_per_step=1, got {config.groups_per_step}")
+    if k % step:
+        raise ValueError(f"K={k} is not a multiple of the K step {step} (group_size {weight.group_size} x "
+                         f"groups_per_step {config.groups_per_step})")
+    k_steps = k // step
+    per = math.ceil(k_steps / config.split_k)
+    split = math.ceil(k_steps / per)  # every part non-empty
     out = torch.empty((m, n), dtype=torch.bfloat16 if out_dtype == "bfloat16" else torch.float32, device=x8.device)
     if split > 1:
         need = split * m * n
@@ -462,23 +638,35 @@ def w4a8_matmul(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: st
         part = out
     scale = output_scale(act_scale, weight.tensor_scale)
     grid = (triton_cdiv(n, config.block_n), triton_cdiv(m, config.block_t), split)
-    launch = dict(BLOCK_N=config.block_n, BLOCK_T=config.block_t, BLOCK_K=weight.group_size,
-                  OUT_BF16=out_dtype == "bfloat16", num_warps=config.num_warps, num_stages=config.num_stages)
-    if weight.variant == "lut":
-        # SPLIT_K is only tested against 1 in the kernel: 1 or 2 keeps one compilation for every split count
-        kernels["lut"][grid](x8, weight.codes, weight.lut, out, part, m, n, k, x8.stride(0),
+    launch = dict(BLOCK_N=config.block_n, BLOCK_T=config.block_t, OUT_BF16=out_dtype == "bfloat16",
+                  num_warps=config.num_warps, num_stages=config.num_stages)
+    # SPLIT_K is only tested against 1 in the lut/v4 kernels: 1 or 2 keeps one compilation for every split count
+    if weight.variant in ("v4", "fp8"):
+        compiled = kernels["v4"][grid](x8, weight.codes, weight.lut if weight.lut is not None else weight.codes, out, part,
+                            m, n, k, x8.stride(0), out.stride(0), scale, per, GROUP=weight.group_size,
+                            GPS=config.groups_per_step, SPLIT_K=min(split, 2), EVEN_N=n % config.block_n == 0,
+                            FP8_W=weight.variant == "fp8", **launch)
+    elif weight.variant == "lut":
+        compiled = kernels["lut"][grid](x8, weight.codes, weight.lut, out, part, m, n, k, x8.stride(0),
                              weight.codes.stride(0) // 2, out.stride(0), scale, per, SPLIT_K=min(split, 2),
-                             EVEN_N=n % config.block_n == 0, **launch)
+                             EVEN_N=n % config.block_n == 0, BLOCK_K=weight.group_size, **launch)
     else:
-        kernels["v2"][grid](x8, weight.codes, weight.group_scales, weight.zeros, out, part,
+        compiled = kernels["v2"][grid](x8, weight.codes, weight.group_scales, weight.zeros, out, part,
                             m, n, k, x8.stride(0), weight.codes.stride(0), weight.group_scales.stride(0),
                             weight.zeros.stride(0), out.stride(0), scale, per, SPLIT_K=split, FP8_MAX=weight.fp8_max,
-                            **launch)
+                            BLOCK_K=weight.group_size, **launch)
     if split > 1:
         block = 1024
         kernels["reduce"][(triton_cdiv(m * n, block),)](part, out, m * n, scale, SPLIT_K=split, BLOCK=block,
                                                         OUT_BF16=out_dtype == "bfloat16", num_warps=4)
-    return out
+    return out, compiled
+
+
+def kernel_resources(x8, weight: PackedW4A8Weight, config: KernelConfig | None = None) -> dict:
+    """Registers per thread, shared memory per program and spills of the main kernel one call would launch (the
+    call runs once to compile it)."""
+    _, k = _launch(x8, weight, 1.0, out_dtype="float32", config=config)
+    return {"registers": int(k.n_regs), "shared_bytes": int(k.metadata.shared), "spills": int(k.n_spills)}
 
 
 def triton_cdiv(a: int, b: int) -> int:

@@ -16,8 +16,10 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() != (9, 0),
                                  reason="bit-exact numerics are modelled for Hopper (sm_90) only")]
 
-from dpq.kernels.w4a8_triton import (KernelConfig, default_config, expansion_lut, expansion_lut_np,  # noqa: E402
-                                     split_k_parts)
+from dpq.kernels.w4a8_triton import (KernelConfig, PackedW4A8Weight, default_config, expansion_lut,  # noqa: E402
+                                     expansion_lut_np, fp8_weight_from_lut, split_k_parts, v4_codes, v4_codes_np,
+                                     w4a8_matmul)
+from dpq.torch_backend import weight_fp8  # noqa: E402
 from dpq.packed import PackedLinear, pack_nibbles  # noqa: E402
 from dpq.torch_backend import TorchLinear, emulator_inputs  # noqa: E402
 from sim.mac import fp8_gemm  # noqa: E402
@@ -50,7 +52,7 @@ def test_cublas_path_bit_exact(m, n, k, gs):
     assert np.array_equal(_bits(got), _bits(want))
 
 
-@pytest.mark.parametrize("variant", ["lut", "v2"])
+@pytest.mark.parametrize("variant", ["v4", "lut", "v2", "fp8"])
 @pytest.mark.parametrize("m,n,k,gs,split,hi", [(1, 256, 8192, 128, None, 4), (16, 192, 576, 64, None, 4),
                                                (16, 256, 8192, 128, 1, 4), (70, 384, 2048, 128, 3, 4),
                                                (8, 128, 1024, 32, None, 7),  # hi=7: s_g (q - z) saturates
@@ -88,3 +90,38 @@ def test_lut_and_v2_variants_give_the_same_bits(block_n, warps, stages):
     a = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant="lut")(x)
     b = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant="v2")(x)
     assert np.array_equal(_bits(a), _bits(b))
+
+
+@pytest.mark.parametrize("variant", ["v4", "fp8"])
+@pytest.mark.parametrize("cfg", [KernelConfig(128, 16, 3, 4, 4, 2), KernelConfig(64, 16, 2, 4, 3, 2),
+                                 KernelConfig(128, 16, 1, 4, 3, 4), KernelConfig(128, 64, 5, 4, 4, 1),
+                                 KernelConfig(128, 128, 1, 8, 3, 2)])
+def test_v4_tiles_and_groups_per_step_bit_exact(cfg, variant):
+    rng = np.random.default_rng(cfg.block_n + cfg.split_k)
+    m = 100 if cfg.block_t > 16 else 5
+    p = _layer(rng, 384, 4096, 128)
+    x = (rng.standard_normal((m, 4096)) * np.exp2(rng.uniform(-4, 4, (m, 4096)))).astype(np.float32)
+    got = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant=variant)(x)
+    want = fp8_gemm(hw="h100-triton-w4a8", out_dtype="bfloat16", split_k=split_k_parts(4096, cfg, 128),
+                    **emulator_inputs(p, x))
+    assert np.array_equal(_bits(got), _bits(want))
+
+
+def test_v4_layouts_match_their_numpy_twins():
+    rng = np.random.default_rng(3)
+    p = _layer(rng, 200, 1024, 64, 7)
+    codes = torch.from_numpy(p.codes).cuda()
+    assert np.array_equal(v4_codes(codes, 64).cpu().numpy().view(np.uint16), v4_codes_np(p.codes, 64))
+    lut = expansion_lut(torch.from_numpy(p.group_scales).cuda(), torch.from_numpy(p.zeros).cuda(), 448.0)
+    w = fp8_weight_from_lut(codes, lut, 64, rows_per_chunk=48)           # (G, N, 64) group-major
+    want = weight_fp8(p, "cuda").view(torch.uint8)                       # (N, K)
+    assert torch.equal(w.permute(1, 0, 2).reshape(200, 1024), want)
+
+
+def test_v4_rejects_a_k_step_that_does_not_divide_k():
+    rng = np.random.default_rng(4)
+    p = _layer(rng, 128, 576, 64)
+    w = PackedW4A8Weight.from_packed(p, "cuda", "v4")
+    x8 = torch.zeros((1, 576), device="cuda").to(torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="K step"):
+        w4a8_matmul(x8, w, 1.0, config=KernelConfig(128, 16, 1, 4, 4, 2))

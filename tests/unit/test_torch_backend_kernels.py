@@ -52,3 +52,23 @@ def test_missing_torch_message_names_the_extra(monkeypatch):
     monkeypatch.setattr(torch_backend.importlib, "import_module", fake)
     with pytest.raises(ImportError, match=r'pip install -e "\.\[torch\]"'):
         torch_backend.import_torch()
+
+
+def test_v4_split_heuristic_balances_the_sms():
+    """v4/fp8 decode: the split minimises (steps + fixed cost per program) / SMs + one program's steps."""
+    for n, k in ((10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672), (4096, 4096)):
+        c = default_config(1, n, k, 132, 128, "v4")
+        assert c.block_n == 128 and c.block_t == 16 and c.groups_per_step == 1
+        parts = split_k_parts(k, c, 128)
+        assert sum(parts) == k and len(parts) == c.split_k
+        tiles = -(-n // 128)
+        # more programs than one per SM when the tiles alone leave SMs idle
+        assert tiles * len(parts) >= 132 or len(parts) == k // 256
+    assert default_config(4096, 8192, 8192, 132, 128, "fp8").split_k == 1
+
+
+def test_groups_per_step_sets_the_k_step():
+    parts = split_k_parts(8192, KernelConfig(split_k=3, groups_per_step=2), 128)
+    assert sum(parts) == 8192 and all(p % 256 == 0 for p in parts)
+    with pytest.raises(ValueError, match="groups_per_step"):
+        KernelConfig(groups_per_step=3)

@@ -41,3 +41,28 @@ def test_lut_expansion_equals_the_packed_format(fmt, hi):
     d = q.astype(np.int32) - zeros.T.astype(np.int32)[:, :, None, None]
     want = encode((scales.T[:, :, None, None] * d.astype(np.float32)).astype(np.float32), fmt, saturate=True)
     assert np.array_equal(got_bytes, want)
+
+
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_v4_code_layout_round_trips_to_k_order(group_size):
+    """The v4 layout (group-major, words reordered per thread) undone as the kernel does it gives the packed codes."""
+    from dpq.kernels.w4a8_triton import v4_codes_np, v4_words_np
+
+    rng = np.random.default_rng(group_size)
+    n, k = 24, group_size * 5
+    codes = rng.integers(0, 256, (n, k // 2), dtype=np.uint8)
+    stored = v4_codes_np(codes, group_size)
+    assert stored.shape == (k // group_size, n, group_size // 4) and stored.dtype == np.uint16
+    assert np.array_equal(v4_words_np(stored, group_size), codes.view("<u2"))
+    # one thread of the tensor-core layout holds words a, a + 4, a + 8, ... of a group: side by side when stored
+    w = group_size // 4
+    words = codes.view("<u2").reshape(n, k // group_size, w)
+    for a in range(4):
+        assert np.array_equal(stored[:, :, a * (w // 4):(a + 1) * (w // 4)], words[:, :, a::4].transpose(1, 0, 2))
+
+
+def test_v4_code_layout_rejects_bad_group():
+    from dpq.kernels.w4a8_triton import v4_codes_np
+
+    with pytest.raises(ValueError, match="group_size"):
+        v4_codes_np(np.zeros((4, 40), np.uint8), 24)
