@@ -18,7 +18,11 @@ the compiled kernel). Writes ``probe_triton_loop_<card>.csv``.
     python3 scripts/probe_triton_loop.py --out DIR [--quick]          # on the GPU
     python3 scripts/probe_triton_loop.py --structure results/gpu/probe_triton_loop_h200.csv   # any machine
 
-``--structure CSV`` compiles every configuration of a probe CSV for sm_90 with Triton's own ptxas (no GPU) and
+    python3 scripts/probe_triton_loop.py --fit results/gpu/probe_triton_loop_h200*.csv --profile h200-triton-w4a8
+
+``--fit CSV...`` fits the profile's ``triton_loop`` parameters (sim/perf/fused_kernel.py) to the probe rows by
+least squares on log time (needs scipy) and prints them with the fit's per-row errors; the profile's ``sm``,
+``memory`` and ``kernel`` sections are used as they are. ``--structure CSV`` compiles every configuration of a probe CSV for sm_90 with Triton's own ptxas (no GPU) and
 writes ``<CSV stem>_structure.csv``: registers, shared memory and main-loop SASS instructions per thread, the
 structure sim/perf/fused_kernel.py needs next to each measured time.
 """
@@ -215,15 +219,97 @@ def write_structure(csv_path: Path) -> Path:
     return out
 
 
+FIT_PARAMETERS = (  # (triton_loop key, unit the optimizer works in, start value, lower, upper)
+    ("iteration_fixed_s", 1e-6, 0.1, 0.0, 2.0),
+    ("sm_load_bandwidth_bytes_per_s", 1e9, 45.0, 1.0, 1000.0),
+    ("cycles_per_instruction", 1.0, 1.0, 0.1, 10.0),
+    ("program_fixed_s", 1e-6, 0.2, 0.0, 5.0),
+    ("loaded_hbm_latency_s", 1e-6, 1.1, 0.0, 5.0),
+    ("kernel_fixed_s", 1e-6, 3.0, 0.0, 20.0),
+    ("resident_program_slowdown", 1.0, 0.7, 0.0, 1.0),
+)
+
+
+def probe_rows(paths: list[Path]) -> list[tuple[dict, object]]:
+    """(measured row, LoopStructure) for every row of the probe CSVs (structure from <stem>_structure.csv)."""
+    from sim.perf.fused_kernel import LoopStructure
+
+    out = []
+    for path in paths:
+        cols = ("block_n", "block_t", "warps", "stages", "alu", "half")
+        with open(path.with_name(path.stem + "_structure.csv"), newline="") as f:
+            structure = {tuple(int(r[c]) for c in cols): r for r in csv.DictReader(f)}
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                st = structure[tuple(int(r[c]) for c in cols)]
+                out.append((r, LoopStructure(
+                    block_n=int(r["block_n"]), block_t=int(r["block_t"]), block_k=BLOCK_K, split_k=int(r["split_k"]),
+                    warps=int(r["warps"]), stages=int(r["stages"]),
+                    registers_per_thread=int(r["registers_per_thread"]),
+                    shared_bytes_per_program=int(r["shared_bytes_per_program"]),
+                    loop_instructions_per_thread=float(st["loop_instructions_per_thread"]),
+                    weight_bytes_per_weight=0.5 if int(r["half"]) else 1.0, output_bytes=4.0,
+                    split_reduction=False)))
+    return out
+
+
+def fit(paths: list[Path], profile: str, spread: str | None) -> int:
+    """Fit the triton_loop parameters to the probe rows; print them as YAML and the per-row errors."""
+    import numpy as np
+    from scipy.optimize import least_squares
+
+    from sim.perf.fused_kernel import fused_gemm_timing
+    from sim.profiles import load_profile
+
+    hw0 = load_profile(profile)
+    spread = spread or hw0.triton_loop.program_spread
+    rows = probe_rows(paths)
+    measured = np.array([float(r["latency_s"]) for r, _ in rows])
+
+    def profile_with(x):
+        sets = {f"triton_loop.{name}": float(v * unit) for (name, unit, *_), v in zip(FIT_PARAMETERS, x)}
+        sets["triton_loop.program_spread"] = spread
+        return load_profile(profile, sets)
+
+    def residuals(x):
+        hw = profile_with(x)
+        pred = [fused_gemm_timing(hw, s, int(r["m"]), int(r["n"]), int(r["k"])).time_s for r, s in rows]
+        return np.log(np.array(pred) / measured)
+
+    res = least_squares(residuals, [p[2] for p in FIT_PARAMETERS], bounds=([p[3] for p in FIT_PARAMETERS],
+                                                                           [p[4] for p in FIT_PARAMETERS]))
+    hw = profile_with(res.x)
+    for (r, s), e in zip(rows, res.fun):
+        t = fused_gemm_timing(hw, s, int(r["m"]), int(r["n"]), int(r["k"]))
+        print(f"{r['experiment']:8s} {s.block_n:3d}x{s.block_t:<3d} w={s.warps} s={s.stages} alu={int(r['alu']):2d} "
+              f"half={r['half']} n={r['n']:>5s} split={s.split_k:2d} P={t.resident_programs_per_sm} "
+              f"measured {float(r['latency_s']) * 1e6:7.2f} us  model {t.time_s * 1e6:7.2f} us  "
+              f"{math.expm1(e):+.1%} ({t.bound})")
+    print(f"# {len(rows)} probe rows, program_spread {spread}: rms log error {float(np.sqrt(np.mean(res.fun ** 2))):.4f}")
+    print("triton_loop:")
+    for (name, unit, *_), v in zip(FIT_PARAMETERS, res.x):
+        print(f"  {name}: {v * unit:.4g}")
+    print(f"  program_spread: {spread}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path)
     ap.add_argument("--structure", type=Path, help="probe CSV: write its configurations' SASS structure (no GPU)")
+    ap.add_argument("--fit", type=Path, nargs="+", help="probe CSVs: fit the profile's triton_loop parameters")
+    ap.add_argument("--profile", default="h200-triton-w4a8", help="profile whose sm/memory sections --fit uses")
+    ap.add_argument("--spread", choices=("ceil", "even"), default=None, help="program_spread to fit with")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--rotate-bytes", type=float, default=2.4e8)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default=None, help="comma-separated experiment names to run")
     args = ap.parse_args(argv)
+    if args.fit:
+        root = Path(__file__).resolve().parents[1]
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+        return fit(args.fit, args.profile, args.spread)
     if args.structure:
         print(f"wrote {write_structure(args.structure)}")
         return 0

@@ -1,8 +1,12 @@
 """Hold the performance model to the GPU benchmark: sim.perf's predicted GEMM time next to each measured one.
 
-Reads ``results/gpu/bench_<card>.csv`` (scripts/bench_gpu.py) and predicts every row with
-``sim.perf.gemm_timing(profile, m, n, k, scheme)``: bf16 -> "bf16", fp8 -> "fp8", w4a8_fused -> "w4a8" (the profile's
-dequant placement ``fused``), w4a8_unfused -> "w4a8" with ``dequant.placement=vector_pass`` (expand, then GEMM).
+Reads ``results/gpu/bench_<card>.csv`` (scripts/bench_gpu.py) and predicts every row: bf16 / fp8 cuBLAS rows with
+``sim.perf.gemm_timing(profile, m, n, k, scheme)``, w4a8_unfused with ``dequant.placement=vector_pass`` (expand,
+then GEMM), and every fused Triton row (w4a8_fused*, fp8_triton) with the structure model
+``sim.perf.fused_kernel.fused_gemm_timing`` on the card's ``<profile>-triton-w4a8`` profile, given the structure of
+the configuration that row actually ran: its tile/split/warps/stages (CSV columns, else the ``config`` text), the
+registers and shared memory (CSV columns, else the compiled kernel) and the main loop's SASS instructions per
+thread (compiled here with scripts/kernel_sass.py; cached in results/gpu/fused_kernel_structure.csv).
 Nothing here is fitted: the profiles' curves come from their own calibration data (results/perf/), and the W4A8
 measurements are used only as held-out points. Reports, per scheme, the signed and absolute errors by M range,
 and per shape the crossover M where W4A8 stops beating FP8 (measured vs predicted, on the benchmark's M grid).
@@ -24,11 +28,83 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# The model has one fused-W4A8 kernel per profile; both fused variants (lut = v3, v2) are held to it.
 SCHEME_OF = {"bf16": ("bf16", None), "fp8": ("fp8", None), "w4a8_fused": ("w4a8", None),
-             "w4a8_fused_v2": ("w4a8", None),
+             "w4a8_fused_v3": ("w4a8", None), "w4a8_fused_v2": ("w4a8", None), "fp8_triton": ("fp8", None),
              "w4a8_unfused": ("w4a8", {"dequant.placement": "vector_pass"})}
-M_RANGES = (("decode M<=16", 1, 16), ("M=64", 17, 64), ("M 256-4096", 65, 1 << 30))
+# bytes per weight each kernel variant streams (dpq/kernels/w4a8_triton.py): INT4 codes 0.5 + a 16-byte FP8 table
+# per (group of 128, row) (v3 "lut", v4); + float32 scale and uint8 zero per group (v2); FP8 weights (fp8)
+WEIGHT_BYTES = {"v4": 0.5 + 16 / 128, "lut": 0.5 + 16 / 128, "v2": 0.5 + 5 / 128, "fp8": 1.0}
+GROUP_SIZE = 128
+STRUCTURE_CACHE = ROOT / "results" / "gpu" / "fused_kernel_structure.csv"
+STRUCTURE_FIELDS = ["variant", "block_n", "block_t", "num_warps", "num_stages", "groups_per_step",
+                    "registers_per_thread", "shared_bytes_per_program", "loop_instructions_per_thread"]
+
+
+def variants_of(schemes: set[str]) -> dict[str, str]:
+    """Which kernel variant each fused scheme of a bench CSV ran (the naming of scripts/bench_gpu.py by version)."""
+    if "w4a8_fused_v3" in schemes or "fp8_triton" in schemes:
+        return {"w4a8_fused": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2", "fp8_triton": "fp8"}
+    if "w4a8_fused_v2" in schemes:
+        return {"w4a8_fused": "lut", "w4a8_fused_v2": "v2"}
+    return {"w4a8_fused": "v2"}  # bench_h200.csv, before the lut kernel
+
+
+def row_config(r: dict) -> dict:
+    """block_n, block_t, split_k, num_warps, num_stages, groups_per_step of the configuration a row ran."""
+    import re
+
+    cfg = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", r.get("config") or "")}
+    for key in ("block_n", "block_t", "split_k", "num_warps", "num_stages", "groups_per_step"):
+        if r.get(key):
+            cfg[key] = int(r[key])
+    cfg.setdefault("groups_per_step", 1)
+    return cfg
+
+
+def load_structures() -> dict:
+    if not STRUCTURE_CACHE.exists():
+        return {}
+    with open(STRUCTURE_CACHE, newline="") as f:
+        return {tuple(r[k] for k in STRUCTURE_FIELDS[:6]): r for r in csv.DictReader(f)}
+
+
+def kernel_structure(cache: dict, variant: str, cfg: dict) -> dict:
+    """Registers, shared memory and main-loop SASS instructions of one kernel configuration (compiled on a miss)."""
+    import re
+
+    key = (variant, *(str(cfg[k]) for k in ("block_n", "block_t", "num_warps", "num_stages", "groups_per_step")))
+    if key not in cache:
+        from scripts.kernel_sass import compile_kernel, loop_mix
+
+        extra = (cfg["groups_per_step"],) if cfg["groups_per_step"] != 1 or variant in ("v4", "fp8") else ()
+        k, sass, usage = compile_kernel(variant, cfg["block_n"], cfg["block_t"], GROUP_SIZE, 2, cfg["num_warps"],
+                                        cfg["num_stages"], *extra)
+        _, loop = loop_mix(sass)
+        cache[key] = dict(zip(STRUCTURE_FIELDS, key), registers_per_thread=re.search(r"REG:(\d+)", usage).group(1),
+                          shared_bytes_per_program=int(k.metadata.shared),
+                          loop_instructions_per_thread=sum(loop.values()))
+        STRUCTURE_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        with open(STRUCTURE_CACHE, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=STRUCTURE_FIELDS)
+            w.writeheader()
+            for v in sorted(cache.values(), key=lambda r: tuple(r[k] for k in STRUCTURE_FIELDS[:6])):
+                w.writerow(v)
+    return cache[key]
+
+
+def fused_structure(r: dict, variant: str, cache: dict):
+    from sim.perf.fused_kernel import LoopStructure
+
+    cfg = row_config(r)
+    st = kernel_structure(cache, variant, cfg)
+    regs = int(r["registers"]) if r.get("registers") else int(st["registers_per_thread"])
+    smem = int(r["shared_bytes"]) if r.get("shared_bytes") else int(st["shared_bytes_per_program"])
+    return LoopStructure(block_n=cfg["block_n"], block_t=cfg["block_t"], block_k=GROUP_SIZE * cfg["groups_per_step"],
+                         split_k=cfg["split_k"], warps=cfg["num_warps"], stages=cfg["num_stages"],
+                         registers_per_thread=regs, shared_bytes_per_program=smem,
+                         loop_instructions_per_thread=float(st["loop_instructions_per_thread"]),
+                         weight_bytes_per_weight=WEIGHT_BYTES[variant])
+M_RANGES = (("decode M<=16", 1, 16), ("M 17-64", 17, 64), ("M 65-4096", 65, 1 << 30))
 
 
 def profile_for_card(card: str) -> str:
@@ -47,23 +123,33 @@ def load_rows(path: Path) -> list[dict]:
     return rows
 
 
-def predict_rows(rows: list[dict], profile: str, overrides: dict) -> list[dict]:
+def predict_rows(rows: list[dict], profile: str, overrides: dict, fused_profile: str | None = None) -> list[dict]:
+    from sim.perf.fused_kernel import fused_gemm_timing
     from sim.perf.gemm import gemm_timing
     from sim.perf.ops import resolve_profile
 
     cache = {}
+    structures = load_structures()
+    variants = variants_of({r["scheme"] for r in rows})
+    fused_hw = resolve_profile(fused_profile or f"{profile}-triton-w4a8", overrides or None)
     out = []
     for r in rows:
-        scheme, extra = SCHEME_OF[r["scheme"]]
-        key = tuple(sorted((extra or {}).items()))
-        if key not in cache:
-            cache[key] = resolve_profile(profile, {**overrides, **(extra or {})} or None)
         m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
-        t = gemm_timing(cache[key], m, n, k, scheme)
         measured = float(r["latency_s"])
+        if r["scheme"] in variants:
+            s = fused_structure(r, variants[r["scheme"]], structures)
+            t = fused_gemm_timing(fused_hw, s, m, n, k)
+            predicted, bound = t.time_s, f"{t.bound} P={t.resident_programs_per_sm}"
+        else:
+            scheme, extra = SCHEME_OF[r["scheme"]]
+            key = tuple(sorted((extra or {}).items()))
+            if key not in cache:
+                cache[key] = resolve_profile(profile, {**overrides, **(extra or {})} or None)
+            t = gemm_timing(cache[key], m, n, k, scheme)
+            predicted, bound = t.time_s, t.bound
         out.append({"model": r["model"], "layer": r["layer"], "scheme": r["scheme"], "m": m, "n": n, "k": k,
-                    "measured_s": measured, "predicted_s": t.time_s, "error": t.time_s / measured - 1.0,
-                    "bound": t.bound})
+                    "measured_s": measured, "predicted_s": predicted, "error": predicted / measured - 1.0,
+                    "bound": bound})
     return out
 
 
@@ -102,13 +188,15 @@ def main(argv=None) -> int:
                     help="profile override for a what-if run (sim.profiles syntax)")
     ap.add_argument("--out", type=Path, default=None, help="write validation_<label>.csv and .md here")
     ap.add_argument("--label", default=None, help="file label (default: the profile name)")
+    ap.add_argument("--fused-profile", default=None,
+                    help="profile of the fused Triton kernels (default: <profile>-triton-w4a8)")
     args = ap.parse_args(argv)
     from sim.profiles import parse_overrides
 
     rows = load_rows(args.bench_csv)
     profile = args.profile or profile_for_card(rows[0]["card"])
     overrides = parse_overrides(args.set) if args.set else {}
-    pred = predict_rows(rows, profile, overrides)
+    pred = predict_rows(rows, profile, overrides, args.fused_profile)
     summary = summarize(pred)
     cm, cp = crossover(pred, "measured_s"), crossover(pred, "predicted_s")
     grid = sorted({p["m"] for p in pred})
@@ -118,13 +206,31 @@ def main(argv=None) -> int:
     tag = profile + ("+" + "+".join(args.set) if args.set else "")
     lines = [f"# sim.perf vs GPU measurements: {rows[0]['card']} (driver {rows[0]['driver']}, torch "
              f"{rows[0]['torch']}, triton {rows[0]['triton']}), profile `{tag}`", "",
-             f"Measurements: `{args.bench_csv}` ({len(rows)} rows, {rows[0]['date']}). Predictions: "
-             f"`sim.perf.gemm_timing`; nothing fitted here, W4A8 rows held out of every calibration. "
-             f"error = predicted / measured - 1.", "",
+             f"Measurements: `{args.bench_csv}` ({len(rows)} rows, {rows[0]['date']}). Predictions: cuBLAS rows "
+             f"`sim.perf.gemm_timing` (profile `{tag}`); fused Triton rows `sim.perf.fused_kernel.fused_gemm_timing` "
+             f"(profile `{args.fused_profile or profile + '-triton-w4a8'}`) with the structure of the configuration "
+             f"each row ran (kernel variants: {variants_of({r['scheme'] for r in rows})}). Nothing fitted here; "
+             f"the W4A8 rows are held out of every calibration. error = predicted / measured - 1.", "",
              "| scheme | M range | points | mean signed error | mean abs error | max abs error |", "|---|---|---|---|---|---|"]
     for s in summary:
         lines.append(f"| {s['scheme']} | {s['m_range']} | {s['points']} | {s['mean_signed_error']:+.1%} | "
                      f"{s['mean_abs_error']:.1%} | {s['max_abs_error']:.1%} |")
+    fused = sorted({p["scheme"] for p in pred if p["scheme"].startswith("w4a8_fused")})
+    if fused:
+        lines += ["", "Fused kernels at M <= 64, per layer: mean signed (mean abs) error over the M grid.", "",
+                  "| model | layer | " + " | ".join(fused) + " |", "|---|---|" + "---|" * len(fused)]
+        for model, layer in sorted({(p["model"], p["layer"]) for p in pred}):
+            cells = []
+            for sch in fused:
+                e = [p["error"] for p in pred if (p["model"], p["layer"], p["scheme"]) == (model, layer, sch)
+                     and p["m"] <= 64]
+                cells.append(f"{sum(e) / len(e):+.1%} ({sum(abs(x) for x in e) / len(e):.1%})" if e else "")
+            lines.append(f"| {model} | {layer} | " + " | ".join(cells) + " |")
+        for sch in fused:
+            e = [p["error"] for p in pred if p["scheme"] == sch and p["m"] <= 64]
+            if e:
+                lines.append(f"| all | M <= 64, {sch} | mean abs {sum(abs(x) for x in e) / len(e):.1%}, "
+                             f"within 10%: {sum(abs(x) <= 0.10 for x in e)}/{len(e)} | |")
     lines += ["", "Crossover: smallest M of the grid where the fused W4A8 kernel is no faster than FP8 cuBLAS "
               "(`never` = W4A8 faster at every M; `1` = slower already at M = 1).", "",
               "| model | layer | measured | predicted | steps apart |", "|---|---|---|---|---|"]

@@ -193,6 +193,9 @@ class TritonLoopSpec:
                                         lo=0)
     kernel_fixed_s: float = _spec("fixed cost of one launch of the looping kernel inside a CUDA graph (launch, "
                                   "first wave's ramp, last wave's tail)", lo=0)
+    resident_program_slowdown: float = _spec(
+        "how much longer each program's iterations take per other program running on its SM at the same time: "
+        "1 = the SM serves its resident programs one after another, 0 = they overlap completely", lo=0, hi=1)
     program_spread: str = _spec("how the busiest SM's share of the programs is counted: 'ceil' (whole programs, "
                                 "ceil(programs / SMs)) or 'even' (programs / SMs, at least one)",
                                 choices=("ceil", "even"))
@@ -214,7 +217,7 @@ class FusedKernelSpec:
     tile_configs: tuple[tuple[float, ...], ...] = _spec(
         "launch configurations by token count: [max_m, block_n, block_t, warps, stages, registers_per_thread, "
         "shared_bytes_per_program, loop_instructions_per_thread], rows by increasing max_m; the first row whose "
-        "max_m >= M is used (the last beyond)", lo=0)
+        "max_m >= M is used (the last beyond)", lo=1)
 
 
 TILE_CONFIG_COLUMNS = ("max_m", "block_n", "block_t", "warps", "stages", "registers_per_thread",

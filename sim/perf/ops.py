@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sim.perf.engine import CATEGORIES, KernelTiming, run_kernel
+from sim.perf.fused_kernel import fused_gemm_plan
 from sim.perf.kernels import GemmShape, KernelPlan, allreduce_plan, gemm_plan, stream_plan
 from sim.profiles import HardwareProfile, load_profile
 from sim.workload import Op
@@ -60,6 +61,8 @@ def op_plans(hw: HardwareProfile, op: Op) -> list[KernelPlan]:
                                  dequant_weights=weights)
             shape = GemmShape(op.m, op.n, op.k, op.matrix_dtype, op.activation_bytes_per_element, expanded)
             return [expand, gemm_plan(hw, shape, op.name)]
+        if op.dequant and hw.fused_kernel is not None and op.matrix_dtype == "fp8":
+            return [fused_gemm_plan(hw, op.m, op.n, op.k, op.name)]  # structure model (sim.perf.fused_kernel)
         shape = GemmShape(op.m, op.n, op.k, op.matrix_dtype, op.activation_bytes_per_element,
                           op.weight_bytes_per_element, fused_dequant=op.dequant)
         return [gemm_plan(hw, shape, op.name)]

@@ -1,0 +1,230 @@
+"""Structure-based time of a fused Triton GEMM kernel (a software-pipelined K loop per program, split-K).
+
+The fused W4A8 kernels of dpq/kernels/w4a8_triton.py are not cuBLAS-like GEMMs whose time follows from bytes and
+FLOP: each program runs a K loop whose every iteration is a chain (cp.async of the next stages, wait, barrier,
+shared-memory loads, the in-register expansion, one wgmma and its wait). This module predicts such a kernel from
+
+* its **structure** (``LoopStructure``), read from the kernel and its launch configuration, never fitted: tile
+  (block_n weight rows x block_t tokens x block_k), warps, pipeline stages, split-K parts, registers per thread
+  and shared memory per program (-> resident programs per SM), bytes per weight it streams, and the SASS
+  instructions per thread of one main-loop iteration (scripts/kernel_sass.py);
+* the **SM's resources** (``SmSpec``: datasheet numbers), and
+* the **loop's hardware costs** (``LoopCostSpec``), measured on Triton loops that are *not* the W4A8 kernel
+  (scripts/probe_triton_loop.py: the same loop with FP8 weights and a synthetic register pass).
+
+Model (times in seconds; per launch of an m x n x k GEMM)::
+
+    k_steps   = k / block_k,  per = ceil(k_steps / split),  parts = ceil(k_steps / per)
+    programs  = ceil(n / block_n) * ceil(m / block_t) * parts
+    bytes_it  = block_n * block_k * weight_bytes_per_weight + block_t * block_k * activation_bytes  (one step)
+    t_it      = iteration_fixed_s + bytes_it / sm_load_bandwidth + instr * warps * cycles_per_instruction
+                                                                    / (schedulers_per_sm * clock_hz)
+    q         = ceil(programs / sms)                    programs on the busiest SM
+    sm_s      = q * (per * t_it + program_fixed_s)      an SM runs its programs' iterations one after another
+    latency_s = ceil(programs / (sms * resident)) * per * loaded_hbm_latency_s / (stages - 1)
+    hbm_s     = bytes / (hbm peak * hbm efficiency(bytes))
+    main_s    = max(sm_s, latency_s, hbm_s)
+    time      = launch_overhead_s + main_s [+ reduction kernel: launch_overhead_s + its bytes at the HBM rate]
+
+``sm_s``: on the probe loops one SM's throughput did not grow with its resident programs (1 to 4): their
+iterations share the SM's issue slots and its load path, so the SM serves them as one stream. ``latency_s``: a
+program keeps ``stages - 1`` steps in flight, so each step waits at least a loaded HBM round trip over that.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from sim.profiles import HardwareProfile
+
+
+@dataclass(frozen=True)
+class LoopStructure:
+    """One compiled fused kernel at one launch configuration (read from the kernel, not fitted).
+
+    block_n: weight rows per program; block_t: tokens per program; block_k: K per loop iteration (the group size);
+    split_k: K parts requested (the launch makes every part non-empty); warps, stages: launch options;
+    registers_per_thread, shared_bytes_per_program: from the compiled kernel; loop_instructions_per_thread: SASS
+    instructions of one main-loop iteration per thread; weight_bytes_per_weight: bytes streamed from HBM per
+    weight (codes + expansion metadata); activation_bytes: bytes per activation element; split_reduction: the
+    split-K parts are summed by a second kernel.
+    """
+
+    block_n: int
+    block_t: int
+    block_k: int
+    split_k: int
+    warps: int
+    stages: int
+    registers_per_thread: int
+    shared_bytes_per_program: int
+    loop_instructions_per_thread: float
+    weight_bytes_per_weight: float
+    activation_bytes: float = 1.0
+    output_bytes: float = 2.0
+    split_reduction: bool = True
+
+    def __post_init__(self):
+        for name in ("block_n", "block_t", "block_k", "split_k", "warps", "stages", "registers_per_thread"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"LoopStructure.{name}={v!r}: expected a positive integer")
+        for name in ("shared_bytes_per_program", "loop_instructions_per_thread", "weight_bytes_per_weight",
+                     "activation_bytes", "output_bytes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                raise ValueError(f"LoopStructure.{name}={v!r}: expected a non-negative number")
+        if self.stages < 2:
+            raise ValueError(f"LoopStructure.stages={self.stages}: a pipelined loop needs at least 2 stages")
+
+
+@dataclass(frozen=True)
+class FusedTiming:
+    """Predicted time of one fused-kernel GEMM and its parts (seconds) with the quantities behind them."""
+
+    time_s: float
+    sm_s: float
+    latency_s: float
+    hbm_s: float
+    fixed_s: float
+    reduction_s: float
+    bound: str
+    programs: int
+    resident_programs_per_sm: int
+    iterations_per_program: int
+    iteration_s: float
+    expansion_share: float
+    hbm_bytes: float
+
+
+def resident_programs(hw: HardwareProfile, s: LoopStructure) -> int:
+    """Programs one SM holds at once: the tightest of its warp slots, register file, shared memory and block
+    slots (registers are allocated per warp in units of ``register_allocation_unit``)."""
+    sm = hw.sm
+    unit = sm.register_allocation_unit
+    regs_per_warp = math.ceil(s.registers_per_thread * 32 / unit) * unit
+    by_regs = sm.registers_per_sm // (regs_per_warp * s.warps)
+    by_smem = int(sm.shared_bytes_per_sm // (s.shared_bytes_per_program + sm.shared_bytes_reserved_per_program))
+    by_warps = sm.max_warps_per_sm // s.warps
+    p = min(by_regs, by_smem, by_warps, sm.max_programs_per_sm)
+    if p < 1:
+        raise ValueError(f"kernel structure {s} does not fit one SM of profile {hw.name!r} "
+                         f"(registers {by_regs}, shared memory {by_smem}, warps {by_warps} programs)")
+    return p
+
+
+def iteration_time_s(hw: HardwareProfile, s: LoopStructure, extra_instructions: float = 0.0) -> float:
+    """SM time of one main-loop iteration of one program (the t_it of the module docstring)."""
+    sm, loop = hw.sm, hw.triton_loop
+    bytes_it = s.block_n * s.block_k * s.weight_bytes_per_weight + s.block_t * s.block_k * s.activation_bytes
+    issue_s = ((s.loop_instructions_per_thread + extra_instructions) * s.warps * loop.cycles_per_instruction
+               / (sm.schedulers_per_sm * sm.clock_hz))
+    return loop.iteration_fixed_s + bytes_it / loop.sm_load_bandwidth_bytes_per_s + issue_s
+
+
+def split_parts(k: int, s: LoopStructure) -> tuple[int, int]:
+    """(iterations per program, non-empty K parts) for the requested split, as the launch computes them."""
+    if k % s.block_k:
+        raise ValueError(f"k={k} is not a multiple of block_k={s.block_k}")
+    k_steps = k // s.block_k
+    per = math.ceil(k_steps / s.split_k)
+    return per, math.ceil(k_steps / per)
+
+
+def fused_gemm_timing(hw: HardwareProfile, s: LoopStructure, m: int, n: int, k: int,
+                      expansion_instructions_per_thread: float = 0.0) -> FusedTiming:
+    """Predicted time of y (m x n) = x (m x k) @ W.T on the fused kernel of structure ``s`` (module docstring).
+
+    expansion_instructions_per_thread: how many of the loop's instructions expand weights (reported as the
+    expansion share of the SM time; the time itself uses the loop's whole count).
+    """
+    for name, v in (("m", m), ("n", n), ("k", k)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}={v!r}: expected a positive integer")
+    if hw.sm is None or hw.triton_loop is None:
+        raise ValueError(f"profile {hw.name!r} has no 'sm' and 'triton_loop' sections: the fused-kernel model "
+                         "needs them (see hw_profiles/h200-triton-w4a8.yaml)")
+    sm, loop = hw.sm, hw.triton_loop
+    per, parts = split_parts(k, s)
+    programs = math.ceil(n / s.block_n) * math.ceil(m / s.block_t) * parts
+    resident = resident_programs(hw, s)
+    t_it = iteration_time_s(hw, s)
+    if loop.program_spread == "ceil":
+        q = math.ceil(programs / sm.count)
+    else:
+        q = max(1.0, programs / sm.count)
+    together = min(q, resident)  # programs of the busiest SM that run at the same time
+    round_s = per * t_it * (1.0 + loop.resident_program_slowdown * (together - 1)) + loop.program_fixed_s
+    sm_s = q / together * round_s
+    latency_s = math.ceil(programs / (sm.count * resident)) * per * loop.loaded_hbm_latency_s / (s.stages - 1)
+    weights = float(n) * k
+    main_bytes = weights * s.weight_bytes_per_weight + float(m) * k * s.activation_bytes
+    out_bytes = float(m) * n * (4.0 * parts if parts > 1 else s.output_bytes)
+    hbm_bytes = main_bytes + out_bytes
+    mem = hw.memory
+    hbm_s = hbm_bytes / (mem.hbm_bandwidth_bytes_per_s * mem.hbm_efficiency_by_transfer_bytes(hbm_bytes))
+    main_s = max(sm_s, latency_s, hbm_s)
+    fixed_s = loop.kernel_fixed_s
+    reduction_s = 0.0
+    if parts > 1 and s.split_reduction:
+        red_bytes = float(m) * n * (4.0 * parts + s.output_bytes)
+        reduction_s = hw.kernel.launch_overhead_s + red_bytes / (
+            mem.hbm_bandwidth_bytes_per_s * mem.hbm_efficiency_by_transfer_bytes(red_bytes))
+    bound = max((("sm", sm_s), ("latency", latency_s), ("hbm", hbm_s)), key=lambda kv: kv[1])[0]
+    share = 0.0
+    if s.loop_instructions_per_thread > 0 and expansion_instructions_per_thread > 0:
+        issue_part = t_it - iteration_time_s(hw, s, -s.loop_instructions_per_thread)
+        share = issue_part * expansion_instructions_per_thread / s.loop_instructions_per_thread / t_it
+    return FusedTiming(time_s=fixed_s + main_s + reduction_s, sm_s=sm_s, latency_s=latency_s, hbm_s=hbm_s,
+                       fixed_s=fixed_s, reduction_s=reduction_s, bound=bound, programs=programs,
+                       resident_programs_per_sm=resident, iterations_per_program=per, iteration_s=t_it,
+                       expansion_share=share, hbm_bytes=hbm_bytes)
+
+
+def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStructure:
+    """The structure the profile's fused kernel launches for an m x n x k GEMM: the tile row of
+    ``fused_kernel.tile_configs`` for M, and the split-K parts of the kernel's launch heuristic."""
+    fk = hw.fused_kernel
+    if fk is None or hw.sm is None:
+        raise ValueError(f"profile {hw.name!r} has no 'fused_kernel' section")
+    row = next((r for r in fk.tile_configs if m <= r[0]), fk.tile_configs[-1])
+    _, block_n, block_t, warps, stages, regs, smem, instr = row
+    tiles = math.ceil(n / block_n) * math.ceil(m / block_t)
+    k_steps = math.ceil(k / fk.block_k)
+    target = fk.programs_per_sm_target * hw.sm.count
+    split = 1
+    if tiles < target:
+        split = max(1, min(math.ceil(target / tiles), k_steps // fk.min_iterations_per_part or 1))
+    return LoopStructure(block_n=int(block_n), block_t=int(block_t), block_k=fk.block_k, split_k=split,
+                         warps=int(warps), stages=int(stages), registers_per_thread=int(regs),
+                         shared_bytes_per_program=int(smem), loop_instructions_per_thread=float(instr),
+                         weight_bytes_per_weight=fk.weight_bytes_per_weight, split_reduction=fk.split_reduction)
+
+
+PLAN_CHUNKS = 32
+
+
+def fused_gemm_plan(hw: HardwareProfile, m: int, n: int, k: int, name: str = "gemm",
+                    structure: LoopStructure | None = None):
+    """The fused kernel as a plan for the simpy engine (sim.perf.engine): its fixed costs (launch, split-K
+    reduction kernel), then ``PLAN_CHUNKS`` steps whose loads take the HBM-bound time in total and whose SM work
+    (``max(sm_s, latency_s)``, the expansion's share charged as dequantization) runs on the matrix resource, with
+    ``stages`` buffers in flight; the engine's time is then ``fused_gemm_timing``'s up to one chunk of fill."""
+    from sim.perf.kernels import Chunk, KernelPlan
+
+    fk = hw.fused_kernel
+    k_eff = math.ceil(k / fk.block_k) * fk.block_k  # the packed format pads K to whole groups
+    s = structure or default_structure(hw, m, n, k_eff)
+    expansion = fk.expansion_instructions_per_weight * s.block_n * s.block_k / (32 * s.warps)
+    t = fused_gemm_timing(hw, s, m, n, k_eff, expansion_instructions_per_thread=expansion)
+    work_s = max(t.sm_s, t.latency_s) / PLAN_CHUNKS
+    rate = t.hbm_bytes / t.hbm_s
+    chunk = Chunk(load_bytes=t.hbm_bytes / PLAN_CHUNKS, load_rate_bytes_per_s=rate, dequant_hidden_s=0.0,
+                  dequant_serial_s=work_s * t.expansion_share, compute_s=work_s * (1.0 - t.expansion_share),
+                  compute_resource="matrix", write_bytes=0.0, write_rate_bytes_per_s=rate)
+    info = {"kernel": "fused", "tile_m": s.block_t, "tile_n": s.block_n, "split_k": s.split_k,
+            "programs": t.programs, "resident_programs_per_sm": t.resident_programs_per_sm,
+            "iterations_per_program": t.iterations_per_program, "fused_bound": t.bound,
+            "hbm_bytes": t.hbm_bytes, "flops": 2.0 * m * n * k, "closed_form_s": t.time_s}
+    return KernelPlan(name, t.fixed_s + t.reduction_s, (chunk,) * PLAN_CHUNKS, buffers=s.stages, info=info)

@@ -1,0 +1,122 @@
+"""sim.perf.fused_kernel: the structure model of a fused Triton GEMM kernel, its profile sections and its plan."""
+
+import dataclasses
+
+import pytest
+import yaml
+
+from sim.errors import ConfigError
+from sim.perf.engine import run_kernel
+from sim.perf.fused_kernel import (LoopStructure, default_structure, fused_gemm_plan, fused_gemm_timing,
+                                   resident_programs)
+from sim.perf.gemm import gemm_timing
+from sim.profiles import load_profile, load_raw
+
+PROFILE = "h200-triton-w4a8"
+
+
+@pytest.fixture(scope="module")
+def hw():
+    return load_profile(PROFILE)
+
+
+def lut_decode(**kw) -> LoopStructure:
+    base = dict(block_n=128, block_t=16, block_k=128, split_k=2, warps=4, stages=4, registers_per_thread=118,
+                shared_bytes_per_program=38912, loop_instructions_per_thread=362.0, weight_bytes_per_weight=0.625)
+    base.update(kw)
+    return LoopStructure(**base)
+
+
+def test_resident_programs_follow_registers_shared_memory_and_warps(hw):
+    # 118 registers -> 120 per thread -> 3840 per warp -> 15360 per program: 4 fit 65536
+    assert resident_programs(hw, lut_decode()) == 4
+    # 80 registers x 4 warps = 10240 -> 6 programs; 21 KB of shared memory would allow 10
+    assert resident_programs(hw, lut_decode(registers_per_thread=80, shared_bytes_per_program=21248)) == 6
+    # shared memory binds: 100 KB + 1 KB reserved -> 2 programs in 228 KB
+    assert resident_programs(hw, lut_decode(registers_per_thread=56, shared_bytes_per_program=102400)) == 2
+    with pytest.raises(ValueError, match="does not fit one SM"):
+        resident_programs(hw, lut_decode(shared_bytes_per_program=300000))
+
+
+def test_time_follows_structure(hw):
+    t = fused_gemm_timing(hw, lut_decode(), 1, 57344, 8192)
+    more_instr = fused_gemm_timing(hw, lut_decode(loop_instructions_per_thread=700.0), 1, 57344, 8192)
+    fewer_bytes = fused_gemm_timing(hw, lut_decode(weight_bytes_per_weight=0.5), 1, 57344, 8192)
+    assert more_instr.time_s > 1.3 * t.time_s
+    assert fewer_bytes.time_s < t.time_s
+    assert t.programs == 448 * 2 and t.iterations_per_program == 32 and t.resident_programs_per_sm == 4
+    assert t.time_s == pytest.approx(t.fixed_s + max(t.sm_s, t.latency_s, t.hbm_s) + t.reduction_s)
+    # one split part: no reduction kernel
+    one = fused_gemm_timing(hw, lut_decode(split_k=1), 1, 57344, 8192)
+    assert one.reduction_s == 0.0 and t.reduction_s > 0.0
+
+
+def test_two_stages_wait_on_memory_latency(hw):
+    s2 = fused_gemm_timing(hw, lut_decode(stages=2, split_k=1, shared_bytes_per_program=20480), 1, 8192, 8192)
+    s4 = fused_gemm_timing(hw, lut_decode(stages=4, split_k=1), 1, 8192, 8192)
+    assert s2.bound == "latency" and s2.time_s > s4.time_s
+
+
+def test_split_parts_as_the_launch_makes_them(hw):
+    t = fused_gemm_timing(hw, lut_decode(split_k=10), 1, 8192, 28672)  # 224 steps: 23 per part -> 10 parts
+    assert t.iterations_per_program == 23 and t.programs == 64 * 10
+    with pytest.raises(ValueError, match="multiple of block_k"):
+        fused_gemm_timing(hw, lut_decode(), 1, 8192, 1000)
+    with pytest.raises(ValueError, match="positive integer"):
+        fused_gemm_timing(hw, lut_decode(), 0, 8192, 8192)
+    with pytest.raises(ValueError, match="stages"):
+        lut_decode(stages=1)
+
+
+def test_default_structure_is_the_kernels_heuristic(hw):
+    s = default_structure(hw, 1, 8192, 8192)
+    assert (s.block_n, s.block_t, s.warps, s.stages) == (128, 16, 4, 4)
+    assert s.split_k == 9  # 64 tiles < 4 x 132 programs: ceil(528 / 64) = 9 parts (<= 64 steps // 4)
+    big = default_structure(hw, 4096, 8192, 8192)
+    assert (big.block_t, big.warps, big.stages, big.split_k) == (128, 8, 3, 1)
+
+
+def test_engine_plan_matches_closed_form_and_simulate_uses_it(hw):
+    for m in (1, 64, 1024):
+        plan = fused_gemm_plan(hw, m, 28672, 8192, "gate_up")
+        engine = run_kernel(plan).time_s
+        assert engine == pytest.approx(plan.info["closed_form_s"], rel=0.03)
+    t = gemm_timing(hw, 16, 28672, 8192, "w4a8")
+    assert t.info["kernel"] == "fused" and t.split["dequant_s"] > 0.0
+    # profiles without the fused_kernel section keep the generic dequant model
+    assert "kernel" not in gemm_timing("h200", 16, 28672, 8192, "w4a8").info
+
+
+def test_profile_sections_are_validated(tmp_path):
+    raw, _ = load_raw(PROFILE)
+    raw.pop("extends", None)
+
+    def write(data, name):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    bad = yaml.safe_load(yaml.safe_dump(raw))
+    bad["fused_kernel"]["tile_configs"][0] = [16, 128, 16, 4]
+    with pytest.raises(ConfigError, match=r"fused_kernel\.tile_configs\[0\].*expected \[max_m"):
+        load_profile(write(bad, "a"))
+    bad = yaml.safe_load(yaml.safe_dump(raw))
+    bad["fused_kernel"]["tile_configs"][1][0] = 8
+    with pytest.raises(ConfigError, match="max_m increasing"):
+        load_profile(write(bad, "b"))
+    bad = yaml.safe_load(yaml.safe_dump(raw))
+    del bad["sm"]
+    with pytest.raises(ConfigError, match="needs the 'sm' and 'triton_loop'"):
+        load_profile(write(bad, "c"))
+    bad = yaml.safe_load(yaml.safe_dump(raw))
+    del bad["sources"]["triton_loop.cycles_per_instruction"]
+    with pytest.raises(ConfigError, match=r"sources\.triton_loop\.cycles_per_instruction"):
+        load_profile(write(bad, "d"))
+    bad = yaml.safe_load(yaml.safe_dump(raw))
+    bad["triton_loop"]["resident_program_slowdown"] = 1.5
+    with pytest.raises(ConfigError, match=r"resident_program_slowdown.*<= 1"):
+        load_profile(write(bad, "e"))
+    hw = load_profile(PROFILE, {"triton_loop.cycles_per_instruction": 2.0})
+    assert hw.triton_loop.cycles_per_instruction == 2.0
+    assert dataclasses.asdict(hw.sm)["count"] == 132
+    assert "fused_kernel" in hw.to_dict()
