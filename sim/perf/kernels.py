@@ -208,7 +208,9 @@ def gemm_plan(hw: HardwareProfile, g: GemmShape, name: str = "gemm") -> KernelPl
     fixed = hw.kernel.launch_overhead_s
     library_split = _split_k_kernel(hw, g.m, g.n, g.k, g.matrix_dtype)
     if library_split:
-        fixed += hw.kernel.launch_overhead_s  # the library's reduction kernel: a kernel of its own
+        # the library's reduction runs as a kernel of its own after the GEMM kernel: one more launch and the
+        # reduction's fixed cost (cuBLAS: nvjet ..._splitK_... then cublasLt::splitKreduce_kernel)
+        fixed += hw.kernel.launch_overhead_s + hw.kernel.split_k_reduction_overhead_s
     if split > 1:
         # reduction kernel: its own fixed cost, then read the fp32 partials and write the output
         fixed += hw.kernel.split_k_reduction_overhead_s
