@@ -130,13 +130,10 @@ def fused_candidates(m: int, n: int, k: int, sms: int, quick: bool, variant: str
         return cands
     s = base.split_k
     if m <= 64 and variant in ("v4", "fp8"):
-        # v4: 76 registers at 128 rows (6 programs per SM by registers; shared memory allows 6 at 4 stages):
-        # stages, split around the heuristic's, two groups per K step, 64-row tiles
-        cands += [replace(base, num_stages=3), replace(base, num_stages=5), replace(base, num_stages=6),
-                  replace(base, split_k=2 * s), replace(base, split_k=max(1, s // 2)),
-                  replace(base, groups_per_step=2, num_stages=3), replace(base, groups_per_step=2),
-                  replace(base, groups_per_step=2, split_k=max(1, s // 2), num_stages=3),
-                  replace(base, block_n=64, split_k=2 * s), replace(base, block_n=64, groups_per_step=2, split_k=s)]
+        # v4 (78 registers, 6 programs per SM at 3 stages): stages, split around the heuristic's, the in-kernel
+        # split-K reduction, 8 warps (the rest of the earlier sweeps' candidates never won: results/gpu/README.md)
+        cands += [replace(base, num_stages=4), replace(base, split_k=2 * s), replace(base, split_k=max(1, s // 2)),
+                  replace(base, reduce_in_kernel=True), replace(base, num_warps=8)]
     elif m <= 64 and variant == "lut":
         cands += [replace(base, split_k=2 * s), replace(base, split_k=max(1, s // 2)),
                   replace(base, block_n=64, num_stages=3)]

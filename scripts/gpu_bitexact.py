@@ -131,6 +131,7 @@ PROBE_VARIANTS = {  # Triton configurations run on the crafted probe (M=16, N=25
     "bn128_bt32": {"block_n": 128, "block_t": 32, "split_k": 1},
     "bn64_w8": {"block_n": 64, "num_warps": 8, "split_k": 2},
     "gps2_split3": {"groups_per_step": 2, "split_k": 3},
+    "split3_reduce_in_kernel": {"split_k": 3, "reduce_in_kernel": True},
     "lut_default": {"variant": "lut"},
     "fp8_default": {"variant": "fp8"},
     "v2_default": {"variant": "v2"},
@@ -158,6 +159,7 @@ def make_probe(seed: int = 7):
 TRITON_VARIANTS = {  # "variant" picks the kernel variant (default: the module's DEFAULT_VARIANT)
     "default": None,
     "split1": {"split_k": 1},
+    "reduce_in_kernel": {"reduce_in_kernel": True},
     "lut_default": {"variant": "lut"},
     "fp8_default": {"variant": "fp8"},
     "v2_default": {"variant": "v2"},

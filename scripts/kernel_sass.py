@@ -36,10 +36,11 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
     fn = W._kernels()[variant]
     if variant in ("v4", "fp8"):
         sig = {"x_ptr": "*fp8e4nv", "w_ptr": "*i16" if variant == "v4" else "*u8", "lut_ptr": "*i32",
-               "out_ptr": "*bf16", "part_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
-               "stride_om": "i32", "out_scale": "fp32", "k_steps_per_split": "i32"}
-        consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, GROUP=block_k, GPS=groups_per_step, SPLIT_K=split_k,
-                      OUT_BF16=True, EVEN_N=True, FP8_W=variant == "fp8")
+               "out_ptr": "*bf16", "part_ptr": "*fp32", "count_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32",
+               "stride_xm": "i32", "stride_om": "i32", "out_scale": "fp32", "k_steps_per_split": "i32",
+               "n_parts": "i32"}
+        consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, GROUP=block_k, GPS=groups_per_step, SPLIT_K=min(split_k, 2),
+                      OUT_BF16=True, EVEN_N=True, FP8_W=variant == "fp8", REDUCE=split_k > 1)
         div = ["x_ptr", "w_ptr", "lut_ptr", "out_ptr", "part_ptr", "K", "N", "stride_xm", "stride_om"]
     elif variant == "lut":
         sig = {"x_ptr": "*fp8e4nv", "codes_ptr": "*u8", "lut_ptr": "*i32", "out_ptr": "*bf16", "part_ptr": "*fp32",

@@ -63,7 +63,9 @@ class KernelConfig:
     block_n: weight rows per program (the tensor core's M: 64 or 128); block_t: tokens per program (16..256);
     split_k: parts K is cut into (contiguous, whole K steps; parts then summed in order); num_warps, num_stages:
     Triton launch options; groups_per_step: groups of the packed format per K step (the "v4" and "fp8" variants
-    take 1, 2 or 4; "lut" and "v2" only 1).
+    take 1, 2 or 4; "lut" and "v2" only 1); reduce_in_kernel: "v4"/"fp8" with split-K add the parts (in order)
+    in the same launch (the last program of a tile to finish does it) instead of in a second kernel (same bits;
+    off by default: no faster on the H200, results/gpu/README.md).
     """
 
     block_n: int = 64
@@ -72,6 +74,7 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 4
     groups_per_step: int = 1
+    reduce_in_kernel: bool = False
 
     def __post_init__(self):
         for name in ("block_n", "block_t", "split_k", "num_warps", "num_stages", "groups_per_step"):
@@ -81,13 +84,17 @@ class KernelConfig:
         if self.block_n not in (64, 128, 256) or self.block_t not in (16, 32, 64, 128, 256):
             raise ValueError(f"KernelConfig: block_n {self.block_n} must be 64/128/256 and block_t {self.block_t} "
                              f"16/32/64/128/256 (tensor-core tile sizes)")
+        if not isinstance(self.reduce_in_kernel, bool):
+            raise ValueError(f"KernelConfig.reduce_in_kernel={self.reduce_in_kernel!r}: expected a bool")
         if self.groups_per_step not in (1, 2, 4):
             raise ValueError(f"KernelConfig.groups_per_step={self.groups_per_step}: expected 1, 2 or 4")
 
 
 # Programs per SM the decode heuristic plans for, per variant (from the tuning runs, results/gpu/README.md).
 _PROGRAMS_PER_SM = {"v4": 4, "fp8": 4, "lut": 4, "v2": 2}
-# Fixed cost of one program (pipeline fill, epilogue) in K steps, for choosing the split (v4 and fp8).
+# Fixed cost of one program (pipeline fill, epilogue) in K steps, for choosing the split (v4 and fp8). With 2 the
+# heuristic picks, for Llama-2-70B at M=1, the split that was fastest or within 5% of the fastest in both H200
+# sweeps (results/gpu/tuning_h200_v4sweep.csv, tuning_h200_v4bsweep.csv: qkv 8, o 8, gate_up 3, down 16).
 _PROGRAM_OVERHEAD_STEPS = 2
 
 
@@ -104,7 +111,9 @@ def default_config(m: int, n: int, k: int, num_sms: int = 132, group_size: int =
     gps = 1
     if m <= 64:
         block_t = 16 if m <= 16 else 32 if m <= 32 else 64
-        block_n, warps, stages = (64, 4, 4) if variant == "v2" else (128, 4, 4)
+        # v4/fp8: 3 stages (78 registers, 27 KB of shared memory: 6 programs per SM) were faster than 4 on 3 of
+        # the 4 Llama-2-70B shapes in the H200 sweep
+        block_n, warps, stages = {"v2": (64, 4, 4), "lut": (128, 4, 4)}.get(variant, (128, 4, 3))
     else:
         block_t, block_n, warps, stages = 128, 128, 8, 3
     tiles = math.ceil(n / block_n) * math.ceil(m / block_t)
@@ -491,10 +500,11 @@ def _kernels():
             tl.store(part_ptr + pid_s.to(tl.int64) * M * N + out_offs, acc, mask=out_mask)
 
     @triton.jit
-    def w4a8_v4_kernel(x_ptr, w_ptr, lut_ptr, out_ptr, part_ptr,
-                       M, N, K, stride_xm, stride_om, out_scale, k_steps_per_split,
+    def w4a8_v4_kernel(x_ptr, w_ptr, lut_ptr, out_ptr, part_ptr, count_ptr,
+                       M, N, K, stride_xm, stride_om, out_scale, k_steps_per_split, n_parts,
                        BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, GROUP: tl.constexpr, GPS: tl.constexpr,
-                       SPLIT_K: tl.constexpr, OUT_BF16: tl.constexpr, EVEN_N: tl.constexpr, FP8_W: tl.constexpr):
+                       SPLIT_K: tl.constexpr, OUT_BF16: tl.constexpr, EVEN_N: tl.constexpr, FP8_W: tl.constexpr,
+                       REDUCE: tl.constexpr):
         # v4 (and, with FP8_W, the same loop on 1-byte FP8 weights): GPS groups per K step; weights group-major
         # (one contiguous block of HBM per group and program); codes read 16 bytes per thread (words reordered
         # at load time, see v4_codes_np); tables read as one (BLOCK_N, 4) tile.
@@ -510,6 +520,9 @@ def _kernels():
         ks_end = ks_begin + k_steps_per_split
         if ks_end > k_steps:
             ks_end = k_steps
+        # every part is non-empty (the host makes it so); telling the compiler keeps the zero-trip path (and its
+        # accumulator initialisation) out of the loop's wgmma pipeline, which ptxas would otherwise serialise
+        tl.assume(ks_end > ks_begin)
         offs_g = tl.arange(0, GROUP)
         x_rows = x_ptr + offs_t[:, None].to(tl.int64) * stride_xm
         if FP8_W:
@@ -562,6 +575,24 @@ def _kernels():
                 tl.store(out_ptr + out_offs, y, mask=out_mask)
         else:
             tl.store(part_ptr + pid_s.to(tl.int64) * M * N + out_offs, acc, mask=out_mask)
+            if REDUCE:
+                # ordered split-K reduction in this launch: the program that finishes a tile's parts last (an
+                # arrival counter per tile) adds all parts in order, part 0 first, in float32, as the separate
+                # reduction kernel does; the counter is reset for the next launch.
+                tl.debug_barrier()  # every thread's part stored before the release below
+                tile = pid_t * tl.num_programs(0) + pid_n
+                arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
+                if arrived == n_parts - 1:
+                    total = tl.load(part_ptr + out_offs, mask=out_mask, other=0.0, cache_modifier=".cg")
+                    for ps in range(1, n_parts):
+                        total = total + tl.load(part_ptr + ps * M * N + out_offs, mask=out_mask, other=0.0,
+                                                cache_modifier=".cg")
+                    y = total * out_scale
+                    if OUT_BF16:
+                        tl.store(out_ptr + out_offs, y.to(tl.bfloat16), mask=out_mask)
+                    else:
+                        tl.store(out_ptr + out_offs, y, mask=out_mask)
+                    tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed", scope="gpu")
 
     @triton.jit
     def splitk_reduce_kernel(part_ptr, out_ptr, MN, out_scale, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
@@ -641,11 +672,14 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
     launch = dict(BLOCK_N=config.block_n, BLOCK_T=config.block_t, OUT_BF16=out_dtype == "bfloat16",
                   num_warps=config.num_warps, num_stages=config.num_stages)
     # SPLIT_K is only tested against 1 in the lut/v4 kernels: 1 or 2 keeps one compilation for every split count
+    reduce_in_kernel = split > 1 and config.reduce_in_kernel and weight.variant in ("v4", "fp8")
     if weight.variant in ("v4", "fp8"):
-        compiled = kernels["v4"][grid](x8, weight.codes, weight.lut if weight.lut is not None else weight.codes, out, part,
-                            m, n, k, x8.stride(0), out.stride(0), scale, per, GROUP=weight.group_size,
-                            GPS=config.groups_per_step, SPLIT_K=min(split, 2), EVEN_N=n % config.block_n == 0,
-                            FP8_W=weight.variant == "fp8", **launch)
+        counters = _tile_counters(x8.device, grid[0] * grid[1]) if reduce_in_kernel else part
+        compiled = kernels["v4"][grid](x8, weight.codes, weight.lut if weight.lut is not None else weight.codes, out,
+                                       part, counters, m, n, k, x8.stride(0), out.stride(0), scale, per, split,
+                                       GROUP=weight.group_size, GPS=config.groups_per_step, SPLIT_K=min(split, 2),
+                                       EVEN_N=n % config.block_n == 0, FP8_W=weight.variant == "fp8",
+                                       REDUCE=reduce_in_kernel, **launch)
     elif weight.variant == "lut":
         compiled = kernels["lut"][grid](x8, weight.codes, weight.lut, out, part, m, n, k, x8.stride(0),
                              weight.codes.stride(0) // 2, out.stride(0), scale, per, SPLIT_K=min(split, 2),
@@ -655,11 +689,27 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
                             m, n, k, x8.stride(0), weight.codes.stride(0), weight.group_scales.stride(0),
                             weight.zeros.stride(0), out.stride(0), scale, per, SPLIT_K=split, FP8_MAX=weight.fp8_max,
                             BLOCK_K=weight.group_size, **launch)
-    if split > 1:
+    if split > 1 and not reduce_in_kernel:
         block = 1024
         kernels["reduce"][(triton_cdiv(m * n, block),)](part, out, m * n, scale, SPLIT_K=split, BLOCK=block,
                                                         OUT_BF16=out_dtype == "bfloat16", num_warps=4)
     return out, compiled
+
+
+_COUNTERS = {}
+
+
+def _tile_counters(device, tiles: int):
+    """int32 arrival counters (zero between launches: the last program of a tile resets its own), one set per
+    (device, stream) so that launches on different streams never share one; grown by doubling, old sets kept alive
+    (a captured CUDA graph may still point at them)."""
+    import torch
+
+    key = (str(device), torch.cuda.current_stream(device).cuda_stream)
+    held = _COUNTERS.setdefault(key, [])
+    if not held or held[-1].numel() < tiles:
+        held.append(torch.zeros(max(tiles, 2 * held[-1].numel() if held else 1024), dtype=torch.int32, device=device))
+    return held[-1]
 
 
 def kernel_resources(x8, weight: PackedW4A8Weight, config: KernelConfig | None = None) -> dict:

@@ -125,3 +125,26 @@ def test_v4_rejects_a_k_step_that_does_not_divide_k():
     x8 = torch.zeros((1, 576), device="cuda").to(torch.float8_e4m3fn)
     with pytest.raises(ValueError, match="K step"):
         w4a8_matmul(x8, w, 1.0, config=KernelConfig(128, 16, 1, 4, 4, 2))
+
+
+@pytest.mark.parametrize("variant", ["v4", "fp8"])
+def test_in_kernel_split_reduction_is_ordered_and_race_free(variant):
+    """The last program of a tile adds the parts in order: the same bits as the separate reduction kernel and the
+    emulator, on a NaN-poisoned workspace (a part read before it was written would show), many times over."""
+    from dpq.torch_backend import activation_fp8
+
+    rng = np.random.default_rng(21)
+    p = _layer(rng, 512, 8192, 128)
+    x = (rng.standard_normal((3, 8192)) * np.exp2(rng.uniform(-4, 4, (3, 8192)))).astype(np.float32)
+    w = PackedW4A8Weight.from_packed(p, "cuda", variant)
+    x8 = activation_fp8(torch.from_numpy(x).cuda(), p.act_scale, p.fp8_format)
+    for split in (2, 7, 32):
+        cfg = KernelConfig(128, 16, split, 4, 3, reduce_in_kernel=True)
+        want = _bits(fp8_gemm(hw="h100-triton-w4a8", out_dtype="bfloat16", split_k=split_k_parts(8192, cfg, 128),
+                              **emulator_inputs(p, x)))
+        sep = w4a8_matmul(x8, w, p.act_scale, config=KernelConfig(128, 16, split, 4, 3))
+        assert np.array_equal(_bits(sep.float().cpu().numpy()), want)
+        for _ in range(20):
+            ws = torch.full((split * 3 * 512,), float("nan"), device="cuda")
+            got = w4a8_matmul(x8, w, p.act_scale, config=cfg, workspace=ws)
+            assert torch.equal(got.view(torch.int16), sep.view(torch.int16))
