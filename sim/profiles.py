@@ -106,8 +106,10 @@ class MatrixEngineSpec:
     split_k_kernel_max_m: Mapping[str, float] = _spec(
         "largest M (activation rows) for which the GEMM library runs split-K as a kernel of its own plus a separate "
         "reduction kernel (one more kernel fixed cost), by dtype; 0 = never", lo=0)
-    split_k_kernel_max_n: Mapping[str, float] = _spec(
-        "largest N (weight rows) for which the library runs that separate-reduction split-K, by dtype", lo=0)
+    split_k_kernel_tile_n: Mapping[str, float] = _spec(
+        "N width of the library's small-M tiles, by dtype: it runs that separate-reduction split-K only when the "
+        "ceil(N / tile_n) tiles, each on one unit pulling unit_load_bandwidth_bytes_per_s, cannot reach the "
+        "achievable HBM bandwidth", lo=1)
     split_k_kernel_min_k_over_n: Mapping[str, float] = _spec(
         "the library runs that separate-reduction split-K only when K >= this x N (long K loops), by dtype", lo=0)
     sustained_rate_fraction: float = _spec(
