@@ -79,12 +79,17 @@ def _split_k(hw: HardwareProfile, tiles_mn: int, k: int) -> int:
 
 def _split_k_kernel(hw: HardwareProfile, m: int, n: int, k: int, dtype: str) -> bool:
     """Whether the GEMM library runs this GEMM as split-K with a separate reduction kernel (a second kernel, so a
-    second fixed cost). Read from the library's own choices (profile ``split_k_kernel_*``): on Hopper, cuBLAS does
-    this for small-M GEMMs with a long K loop and too few N tiles to fill the SMs, and per dtype differently (FP8
-    kernels use 16-row, 64-wide tiles and split only at M <= 16 for N = 4096; BF16 splits up to M = 128)."""
-    me = hw.matrix_engine
-    return (m <= me.split_k_kernel_max_m[dtype] and n <= me.split_k_kernel_max_n[dtype]
-            and k >= me.split_k_kernel_min_k_over_n[dtype] * n)
+    second fixed cost). cuBLAS on Hopper does this for small-M GEMMs with a long K loop whose N tiles are too few to
+    pull the memory's bandwidth: ceil(N / tile_n) units at ``unit_load_bandwidth_bytes_per_s`` each below the best
+    achievable HBM rate. So a card with faster memory splits more shapes (the H200 splits a 5120-row FP8 GEMV that
+    the H100 does not). Profile ``matrix_engine.split_k_kernel_*``: the M limit, K/N limit and tile width by dtype
+    (FP8 kernels take 64-wide, 16-row tiles; BF16 ones split with 128-wide tiles)."""
+    me, mem = hw.matrix_engine, hw.memory
+    if m > me.split_k_kernel_max_m[dtype] or k < me.split_k_kernel_min_k_over_n[dtype] * n:
+        return False
+    best_hbm_bytes_per_s = mem.hbm_bandwidth_bytes_per_s * max(y for _, y in mem.hbm_efficiency_by_transfer_bytes.points)
+    n_tiles = math.ceil(n / me.split_k_kernel_tile_n[dtype])
+    return n_tiles * me.unit_load_bandwidth_bytes_per_s < best_hbm_bytes_per_s
 
 
 def _units_load_rate(hw: HardwareProfile, active_tiles: int) -> float:
