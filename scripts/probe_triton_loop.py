@@ -20,8 +20,9 @@ the compiled kernel). Writes ``probe_triton_loop_<card>.csv``.
 
     python3 scripts/probe_triton_loop.py --fit results/gpu/probe_triton_loop_h200*.csv --profile h200-triton-w4a8
 
-``--fit CSV...`` fits the profile's ``triton_loop`` parameters (sim/perf/fused_kernel.py) to the probe rows by
-least squares on log time (needs scipy) and prints them with the fit's per-row errors; the profile's ``sm``,
+``--fit CSV...`` fits the profile's ``triton_loop`` parameters (sim/perf/fused_kernel.py) to the probe rows (and,
+with ``--fit-bench``, to the ``fp8_triton`` rows of scripts/bench_gpu.py: the W4A8 kernel's loop with FP8 weights
+and no expansion) by least squares on log time (needs scipy) and prints them with the fit's per-row errors; the profile's ``sm``,
 ``memory`` and ``kernel`` sections are used as they are. ``--structure CSV`` compiles every configuration of a probe CSV for sm_90 with Triton's own ptxas (no GPU) and
 writes ``<CSV stem>_structure.csv``: registers, shared memory and main-loop SASS instructions per thread, the
 structure sim/perf/fused_kernel.py needs next to each measured time.
@@ -39,7 +40,7 @@ from pathlib import Path
 
 BLOCK_K = 128
 FIELDS = ["card", "sm_count", "triton", "torch", "date", "experiment", "block_n", "block_t", "warps", "stages", "alu",
-          "half", "n", "k", "m", "split_k", "programs", "iterations_per_program", "registers_per_thread",
+          "alu_op", "half", "n", "k", "m", "split_k", "programs", "iterations_per_program", "registers_per_thread",
           "shared_bytes_per_program", "weight_bytes", "latency_s", "spread_rel", "calls_per_graph"]
 
 
@@ -85,13 +86,25 @@ def build_kernel():
     return loop_kernel
 
 
-def alu_asm(alu: int) -> str:
-    """PTX of a dependent chain of ``alu`` integer instructions on each 4 weight bytes, alternately an add and a
-    xor of a run-time zero: values unchanged, yet the compiler can neither fold nor merge the chain."""
+ALU_OPS = ("addxor", "prmt", "cvt")
+
+
+def alu_asm(alu: int, op: str = "addxor") -> str:
+    """PTX of a dependent chain of ``alu`` instructions on each 4 weight bytes, with a run-time zero operand so
+    that the compiler can neither fold nor merge the chain. op: "addxor" alternately adds and xors the zero
+    (integer pipe, values unchanged); "prmt" byte permutes selected by the zero (integer pipe; every byte becomes
+    byte 0); "cvt" float32 -> packed half conversions (F2FP, the conversion pipe; values change, timing only)."""
     if alu == 0:
         return ""
-    ops = ["add.u32 t, t, $2;" if i % 2 == 0 else "xor.b32 t, t, $2;" for i in range(alu)]
-    return "{ .reg .b32 t; mov.b32 t, $1; " + " ".join(ops) + " mov.b32 $0, t; }"
+    if op == "addxor":
+        ops = ["add.u32 t, t, $2;" if i % 2 == 0 else "xor.b32 t, t, $2;" for i in range(alu)]
+        return "{ .reg .b32 t; mov.b32 t, $1; " + " ".join(ops) + " mov.b32 $0, t; }"
+    if op == "prmt":
+        return "{ .reg .b32 t; mov.b32 t, $1; " + " prmt.b32 t, t, t, $2;" * alu + " mov.b32 $0, t; }"
+    if op == "cvt":
+        body = " mov.b32 f, t; cvt.rn.f16x2.f32 t, f, z;" * alu
+        return "{ .reg .b32 t; .reg .f32 f, z; mov.b32 t, $1; mov.b32 z, $2;" + body + " mov.b32 $0, t; }"
+    raise ValueError(f"op={op!r}: expected one of {ALU_OPS}")
 
 
 def time_graph(torch, calls, repeats: int) -> tuple[float, float]:
@@ -122,7 +135,7 @@ def time_graph(torch, calls, repeats: int) -> tuple[float, float]:
 
 
 def experiments(quick: bool):
-    """(experiment, n, k, m, block_n, block_t, warps, stages, alu, half, split) rows to measure."""
+    """(experiment, n, k, m, block_n, block_t, warps, stages, alu, half, split, alu_op) rows to measure."""
     rows = []
     # A: programs per SM (split-K parts) at the decode tile, plain FP8 loop and with a register pass
     for alu in (0, 1, 6):
@@ -157,16 +170,22 @@ def experiments(quick: bool):
             rows.append(("tile", 8192, 8192, 128, 128, 128, 8, 3, alu, 0, split))
     rows.append(("long", 57344, 8192, 1, 128, 16, 4, 4, 0, 0, 2))
     rows.append(("long", 57344, 8192, 1, 128, 16, 4, 4, 6, 0, 2))
+    rows = [r + ("addxor",) for r in rows]
+    # H: the pipe of the register pass (integer permutes, conversions) at 1 and ~4 programs per SM, short and long
+    for op, alus in (("prmt", (4, 12)), ("cvt", (2, 6))):
+        for alu in alus:
+            for n, split in ((8192, 1), (8192, 8), (57344, 2)):
+                rows.append(("pipe", n, 8192, 1, 128, 16, 4, 4, alu, 0, split, op))
     if quick:
         rows = rows[:6]
     return rows
 
 
-def compile_structure(block_n: int, block_t: int, warps: int, stages: int, alu: int, half: int) -> dict:
+def compile_structure(block_n: int, block_t: int, warps: int, stages: int, alu: int, half: int,
+                      alu_op: str = "addxor") -> dict:
     """Registers/thread, shared bytes/program and main-loop SASS instructions/thread of one probe configuration,
     compiled for sm_90 here (Triton's ptxas and cuobjdump; no GPU)."""
     import os
-    import re
     import subprocess
     import tempfile
 
@@ -174,11 +193,12 @@ def compile_structure(block_n: int, block_t: int, warps: int, stages: int, alu: 
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from scripts.kernel_sass import loop_mix
+    from scripts.fused_kernel_structure import compiled_structure
 
     sig = {"w_ptr": "*u8", "x_ptr": "*fp8e4nv", "part_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32",
            "stride_w": "i32", "stride_x": "i32", "k_tiles_per_split": "i32", "zero": "i32"}
-    consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_K=BLOCK_K, ALU=alu, ALU_ASM=alu_asm(alu), HALF=bool(half))
+    consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_K=BLOCK_K, ALU=alu, ALU_ASM=alu_asm(alu, alu_op),
+                  HALF=bool(half))
     for c in consts:
         sig[c] = "constexpr"
     names = list(sig)
@@ -192,10 +212,7 @@ def compile_structure(block_n: int, block_t: int, warps: int, stages: int, alu: 
         cubin.write_bytes(k.asm["cubin"])
         sass = subprocess.run([tool, "--dump-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
         usage = subprocess.run([tool, "--dump-resource-usage", str(cubin)], capture_output=True, text=True).stdout
-    _, loop = loop_mix(sass)
-    return {"registers_per_thread": int(re.search(r"REG:(\d+)", usage).group(1)),
-            "shared_bytes_per_program": int(k.metadata.shared),
-            "loop_instructions_per_thread": sum(loop.values())}
+    return compiled_structure(k, sass, usage)
 
 
 def write_structure(csv_path: Path) -> Path:
@@ -205,29 +222,38 @@ def write_structure(csv_path: Path) -> Path:
         sys.path.insert(0, str(root))
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
-    keys = sorted({tuple(int(r[c]) for c in ("block_n", "block_t", "warps", "stages", "alu", "half")) for r in rows})
+    keys = sorted({(*(int(r[c]) for c in ("block_n", "block_t", "warps", "stages", "alu", "half")),
+                    r.get("alu_op") or "addxor") for r in rows})
     out = csv_path.with_name(csv_path.stem + "_structure.csv")
     with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["block_n", "block_t", "warps", "stages", "alu", "half",
-                                          "registers_per_thread", "shared_bytes_per_program",
-                                          "loop_instructions_per_thread"])
-        w.writeheader()
+        w = None
         for key in keys:
             st = compile_structure(*key)
-            w.writerow(dict(zip(("block_n", "block_t", "warps", "stages", "alu", "half"), key), **st))
+            if w is None:
+                w = csv.DictWriter(f, fieldnames=["block_n", "block_t", "warps", "stages", "alu", "half", "alu_op",
+                                                  *st])
+                w.writeheader()
+            w.writerow(dict(zip(("block_n", "block_t", "warps", "stages", "alu", "half", "alu_op"), key), **st))
             print(key, st, flush=True)
     return out
 
 
-FIT_PARAMETERS = (  # (triton_loop key, unit the optimizer works in, start value, lower, upper)
+FIT_PARAMETERS = (  # (profile key, unit the optimizer works in, start value, lower, upper)
+    ("sm.int_issue_cycles", 1.0, 2.0, 0.25, 16.0),
+    ("sm.conversion_issue_cycles", 1.0, 2.0, 0.25, 16.0),
     ("iteration_fixed_s", 1e-6, 0.1, 0.0, 2.0),
     ("sm_load_bandwidth_bytes_per_s", 1e9, 45.0, 1.0, 1000.0),
-    ("cycles_per_instruction", 1.0, 1.0, 0.1, 10.0),
     ("program_fixed_s", 1e-6, 0.2, 0.0, 5.0),
     ("loaded_hbm_latency_s", 1e-6, 1.1, 0.0, 5.0),
     ("kernel_fixed_s", 1e-6, 3.0, 0.0, 20.0),
     ("resident_program_slowdown", 1.0, 0.7, 0.0, 1.0),
 )
+
+
+def pipe_counts(st: dict) -> dict:
+    """fp32/int/conversion instruction counts of a structure row (absent in older structure files)."""
+    return {k: float(st[k]) for k in ("fp32_instructions", "int_instructions", "conversion_instructions")
+            if st.get(k) not in (None, "")}
 
 
 def probe_rows(paths: list[Path]) -> list[tuple[dict, object]]:
@@ -237,11 +263,14 @@ def probe_rows(paths: list[Path]) -> list[tuple[dict, object]]:
     out = []
     for path in paths:
         cols = ("block_n", "block_t", "warps", "stages", "alu", "half")
+
+        def key(r):
+            return (*(int(r[c]) for c in cols), r.get("alu_op") or "addxor")
         with open(path.with_name(path.stem + "_structure.csv"), newline="") as f:
-            structure = {tuple(int(r[c]) for c in cols): r for r in csv.DictReader(f)}
+            structure = {key(r): r for r in csv.DictReader(f)}
         with open(path, newline="") as f:
             for r in csv.DictReader(f):
-                st = structure[tuple(int(r[c]) for c in cols)]
+                st = structure[key(r)]
                 out.append((r, LoopStructure(
                     block_n=int(r["block_n"]), block_t=int(r["block_t"]), block_k=BLOCK_K, split_k=int(r["split_k"]),
                     warps=int(r["warps"]), stages=int(r["stages"]),
@@ -249,12 +278,43 @@ def probe_rows(paths: list[Path]) -> list[tuple[dict, object]]:
                     shared_bytes_per_program=int(r["shared_bytes_per_program"]),
                     loop_instructions_per_thread=float(st["loop_instructions_per_thread"]),
                     weight_bytes_per_weight=0.5 if int(r["half"]) else 1.0, output_bytes=4.0,
-                    split_reduction=False)))
+                    split_reduction=False, **pipe_counts(st))))
     return out
 
 
-def fit(paths: list[Path], profile: str, spread: str | None) -> int:
-    """Fit the triton_loop parameters to the probe rows; print them as YAML and the per-row errors."""
+def fp8_triton_rows(paths: list[Path]) -> list[tuple[dict, object]]:
+    """(measured row, LoopStructure) for the ``fp8_triton`` rows of scripts/bench_gpu.py CSVs: the W4A8 v4 kernel's
+    loop with FP8 weights and no expansion (compiled from the kernel code of the commit that added the CSV; its
+    registers/shared memory from the row)."""
+    from scripts.validate_perf_on_gpu import compile_at_commit, kernel_commit_of, row_config
+    from sim.perf.fused_kernel import LoopStructure
+
+    out, cache = [], {}
+    for path in paths:
+        commit = kernel_commit_of(path)
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                if r["scheme"] != "fp8_triton" or not r.get("latency_s"):
+                    continue
+                cfg = row_config(r)
+                key = (commit, cfg["block_n"], cfg["block_t"], cfg["num_warps"], cfg["num_stages"],
+                       cfg["groups_per_step"])
+                if key not in cache:
+                    cache[key] = compile_at_commit(commit, "fp8", cfg)
+                st = cache[key]
+                out.append((dict(r, experiment="fp8_triton", alu="0", half="0"), LoopStructure(
+                    block_n=cfg["block_n"], block_t=cfg["block_t"], block_k=BLOCK_K * cfg["groups_per_step"],
+                    split_k=cfg["split_k"], warps=cfg["num_warps"], stages=cfg["num_stages"],
+                    registers_per_thread=int(r.get("registers") or st["registers_per_thread"]),
+                    shared_bytes_per_program=int(r.get("shared_bytes") or st["shared_bytes_per_program"]),
+                    loop_instructions_per_thread=float(st["loop_instructions_per_thread"]),
+                    weight_bytes_per_weight=1.0, split_reduction=not cfg["reduce_in_kernel"], **pipe_counts(st))))
+    return out
+
+
+def fit(paths: list[Path], profile: str, spread: str | None, bench: list[Path] | None = None) -> int:
+    """Fit the triton_loop parameters to the probe rows (and the fp8_triton rows of ``bench`` CSVs); print them
+    as YAML and the per-row errors."""
     import numpy as np
     from scipy.optimize import least_squares
 
@@ -263,11 +323,12 @@ def fit(paths: list[Path], profile: str, spread: str | None) -> int:
 
     hw0 = load_profile(profile)
     spread = spread or hw0.triton_loop.program_spread
-    rows = probe_rows(paths)
+    rows = probe_rows(paths) + fp8_triton_rows(bench or [])
     measured = np.array([float(r["latency_s"]) for r, _ in rows])
 
     def profile_with(x):
-        sets = {f"triton_loop.{name}": float(v * unit) for (name, unit, *_), v in zip(FIT_PARAMETERS, x)}
+        sets = {name if "." in name else f"triton_loop.{name}": float(v * unit)
+                for (name, unit, *_), v in zip(FIT_PARAMETERS, x)}
         sets["triton_loop.program_spread"] = spread
         return load_profile(profile, sets)
 
@@ -281,15 +342,16 @@ def fit(paths: list[Path], profile: str, spread: str | None) -> int:
     hw = profile_with(res.x)
     for (r, s), e in zip(rows, res.fun):
         t = fused_gemm_timing(hw, s, int(r["m"]), int(r["n"]), int(r["k"]))
-        print(f"{r['experiment']:8s} {s.block_n:3d}x{s.block_t:<3d} w={s.warps} s={s.stages} alu={int(r['alu']):2d} "
+        print(f"{r['experiment']:10s} {s.block_n:3d}x{s.block_t:<3d} w={s.warps} s={s.stages} alu={int(r['alu']):2d} "
               f"half={r['half']} n={r['n']:>5s} split={s.split_k:2d} P={t.resident_programs_per_sm} "
               f"measured {float(r['latency_s']) * 1e6:7.2f} us  model {t.time_s * 1e6:7.2f} us  "
               f"{math.expm1(e):+.1%} ({t.bound})")
     print(f"# {len(rows)} probe rows, program_spread {spread}: rms log error {float(np.sqrt(np.mean(res.fun ** 2))):.4f}")
-    print("triton_loop:")
     for (name, unit, *_), v in zip(FIT_PARAMETERS, res.x):
-        print(f"  {name}: {v * unit:.4g}")
-    print(f"  program_spread: {spread}")
+        print(f"{name if '.' in name else 'triton_loop.' + name}: {v * unit:.4g}")
+    print(f"triton_loop.program_spread: {spread}  (as in the profile: sm.fp32_issue_cycles "
+          f"{hw.sm.fp32_issue_cycles:g}, sm.other_issue_cycles {hw.sm.other_issue_cycles:g}, "
+          f"triton_loop.cycles_per_instruction {hw.triton_loop.cycles_per_instruction:g})")
     return 0
 
 
@@ -299,6 +361,8 @@ def main(argv=None) -> int:
     ap.add_argument("--structure", type=Path, help="probe CSV: write its configurations' SASS structure (no GPU)")
     ap.add_argument("--fit", type=Path, nargs="+", help="probe CSVs: fit the profile's triton_loop parameters")
     ap.add_argument("--profile", default="h200-triton-w4a8", help="profile whose sm/memory sections --fit uses")
+    ap.add_argument("--fit-bench", type=Path, nargs="+", default=None,
+                    help="bench_gpu.py CSVs whose fp8_triton rows join the --fit calibration")
     ap.add_argument("--spread", choices=("ceil", "even"), default=None, help="program_spread to fit with")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--rotate-bytes", type=float, default=2.4e8)
@@ -309,7 +373,7 @@ def main(argv=None) -> int:
         root = Path(__file__).resolve().parents[1]
         if str(root) not in sys.path:
             sys.path.insert(0, str(root))
-        return fit(args.fit, args.profile, args.spread)
+        return fit(args.fit, args.profile, args.spread, args.fit_bench)
     if args.structure:
         print(f"wrote {write_structure(args.structure)}")
         return 0
@@ -330,7 +394,7 @@ def main(argv=None) -> int:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         only = set(args.only.split(",")) if args.only else None
-        for exp, n, k, m, block_n, block_t, warps, stages, alu, half, split in experiments(args.quick):
+        for exp, n, k, m, block_n, block_t, warps, stages, alu, half, split, alu_op in experiments(args.quick):
             if only and exp not in only:
                 continue
             row_bytes = k // 2 if half else k
@@ -353,7 +417,7 @@ def main(argv=None) -> int:
                 def fn():
                     compiled["k"] = kernel[grid](wt, x, part, m, n, k, wt.stride(0), x.stride(0), per, 0,
                                                  BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_K=BLOCK_K, ALU=alu,
-                                                 ALU_ASM=alu_asm(alu),
+                                                 ALU_ASM=alu_asm(alu, alu_op),
                                                  HALF=bool(half), num_warps=warps, num_stages=stages)
                 return fn
             calls_n = max(len(ws), min(400, math.ceil(2e-3 / max(w_bytes / 3e12, 2e-6))))
@@ -366,13 +430,14 @@ def main(argv=None) -> int:
             ck = compiled["k"]
             row = dict(card=card, sm_count=sms, triton=triton.__version__, torch=torch.__version__, date=date,
                        experiment=exp, block_n=block_n, block_t=block_t, warps=warps, stages=stages, alu=alu,
+                       alu_op=alu_op,
                        half=half, n=n, k=k, m=m, split_k=parts, programs=grid[0] * grid[1] * grid[2],
                        iterations_per_program=per, registers_per_thread=ck.n_regs,
                        shared_bytes_per_program=ck.metadata.shared, weight_bytes=w_bytes,
                        latency_s=f"{t:.6e}", spread_rel=f"{spread:.4f}", calls_per_graph=calls_n)
             w.writerow(row)
             f.flush()
-            print(f"{exp:8s} bn={block_n} bt={block_t} w={warps} s={stages} alu={alu:2d} half={half} "
+            print(f"{exp:8s} bn={block_n} bt={block_t} w={warps} s={stages} alu={alu:2d} {alu_op} half={half} "
                   f"split={parts:2d} progs={row['programs']:5d} it={per:3d} regs={ck.n_regs} "
                   f"smem={ck.metadata.shared}: {t * 1e6:8.2f} us  {w_bytes / t / 1e12:.2f} TB/s", flush=True)
     print(f"wrote {path}")

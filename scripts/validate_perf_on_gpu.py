@@ -36,8 +36,10 @@ SCHEME_OF = {"bf16": ("bf16", None), "fp8": ("fp8", None), "w4a8_fused": ("w4a8"
 WEIGHT_BYTES = {"v4": 0.5 + 16 / 128, "lut": 0.5 + 16 / 128, "v2": 0.5 + 5 / 128, "fp8": 1.0}
 GROUP_SIZE = 128
 STRUCTURE_CACHE = ROOT / "results" / "gpu" / "fused_kernel_structure.csv"
-STRUCTURE_FIELDS = ["variant", "block_n", "block_t", "num_warps", "num_stages", "groups_per_step",
-                    "registers_per_thread", "shared_bytes_per_program", "loop_instructions_per_thread"]
+STRUCTURE_FIELDS = ["kernel_commit", "variant", "block_n", "block_t", "num_warps", "num_stages", "groups_per_step",
+                    "registers_per_thread", "shared_bytes_per_program", "loop_instructions_per_thread",
+                    "fp32_instructions", "int_instructions", "conversion_instructions", "uniform_instructions",
+                    "shared_instructions", "other_instructions", "shared_wavefronts_per_warp"]
 
 
 def variants_of(schemes: set[str]) -> dict[str, str]:
@@ -50,7 +52,8 @@ def variants_of(schemes: set[str]) -> dict[str, str]:
 
 
 def row_config(r: dict) -> dict:
-    """block_n, block_t, split_k, num_warps, num_stages, groups_per_step of the configuration a row ran."""
+    """block_n, block_t, split_k, num_warps, num_stages, groups_per_step, reduce_in_kernel (split-K parts summed
+    inside the kernel, no second kernel) of the configuration a row ran."""
     import re
 
     cfg = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", r.get("config") or "")}
@@ -58,6 +61,8 @@ def row_config(r: dict) -> dict:
         if r.get(key):
             cfg[key] = int(r[key])
     cfg.setdefault("groups_per_step", 1)
+    cfg["reduce_in_kernel"] = (r.get("reduce_in_kernel") or "").lower() == "true" or \
+        "reduce_in_kernel=True" in (r.get("config") or "")
     return cfg
 
 
@@ -65,45 +70,79 @@ def load_structures() -> dict:
     if not STRUCTURE_CACHE.exists():
         return {}
     with open(STRUCTURE_CACHE, newline="") as f:
-        return {tuple(r[k] for k in STRUCTURE_FIELDS[:6]): r for r in csv.DictReader(f)}
+        return {tuple(r[k] for k in STRUCTURE_FIELDS[:7]): r for r in csv.DictReader(f)}
 
 
-def kernel_structure(cache: dict, variant: str, cfg: dict) -> dict:
-    """Registers, shared memory and main-loop SASS instructions of one kernel configuration (compiled on a miss)."""
-    import re
+def kernel_commit_of(bench_csv: Path) -> str:
+    """The commit that added ``bench_csv``: the kernel code of that commit is the code that was measured."""
+    import subprocess
 
-    key = (variant, *(str(cfg[k]) for k in ("block_n", "block_t", "num_warps", "num_stages", "groups_per_step")))
+    out = subprocess.run(["git", "log", "--diff-filter=A", "--format=%h", "-1", "--", str(bench_csv)],
+                         capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    if not out:
+        raise SystemExit(f"{bench_csv}: not committed; pass --kernel-commit (the commit of the kernel that ran)")
+    return out
+
+
+def compile_at_commit(commit: str, variant: str, cfg: dict) -> dict:
+    """SASS structure of a kernel configuration as the code of ``commit`` compiles it (dpq/kernels and
+    scripts/kernel_sass.py exported from git into a temporary directory, imported in a fresh interpreter)."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "archive", commit, "dpq"], capture_output=True, cwd=ROOT, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        (Path(tmp) / "scripts").mkdir()
+        sass_tool = subprocess.run(["git", "show", f"{commit}:scripts/kernel_sass.py"], capture_output=True,
+                                   text=True, cwd=ROOT)  # absent before it was written: today's compiles the same
+        (Path(tmp) / "scripts" / "kernel_sass.py").write_text(
+            sass_tool.stdout if sass_tool.returncode == 0 else (ROOT / "scripts" / "kernel_sass.py").read_text())
+        (Path(tmp) / "scripts" / "fused_kernel_structure.py").write_text(
+            (ROOT / "scripts" / "fused_kernel_structure.py").read_text())
+        code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
+                "from scripts.fused_kernel_structure import w4a8_structure; "
+                "print(json.dumps(w4a8_structure(*json.loads(sys.argv[2]))))")
+        args = [variant, cfg["block_n"], cfg["block_t"], cfg["num_warps"], cfg["num_stages"],
+                cfg["groups_per_step"], GROUP_SIZE]
+        run = subprocess.run([sys.executable, "-c", code, tmp, json.dumps(args)], capture_output=True, text=True,
+                             cwd=tmp)
+        if run.returncode:
+            raise SystemExit(f"compiling {variant} {cfg} at {commit} failed:\n{run.stderr[-2000:]}")
+        return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def kernel_structure(cache: dict, commit: str, variant: str, cfg: dict) -> dict:
+    """Registers, shared memory and main-loop SASS counts of one kernel configuration at one kernel commit
+    (compiled on a miss with scripts/fused_kernel_structure.py, then cached in STRUCTURE_CACHE)."""
+    key = (commit, variant,
+           *(str(cfg[k]) for k in ("block_n", "block_t", "num_warps", "num_stages", "groups_per_step")))
     if key not in cache:
-        from scripts.kernel_sass import compile_kernel, loop_mix
-
-        extra = (cfg["groups_per_step"],) if cfg["groups_per_step"] != 1 or variant in ("v4", "fp8") else ()
-        k, sass, usage = compile_kernel(variant, cfg["block_n"], cfg["block_t"], GROUP_SIZE, 2, cfg["num_warps"],
-                                        cfg["num_stages"], *extra)
-        _, loop = loop_mix(sass)
-        cache[key] = dict(zip(STRUCTURE_FIELDS, key), registers_per_thread=re.search(r"REG:(\d+)", usage).group(1),
-                          shared_bytes_per_program=int(k.metadata.shared),
-                          loop_instructions_per_thread=sum(loop.values()))
+        cache[key] = dict(zip(STRUCTURE_FIELDS, key), **compile_at_commit(commit, variant, cfg))
         STRUCTURE_CACHE.parent.mkdir(parents=True, exist_ok=True)
         with open(STRUCTURE_CACHE, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=STRUCTURE_FIELDS)
             w.writeheader()
-            for v in sorted(cache.values(), key=lambda r: tuple(r[k] for k in STRUCTURE_FIELDS[:6])):
+            for v in sorted(cache.values(), key=lambda r: tuple(r[k] for k in STRUCTURE_FIELDS[:7])):
                 w.writerow(v)
     return cache[key]
 
 
-def fused_structure(r: dict, variant: str, cache: dict):
+def fused_structure(r: dict, variant: str, cache: dict, commit: str):
     from sim.perf.fused_kernel import LoopStructure
 
     cfg = row_config(r)
-    st = kernel_structure(cache, variant, cfg)
+    st = kernel_structure(cache, commit, variant, cfg)
     regs = int(r["registers"]) if r.get("registers") else int(st["registers_per_thread"])
     smem = int(r["shared_bytes"]) if r.get("shared_bytes") else int(st["shared_bytes_per_program"])
     return LoopStructure(block_n=cfg["block_n"], block_t=cfg["block_t"], block_k=GROUP_SIZE * cfg["groups_per_step"],
                          split_k=cfg["split_k"], warps=cfg["num_warps"], stages=cfg["num_stages"],
                          registers_per_thread=regs, shared_bytes_per_program=smem,
                          loop_instructions_per_thread=float(st["loop_instructions_per_thread"]),
-                         weight_bytes_per_weight=WEIGHT_BYTES[variant])
+                         weight_bytes_per_weight=WEIGHT_BYTES[variant], split_reduction=not cfg["reduce_in_kernel"],
+                         fp32_instructions=float(st["fp32_instructions"]), int_instructions=float(st["int_instructions"]),
+                         conversion_instructions=float(st["conversion_instructions"]))
 M_RANGES = (("decode M<=16", 1, 16), ("M 17-64", 17, 64), ("M 65-4096", 65, 1 << 30))
 
 
@@ -123,7 +162,8 @@ def load_rows(path: Path) -> list[dict]:
     return rows
 
 
-def predict_rows(rows: list[dict], profile: str, overrides: dict, fused_profile: str | None = None) -> list[dict]:
+def predict_rows(rows: list[dict], profile: str, overrides: dict, fused_profile: str | None = None,
+                 kernel_commit: str | None = None) -> list[dict]:
     from sim.perf.fused_kernel import fused_gemm_timing
     from sim.perf.gemm import gemm_timing
     from sim.perf.ops import resolve_profile
@@ -137,7 +177,7 @@ def predict_rows(rows: list[dict], profile: str, overrides: dict, fused_profile:
         m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
         measured = float(r["latency_s"])
         if r["scheme"] in variants:
-            s = fused_structure(r, variants[r["scheme"]], structures)
+            s = fused_structure(r, variants[r["scheme"]], structures, kernel_commit)
             t = fused_gemm_timing(fused_hw, s, m, n, k)
             predicted, bound = t.time_s, f"{t.bound} P={t.resident_programs_per_sm}"
         else:
@@ -188,6 +228,9 @@ def main(argv=None) -> int:
                     help="profile override for a what-if run (sim.profiles syntax)")
     ap.add_argument("--out", type=Path, default=None, help="write validation_<label>.csv and .md here")
     ap.add_argument("--label", default=None, help="file label (default: the profile name)")
+    ap.add_argument("--kernel-commit", default=None,
+                    help="commit of dpq/kernels whose SASS the fused rows are predicted with (default: the commit "
+                         "that added the bench CSV)")
     ap.add_argument("--fused-profile", default=None,
                     help="profile of the fused Triton kernels (default: <profile>-triton-w4a8)")
     args = ap.parse_args(argv)
@@ -196,7 +239,8 @@ def main(argv=None) -> int:
     rows = load_rows(args.bench_csv)
     profile = args.profile or profile_for_card(rows[0]["card"])
     overrides = parse_overrides(args.set) if args.set else {}
-    pred = predict_rows(rows, profile, overrides, args.fused_profile)
+    kernel_commit = args.kernel_commit or kernel_commit_of(args.bench_csv)
+    pred = predict_rows(rows, profile, overrides, args.fused_profile, kernel_commit)
     summary = summarize(pred)
     cm, cp = crossover(pred, "measured_s"), crossover(pred, "predicted_s")
     grid = sorted({p["m"] for p in pred})
@@ -209,7 +253,8 @@ def main(argv=None) -> int:
              f"Measurements: `{args.bench_csv}` ({len(rows)} rows, {rows[0]['date']}). Predictions: cuBLAS rows "
              f"`sim.perf.gemm_timing` (profile `{tag}`); fused Triton rows `sim.perf.fused_kernel.fused_gemm_timing` "
              f"(profile `{args.fused_profile or profile + '-triton-w4a8'}`) with the structure of the configuration "
-             f"each row ran (kernel variants: {variants_of({r['scheme'] for r in rows})}). Nothing fitted here; "
+             f"each row ran (kernel variants: {variants_of({r['scheme'] for r in rows})}; SASS of dpq/kernels at "
+             f"commit {kernel_commit}). Nothing fitted here; "
              f"the W4A8 rows are held out of every calibration. error = predicted / measured - 1.", "",
              "| scheme | M range | points | mean signed error | mean abs error | max abs error |", "|---|---|---|---|---|---|"]
     for s in summary:

@@ -177,6 +177,15 @@ class SmSpec:
     schedulers_per_sm: int = _spec("warp schedulers per SM, each issuing at most one warp instruction per cycle",
                                    lo=1)
     clock_hz: float = _spec("SM clock under load (cycles per second)", lo=0, lo_open=True)
+    fp32_issue_cycles: float = _spec("cycles a scheduler spends per warp instruction on the FMA pipe (FADD, FMUL, "
+                                     "FFMA and the IMAD/VIADD forms ptxas puts there)", lo=0, lo_open=True)
+    int_issue_cycles: float = _spec("cycles per warp instruction on the integer ALU pipe (IADD3, LOP3, SHF, PRMT, "
+                                    "ISETP, SEL, LEA)", lo=0, lo_open=True)
+    conversion_issue_cycles: float = _spec("cycles per warp instruction of a type conversion (F2F, F2FP, I2F, F2I)",
+                                           lo=0, lo_open=True)
+    other_issue_cycles: float = _spec("cycles per warp instruction of every other class (uniform datapath, "
+                                      "shared-memory and cp.async, moves, branches, barriers, wgmma)", lo=0,
+                                      lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -186,8 +195,8 @@ class TritonLoopSpec:
     sm_load_bandwidth_bytes_per_s: float = _spec(
         "bytes per second one SM's cp.async path stages into shared memory for a software-pipelined Triton loop",
         lo=0, lo_open=True)
-    cycles_per_instruction: float = _spec("SM cycles per warp instruction of the loop body, per scheduler",
-                                          lo=0, lo_open=True)
+    cycles_per_instruction: float = _spec("factor on the loop body's issue cycles (per pipe from the sm section); 1 "
+                                          "= as the sm section's cycles say", lo=0, lo_open=True)
     program_fixed_s: float = _spec("SM time per program beyond its iterations (prologue, pipeline fill, "
                                    "epilogue store)", lo=0)
     loaded_hbm_latency_s: float = _spec("round trip of a cp.async load under a streaming kernel's load; a "
@@ -211,19 +220,26 @@ class FusedKernelSpec:
     expansion_instructions_per_weight: float = _spec(
         "SASS instructions per weight of the loop that expand INT4 to the matrix dtype (reported as the "
         "dequant share; the time uses the loop's whole count)", lo=0)
-    programs_per_sm_target: int = _spec("the launch heuristic's programs per SM: K is split while fewer "
-                                        "output tiles than this times the SMs exist", lo=1)
-    min_iterations_per_part: int = _spec("the launch heuristic keeps at least this many K steps per split part",
-                                         lo=1)
+    split_policy: str = _spec("the launch heuristic's split-K choice at M <= 64: 'programs_per_sm' (split while "
+                              "fewer output tiles than programs_per_sm_target x SMs, keeping min_iterations_per_part "
+                              "K steps per part) or 'busiest_sm' (the split minimising (all K steps + "
+                              "program_overhead_steps per program) / SMs + one program's steps)",
+                              choices=("programs_per_sm", "busiest_sm"))
+    programs_per_sm_target: int = _spec("'programs_per_sm' policy: programs per SM the split aims at", lo=1)
+    min_iterations_per_part: int = _spec("'programs_per_sm' policy: fewest K steps per split part", lo=1)
+    program_overhead_steps: float = _spec("'busiest_sm' policy: a program's fixed cost in K steps", lo=0)
     split_reduction: bool = _spec("split-K parts are summed by a second kernel (float32 partials through HBM)")
     tile_configs: tuple[tuple[float, ...], ...] = _spec(
         "launch configurations by token count: [max_m, block_n, block_t, warps, stages, registers_per_thread, "
-        "shared_bytes_per_program, loop_instructions_per_thread], rows by increasing max_m; the first row whose "
-        "max_m >= M is used (the last beyond)", lo=1)
+        "shared_bytes_per_program, loop_instructions_per_thread, fp32_instructions, int_instructions, "
+        "conversion_instructions] (main-loop SASS instructions per thread: all, and those of the FP32/FMA, integer "
+        "and conversion pipes), rows by increasing max_m; the first row whose max_m >= M is used (the last beyond)",
+        lo=1)
 
 
 TILE_CONFIG_COLUMNS = ("max_m", "block_n", "block_t", "warps", "stages", "registers_per_thread",
-                       "shared_bytes_per_program", "loop_instructions_per_thread")
+                       "shared_bytes_per_program", "loop_instructions_per_thread", "fp32_instructions",
+                       "int_instructions", "conversion_instructions")
 
 
 @dataclass(frozen=True)
@@ -506,8 +522,9 @@ def _check_tile_configs(value: Any, source: str, key: str) -> tuple:
             raise ConfigError(source, f"{key}[{i}]", f"value {describe_value(item)}: expected {expected}")
         row = []
         for j, col in enumerate(TILE_CONFIG_COLUMNS):
-            integer = col != "loop_instructions_per_thread"
-            row.append(_check_number(item[j], source, f"{key}[{i}][{j}] ({col})", {"lo": 1}, integer=integer))
+            integer = not col.endswith("instructions") and col != "loop_instructions_per_thread"
+            lo = 0 if col.endswith("_instructions") and col != "loop_instructions_per_thread" else 1
+            row.append(_check_number(item[j], source, f"{key}[{i}][{j}] ({col})", {"lo": lo}, integer=integer))
         if out and row[0] <= out[-1][0]:
             raise ConfigError(source, f"{key}[{i}][0] (max_m)", f"value {row[0]}: expected max_m increasing")
         if row[4] < 2:

@@ -23,8 +23,8 @@ Model (times in seconds; per launch of an m x n x k GEMM)::
     sm_s      = q * (per * t_it + program_fixed_s)      an SM runs its programs' iterations one after another
     latency_s = ceil(programs / (sms * resident)) * per * loaded_hbm_latency_s / (stages - 1)
     hbm_s     = bytes / (hbm peak * hbm efficiency(bytes))
-    main_s    = max(sm_s, latency_s, hbm_s)
-    time      = launch_overhead_s + main_s [+ reduction kernel: launch_overhead_s + its bytes at the HBM rate]
+    time      = kernel_fixed_s + max(sm_s, latency_s, hbm_s)
+                [+ reduction kernel: launch_overhead_s + its bytes at the HBM rate]
 
 ``sm_s``: on the probe loops one SM's throughput did not grow with its resident programs (1 to 4): their
 iterations share the SM's issue slots and its load path, so the SM serves them as one stream. ``latency_s``: a
@@ -46,7 +46,9 @@ class LoopStructure:
     block_n: weight rows per program; block_t: tokens per program; block_k: K per loop iteration (the group size);
     split_k: K parts requested (the launch makes every part non-empty); warps, stages: launch options;
     registers_per_thread, shared_bytes_per_program: from the compiled kernel; loop_instructions_per_thread: SASS
-    instructions of one main-loop iteration per thread; weight_bytes_per_weight: bytes streamed from HBM per
+    instructions of one main-loop iteration per thread, of which fp32_instructions, int_instructions and
+    conversion_instructions issue on those pipes (None: all counted at ``sm.other_issue_cycles``, e.g. when only
+    the total is known); weight_bytes_per_weight: bytes streamed from HBM per
     weight (codes + expansion metadata); activation_bytes: bytes per activation element; split_reduction: the
     split-K parts are summed by a second kernel.
     """
@@ -64,6 +66,9 @@ class LoopStructure:
     activation_bytes: float = 1.0
     output_bytes: float = 2.0
     split_reduction: bool = True
+    fp32_instructions: float | None = None
+    int_instructions: float | None = None
+    conversion_instructions: float | None = None
 
     def __post_init__(self):
         for name in ("block_n", "block_t", "block_k", "split_k", "warps", "stages", "registers_per_thread"):
@@ -114,12 +119,28 @@ def resident_programs(hw: HardwareProfile, s: LoopStructure) -> int:
     return p
 
 
-def iteration_time_s(hw: HardwareProfile, s: LoopStructure, extra_instructions: float = 0.0) -> float:
+def issue_cycles_per_warp(hw: HardwareProfile, s: LoopStructure) -> float:
+    """Scheduler cycles one warp's main-loop iteration takes to issue: its SASS instructions by pipe, each at the
+    profile's cycles per warp instruction of that pipe (datasheet throughputs)."""
+    sm = hw.sm
+    classified = 0.0
+    cycles = 0.0
+    for count, per in ((s.fp32_instructions, sm.fp32_issue_cycles), (s.int_instructions, sm.int_issue_cycles),
+                       (s.conversion_instructions, sm.conversion_issue_cycles)):
+        if count:
+            classified += count
+            cycles += count * per
+    return cycles + (s.loop_instructions_per_thread - classified) * sm.other_issue_cycles
+
+
+def iteration_time_s(hw: HardwareProfile, s: LoopStructure, with_issue: bool = True) -> float:
     """SM time of one main-loop iteration of one program (the t_it of the module docstring)."""
     sm, loop = hw.sm, hw.triton_loop
     bytes_it = s.block_n * s.block_k * s.weight_bytes_per_weight + s.block_t * s.block_k * s.activation_bytes
-    issue_s = ((s.loop_instructions_per_thread + extra_instructions) * s.warps * loop.cycles_per_instruction
-               / (sm.schedulers_per_sm * sm.clock_hz))
+    issue_s = 0.0
+    if with_issue:
+        issue_s = (issue_cycles_per_warp(hw, s) * math.ceil(s.warps / sm.schedulers_per_sm)
+                   * loop.cycles_per_instruction / sm.clock_hz)
     return loop.iteration_fixed_s + bytes_it / loop.sm_load_bandwidth_bytes_per_s + issue_s
 
 
@@ -164,8 +185,8 @@ def fused_gemm_timing(hw: HardwareProfile, s: LoopStructure, m: int, n: int, k: 
     hbm_bytes = main_bytes + out_bytes
     mem = hw.memory
     hbm_s = hbm_bytes / (mem.hbm_bandwidth_bytes_per_s * mem.hbm_efficiency_by_transfer_bytes(hbm_bytes))
-    main_s = max(sm_s, latency_s, hbm_s)
     fixed_s = loop.kernel_fixed_s
+    main_s = max(sm_s, latency_s, hbm_s)
     reduction_s = 0.0
     if parts > 1 and s.split_reduction:
         red_bytes = float(m) * n * (4.0 * parts + s.output_bytes)
@@ -174,8 +195,8 @@ def fused_gemm_timing(hw: HardwareProfile, s: LoopStructure, m: int, n: int, k: 
     bound = max((("sm", sm_s), ("latency", latency_s), ("hbm", hbm_s)), key=lambda kv: kv[1])[0]
     share = 0.0
     if s.loop_instructions_per_thread > 0 and expansion_instructions_per_thread > 0:
-        issue_part = t_it - iteration_time_s(hw, s, -s.loop_instructions_per_thread)
-        share = issue_part * expansion_instructions_per_thread / s.loop_instructions_per_thread / t_it
+        issue_part = t_it - iteration_time_s(hw, s, with_issue=False)
+        share = issue_part * min(1.0, expansion_instructions_per_thread / s.loop_instructions_per_thread) / t_it
     return FusedTiming(time_s=fixed_s + main_s + reduction_s, sm_s=sm_s, latency_s=latency_s, hbm_s=hbm_s,
                        fixed_s=fixed_s, reduction_s=reduction_s, bound=bound, programs=programs,
                        resident_programs_per_sm=resident, iterations_per_program=per, iteration_s=t_it,
@@ -184,22 +205,36 @@ def fused_gemm_timing(hw: HardwareProfile, s: LoopStructure, m: int, n: int, k: 
 
 def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStructure:
     """The structure the profile's fused kernel launches for an m x n x k GEMM: the tile row of
-    ``fused_kernel.tile_configs`` for M, and the split-K parts of the kernel's launch heuristic."""
+    ``fused_kernel.tile_configs`` for M, and the split-K parts of the kernel's launch heuristic
+    (``fused_kernel.split_policy``)."""
     fk = hw.fused_kernel
     if fk is None or hw.sm is None:
         raise ValueError(f"profile {hw.name!r} has no 'fused_kernel' section")
     row = next((r for r in fk.tile_configs if m <= r[0]), fk.tile_configs[-1])
-    _, block_n, block_t, warps, stages, regs, smem, instr = row
+    _, block_n, block_t, warps, stages, regs, smem, instr, fp32, integer, conversion = row
     tiles = math.ceil(n / block_n) * math.ceil(m / block_t)
     k_steps = math.ceil(k / fk.block_k)
-    target = fk.programs_per_sm_target * hw.sm.count
     split = 1
-    if tiles < target:
-        split = max(1, min(math.ceil(target / tiles), k_steps // fk.min_iterations_per_part or 1))
+    if fk.split_policy == "programs_per_sm":
+        target = fk.programs_per_sm_target * hw.sm.count
+        if tiles < target:
+            split = max(1, min(math.ceil(target / tiles), k_steps // fk.min_iterations_per_part or 1))
+    elif m <= 64:  # busiest_sm
+        best = None
+        for parts in range(1, max(1, k_steps // 2) + 1):
+            per = math.ceil(k_steps / parts)
+            programs = tiles * math.ceil(k_steps / per)
+            cost = ((tiles * k_steps + programs * fk.program_overhead_steps) / hw.sm.count + per
+                    + fk.program_overhead_steps)
+            if best is None or cost < best[0] - 1e-9:
+                best = (cost, parts)
+        split = best[1]
     return LoopStructure(block_n=int(block_n), block_t=int(block_t), block_k=fk.block_k, split_k=split,
                          warps=int(warps), stages=int(stages), registers_per_thread=int(regs),
                          shared_bytes_per_program=int(smem), loop_instructions_per_thread=float(instr),
-                         weight_bytes_per_weight=fk.weight_bytes_per_weight, split_reduction=fk.split_reduction)
+                         weight_bytes_per_weight=fk.weight_bytes_per_weight, split_reduction=fk.split_reduction,
+                         fp32_instructions=float(fp32), int_instructions=float(integer),
+                         conversion_instructions=float(conversion))
 
 
 PLAN_CHUNKS = 32

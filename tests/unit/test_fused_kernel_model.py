@@ -22,7 +22,8 @@ def hw():
 
 def lut_decode(**kw) -> LoopStructure:
     base = dict(block_n=128, block_t=16, block_k=128, split_k=2, warps=4, stages=4, registers_per_thread=118,
-                shared_bytes_per_program=38912, loop_instructions_per_thread=362.0, weight_bytes_per_weight=0.625)
+                shared_bytes_per_program=38912, loop_instructions_per_thread=362.0, weight_bytes_per_weight=0.625,
+                fp32_instructions=0.0, int_instructions=243.0, conversion_instructions=0.0)
     base.update(kw)
     return LoopStructure(**base)
 
@@ -40,9 +41,13 @@ def test_resident_programs_follow_registers_shared_memory_and_warps(hw):
 
 def test_time_follows_structure(hw):
     t = fused_gemm_timing(hw, lut_decode(), 1, 57344, 8192)
-    more_instr = fused_gemm_timing(hw, lut_decode(loop_instructions_per_thread=700.0), 1, 57344, 8192)
+    more_instr = fused_gemm_timing(hw, lut_decode(loop_instructions_per_thread=700.0, int_instructions=581.0),
+                                   1, 57344, 8192)
     fewer_bytes = fused_gemm_timing(hw, lut_decode(weight_bytes_per_weight=0.5), 1, 57344, 8192)
     assert more_instr.time_s > 1.3 * t.time_s
+    # the integer pipe issues slower than the others: the same count all on it takes longer
+    other = fused_gemm_timing(hw, lut_decode(int_instructions=0.0), 1, 57344, 8192)
+    assert other.time_s < t.time_s
     assert fewer_bytes.time_s < t.time_s
     assert t.programs == 448 * 2 and t.iterations_per_program == 32 and t.resident_programs_per_sm == 4
     assert t.time_s == pytest.approx(t.fixed_s + max(t.sm_s, t.latency_s, t.hbm_s) + t.reduction_s)
@@ -69,11 +74,16 @@ def test_split_parts_as_the_launch_makes_them(hw):
 
 
 def test_default_structure_is_the_kernels_heuristic(hw):
+    # busiest_sm policy (the v4 kernel's default_config): the split minimising the busiest SM's steps
+    assert default_structure(hw, 1, 57344, 8192).split_k == 3
+    assert default_structure(hw, 1, 8192, 28672).split_k == 16
     s = default_structure(hw, 1, 8192, 8192)
-    assert (s.block_n, s.block_t, s.warps, s.stages) == (128, 16, 4, 4)
-    assert s.split_k == 9  # 64 tiles < 4 x 132 programs: ceil(528 / 64) = 9 parts (<= 64 steps // 4)
+    assert (s.block_n, s.block_t, s.warps, s.stages) == (128, 16, 4, 3) and s.int_instructions > 0
     big = default_structure(hw, 4096, 8192, 8192)
     assert (big.block_t, big.warps, big.stages, big.split_k) == (128, 8, 3, 1)
+    # programs_per_sm policy (the lut/v2 kernels): split while fewer tiles than 4 programs per SM
+    lut = load_profile(PROFILE, {"fused_kernel.split_policy": "programs_per_sm"})
+    assert default_structure(lut, 1, 8192, 8192).split_k == 9  # ceil(528 / 64 tiles), <= 64 steps // 4
 
 
 def test_engine_plan_matches_closed_form_and_simulate_uses_it(hw):
@@ -97,6 +107,10 @@ def test_profile_sections_are_validated(tmp_path):
         return path
 
     bad = yaml.safe_load(yaml.safe_dump(raw))
+    bad["fused_kernel"]["split_policy"] = "round_robin"
+    with pytest.raises(ConfigError, match=r"fused_kernel\.split_policy.*expected one of"):
+        load_profile(write(bad, "p"))
+    bad = yaml.safe_load(yaml.safe_dump(raw))
     bad["fused_kernel"]["tile_configs"][0] = [16, 128, 16, 4]
     with pytest.raises(ConfigError, match=r"fused_kernel\.tile_configs\[0\].*expected \[max_m"):
         load_profile(write(bad, "a"))
@@ -118,5 +132,31 @@ def test_profile_sections_are_validated(tmp_path):
         load_profile(write(bad, "e"))
     hw = load_profile(PROFILE, {"triton_loop.cycles_per_instruction": 2.0})
     assert hw.triton_loop.cycles_per_instruction == 2.0
+    slower = fused_gemm_timing(hw, lut_decode(), 1, 57344, 8192)
+    assert slower.iteration_s > fused_gemm_timing(load_profile(PROFILE), lut_decode(), 1, 57344, 8192).iteration_s
     assert dataclasses.asdict(hw.sm)["count"] == 132
     assert "fused_kernel" in hw.to_dict()
+
+
+def test_sass_loop_structure_by_pipe():
+    from scripts.fused_kernel_structure import issue_class, loop_structure, shared_wavefronts
+
+    sass = "\n".join([
+        "        /*0100*/                   LDS.U16 R4, [R2] ;",
+        "        /*0110*/                   PRMT R5, R4, R6, R7 ;",
+        "        /*0120*/                   LOP3.LUT R5, R5, 0x7, RZ, 0xc0, !PT ;",
+        "        /*0130*/                   IMAD.MOV.U32 R8, RZ, RZ, R5 ;",
+        "        /*0140*/                   F2FP.F16.F32.PACK_AB R9, R8, R8 ;",
+        "        /*0150*/                   LDGSTS.E.BYPASS.128 [R10], desc[UR4][R12.64] ;",
+        "        /*0160*/                   QGMMA.64x16x32.F32.E4M3.E4M3 R24, gdesc[UR8], R24 ;",
+        "        /*0170*/                   UIADD3 UR4, UR4, 0x1, URZ ;",
+        "        /*0180*/               @P0 BRA 0x100 ;",
+        "        /*0190*/                   EXIT ;",
+    ])
+    st = loop_structure(sass)
+    assert st["loop_instructions_per_thread"] == 9  # 0x100 .. the backward branch
+    assert (st["int_instructions"], st["fp32_instructions"], st["conversion_instructions"]) == (2, 1, 1)
+    assert (st["shared_instructions"], st["uniform_instructions"], st["other_instructions"]) == (2, 1, 2)
+    assert st["shared_wavefronts_per_warp"] == 1 + 4
+    assert issue_class("VIADD") == "fp32" and issue_class("SHF.R.U32.HI") == "int"
+    assert shared_wavefronts("LDSM.16.M88") == 1 and shared_wavefronts("LDSM.16.MT88.4") == 4
