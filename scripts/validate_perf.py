@@ -64,8 +64,8 @@ def load_copy_rows(pattern: str) -> list[dict]:
     rows = []
     for path in sorted(glob.glob(pattern)):
         for r in csv.DictReader(open(path)):
-            rows.append({"card": r["card"], "profile": card_profile(r["card"]), "bytes": float(r["bytes_copied"]),
-                         "measured_s": float(r["latency_s"])})
+            rows.append({"file": os.path.basename(path), "card": r["card"], "profile": card_profile(r["card"]),
+                         "bytes": float(r["bytes_copied"]), "measured_s": float(r["latency_s"])})
     return rows
 
 
@@ -154,7 +154,8 @@ def fit_profile(name: str, gemm_rows, copy_rows, rounds: int = 40, use_copies: b
     raw = json.loads(json.dumps(raw))
     cal = [r for r in gemm_rows if r["profile"] == name and r["model"] in CALIBRATION_MODELS
            and r["file"].endswith("run1.csv")]
-    copies = [r for r in copy_rows if r["profile"] == name and r["bytes"] <= COPY_FIT_MAX_BYTES and use_copies]
+    copies = [r for r in copy_rows if r["profile"] == name and r["bytes"] <= COPY_FIT_MAX_BYTES and use_copies
+              and r["file"].endswith("run1.csv")]  # the same run as the GEMM calibration rows
     if not cal:
         raise SystemExit(f"no calibration rows for {name}")
     meas = [r["measured_s"] for r in cal]
