@@ -211,3 +211,21 @@ def test_split_k_kernel_rule_follows_the_library_and_costs_one_more_kernel():
     shape_13b_down = GemmShape(16, 5120, 13824, "fp8", 1.0, 1.0)
     assert not gemm_plan(hw, shape_13b_down).info["split_k_kernel"]
     assert gemm_plan(load_profile("h200"), shape_13b_down).info["split_k_kernel"]
+
+
+def test_validate_perf_mean_of_runs_averages_only_cards_measured_twice():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "validate_perf.py"
+    spec = importlib.util.spec_from_file_location("validate_perf_under_test", path)
+    vp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vp)
+    base = {"model": "llama-2-13b", "layer": "o", "scheme": "bf16", "m": 64, "m_run": 64, "n": 5120, "k": 5120}
+    rows = [dict(base, profile="h100", file="gemm_h100_run1.csv", measured_s=2.0e-5),
+            dict(base, profile="h100", file="gemm_h100_run2.csv", measured_s=3.0e-5),
+            dict(base, profile="h200", file="gemm_h200_run1.csv", measured_s=1.0e-5)]
+    mean = vp.mean_of_runs(rows)
+    assert len(mean) == 1
+    assert mean[0]["profile"] == "h100" and mean[0]["measured_s"] == 2.5e-5
+    assert mean[0]["file"] == "mean of gemm_h100_run1.csv + gemm_h100_run2.csv"
