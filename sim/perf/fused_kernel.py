@@ -7,27 +7,32 @@ shared-memory loads, the in-register expansion, one wgmma and its wait). This mo
 * its **structure** (``LoopStructure``), read from the kernel and its launch configuration, never fitted: tile
   (block_n weight rows x block_t tokens x block_k), warps, pipeline stages, split-K parts, registers per thread
   and shared memory per program (-> resident programs per SM), bytes per weight it streams, and the SASS
-  instructions per thread of one main-loop iteration (scripts/kernel_sass.py);
-* the **SM's resources** (``SmSpec``: datasheet numbers), and
-* the **loop's hardware costs** (``LoopCostSpec``), measured on Triton loops that are *not* the W4A8 kernel
-  (scripts/probe_triton_loop.py: the same loop with FP8 weights and a synthetic register pass).
+  instructions per thread of one main-loop iteration by pipe (scripts/fused_kernel_structure.py);
+* the **SM's resources** (profile section ``sm``: datasheet numbers, and the issue cycles per warp instruction of
+  each pipe), and
+* the **loop's hardware costs** (profile section ``triton_loop``), measured on Triton loops that are *not* the
+  W4A8 kernel (scripts/probe_triton_loop.py: the same loop with FP8 weights and a synthetic register pass, and
+  the W4A8 kernel's own loop with FP8 weights, bench scheme ``fp8_triton``).
 
 Model (times in seconds; per launch of an m x n x k GEMM)::
 
     k_steps   = k / block_k,  per = ceil(k_steps / split),  parts = ceil(k_steps / per)
     programs  = ceil(n / block_n) * ceil(m / block_t) * parts
+    resident  = min(register file, shared memory, warp slots, block slots) / one program's use
     bytes_it  = block_n * block_k * weight_bytes_per_weight + block_t * block_k * activation_bytes  (one step)
-    t_it      = iteration_fixed_s + bytes_it / sm_load_bandwidth + instr * warps * cycles_per_instruction
-                                                                    / (schedulers_per_sm * clock_hz)
-    q         = ceil(programs / sms)                    programs on the busiest SM
-    sm_s      = q * (per * t_it + program_fixed_s)      an SM runs its programs' iterations one after another
+    issue     = (fp32 * fp32_issue_cycles + int * int_issue_cycles + conversion * conversion_issue_cycles
+                 + other * other_issue_cycles) * ceil(warps / schedulers_per_sm) * cycles_per_instruction
+    t_it      = iteration_fixed_s + bytes_it / sm_load_bandwidth_bytes_per_s + issue / clock_hz
+    q         = programs / sms (at least 1; 'ceil': rounded up)       programs on the busiest SM
+    together  = min(q, resident)                                        of them running at the same time
+    sm_s      = q / together * (per * t_it * (1 + resident_program_slowdown * (together - 1)) + program_fixed_s)
     latency_s = ceil(programs / (sms * resident)) * per * loaded_hbm_latency_s / (stages - 1)
     hbm_s     = bytes / (hbm peak * hbm efficiency(bytes))
     time      = kernel_fixed_s + max(sm_s, latency_s, hbm_s)
                 [+ reduction kernel: launch_overhead_s + its bytes at the HBM rate]
 
-``sm_s``: on the probe loops one SM's throughput did not grow with its resident programs (1 to 4): their
-iterations share the SM's issue slots and its load path, so the SM serves them as one stream. ``latency_s``: a
+``sm_s``: programs sharing an SM share its issue slots and its load path; a slowdown of 1 means the SM serves
+them one after another, 0 that they overlap completely (the probe loops measured about 0.9). ``latency_s``: a
 program keeps ``stages - 1`` steps in flight, so each step waits at least a loaded HBM round trip over that.
 """
 
@@ -121,7 +126,7 @@ def resident_programs(hw: HardwareProfile, s: LoopStructure) -> int:
 
 def issue_cycles_per_warp(hw: HardwareProfile, s: LoopStructure) -> float:
     """Scheduler cycles one warp's main-loop iteration takes to issue: its SASS instructions by pipe, each at the
-    profile's cycles per warp instruction of that pipe (datasheet throughputs)."""
+    profile's cycles per warp instruction of that pipe (``sm.*_issue_cycles``)."""
     sm = hw.sm
     classified = 0.0
     cycles = 0.0
