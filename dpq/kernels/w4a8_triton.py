@@ -39,8 +39,9 @@ Public API::
     PackedW4A8Weight.from_packed(p, device, variant=) / .from_arrays(..., variant=)
     w4a8_matmul(x8, weight, act_scale, *, out_dtype="bfloat16", config=None) -> torch (M, N)
     KernelConfig, default_config(m, n, k, num_sms, group_size, variant), split_k_parts(k, config, group_size)
-    expansion_lut (torch, on the GPU) and expansion_lut_np; lut_expand_np and prmt_np: plain twins of the kernel's
-    inline asm (LUT_ASM)
+    expansion_lut (torch, on the GPU) and expansion_lut_np; lut_expand_np, lut_expand_row_np, prmt_np, mulhi_np:
+    plain twins of the kernels' inline asm (LUT_ASM, LUT_ASM_ROW); v4_codes / v4_codes_np, v4_words_np: the v4
+    code layout
 """
 
 from __future__ import annotations
@@ -192,6 +193,28 @@ def lut_expand_np(codes16: np.ndarray, l0, l1, l2, l3) -> np.ndarray:
     return prmt_np(lo, hi, t)
 
 
+def mulhi_np(a: np.ndarray, b: int) -> np.ndarray:
+    """PTX ``mul.hi.u32 d, a, b``: the high 32 bits of the 64-bit product (uint32 arrays)."""
+    return ((np.asarray(a, dtype=np.uint64) * np.uint64(b)) >> np.uint64(32)).astype(np.uint32)
+
+
+def lut_expand_row_np(codes32: np.ndarray, l0, l1, l2, l3) -> tuple[np.ndarray, np.ndarray]:
+    """Plain twin of ``LUT_ASM_ROW`` (the "v4" kernel's inline asm), instruction for instruction.
+
+    codes32: uint32 array, two 16-bit code words of one row (low word first, 4 codes each, low nibble first);
+    l0..l3: uint32 arrays, that row's table words. Returns (uint32, uint32): the FP8 bytes of the low and the
+    high word's 4 columns, the first column in the low byte.
+    """
+    c = np.asarray(codes32, dtype=np.uint32)
+    s0 = c & np.uint32(0x77777777)
+    s1 = mulhi_np(s0, 0x10000)                                   # s0 >> 16
+    lo0, hi0 = prmt_np(l0, l1, s0), prmt_np(l2, l3, s0)
+    lo1, hi1 = prmt_np(l0, l1, s1), prmt_np(l2, l3, s1)
+    t = (mulhi_np(c, 0x80000000) & np.uint32(0x44444444)) | np.uint32(0x32103210)  # lop3 0xEA: (a & b) | c
+    u = mulhi_np(t, 0x10000)
+    return prmt_np(lo0, hi0, t), prmt_np(lo1, hi1, u)
+
+
 # The inline PTX of the "lut" variant: two elements (8 weights) per invocation. Operands: $0, $1 = the outputs of
 # elements 0 and 1 (uint32: 4 FP8 bytes, the first column in the low byte); $2 = the two uint16 code elements
 # (element 0 in the low half, 4 codes each); then the table words l0 ($3, $4 for elements 0, 1), l1 ($5, $6),
@@ -214,6 +237,26 @@ prmt.b32 $1, l1, h1, u;
 }"""
 LUT_CONSTRAINTS = "=r,=r," + ",".join(["r"] * 9)  # 2 outputs, the packed codes, 8 table words
 
+# One row's version (the "v4" kernel): $2 = 8 codes of one row (two 16-bit words, the low one first), $3..$6 = that
+# row's table words l0..l3; $0, $1 = the FP8 bytes of the low and the high word. The same bytes as LUT_ASM
+# (lut_expand_np is the twin of each half), fewer integer-ALU instructions: the shifts are mul.hi.u32 by
+# 2^16 / 2^31 (IMAD.HI, on the FMA pipe, which is otherwise idle; the ALU pipe runs PRMT/LOP3/SHF) and the
+# mask-and-or of the select word is one lop3 ((a & b) | c = 0xEA).
+LUT_ASM_ROW = """{
+.reg .b32 s0, s1, l0, h0, l1, h1, t, u;
+and.b32 s0, $2, 0x77777777;
+mul.hi.u32 s1, s0, 0x10000;
+prmt.b32 l0, $3, $4, s0;
+prmt.b32 h0, $5, $6, s0;
+prmt.b32 l1, $3, $4, s1;
+prmt.b32 h1, $5, $6, s1;
+mul.hi.u32 t, $2, 0x80000000;
+lop3.b32 t, t, 0x44444444, 0x32103210, 0xEA;
+mul.hi.u32 u, t, 0x10000;
+prmt.b32 $0, l0, h0, t;
+prmt.b32 $1, l1, h1, u;
+}"""
+LUT_ROW_CONSTRAINTS = "=r,=r," + ",".join(["r"] * 5)  # 2 outputs, 8 codes, 4 table words
 
 def v4_codes_np(codes: np.ndarray, group_size: int) -> np.ndarray:
     """uint16 (G, N, group_size / 4): the "v4" kernel's layout of packed codes (N, K / 2) uint8.
@@ -440,6 +483,7 @@ def _kernels():
             tl.store(part_ptr + pid_s.to(tl.int64) * M * N + out_offs, acc, mask=out_mask)
 
     lut_asm, lut_constraints = tl.constexpr(LUT_ASM), tl.constexpr(LUT_CONSTRAINTS)
+    lut_asm_row, lut_row_constraints = tl.constexpr(LUT_ASM_ROW), tl.constexpr(LUT_ROW_CONSTRAINTS)
 
     @triton.jit
     def w4a8_lut_kernel(x_ptr, codes_ptr, lut_ptr, out_ptr, part_ptr,
@@ -531,10 +575,11 @@ def _kernels():
         else:
             W: tl.constexpr = GROUP // 4                                            # 16-bit words per row
             offs_a = tl.arange(0, 4)
-            offs_j = tl.arange(0, W // 4)
-            w_tile = (offs_n[:, None, None] * W + offs_a[None, :, None] * (W // 4)
-                      + offs_j[None, None, :])                                      # (BLOCK_N, 4, W / 4)
-            w_base = w_ptr.to(tl.pointer_type(tl.uint16))
+            offs_i = tl.arange(0, W // 8)
+            # 32-bit units of the stored words: unit (a, i) of a row = words 8 i + a (low) and 8 i + 4 + a (high)
+            w_tile = (offs_n[:, None, None] * (W // 2) + offs_a[None, :, None] * (W // 8)
+                      + offs_i[None, None, :])                                      # (BLOCK_N, 4, W / 8)
+            w_base = w_ptr.to(tl.pointer_type(tl.uint32))
             lut_tile = offs_n[:, None] * 4 + tl.arange(0, 4)[None, :]              # (BLOCK_N, 4) words
         acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
         for ks in range(ks_begin, ks_end):
@@ -547,18 +592,20 @@ def _kernels():
                         w8 = tl.load(w_base + g * N * GROUP + w_tile, mask=n_mask[:, None], other=0.0)
                 else:
                     if EVEN_N:
-                        c3 = tl.load(w_base + g * N * W + w_tile)
+                        c3 = tl.load(w_base + g * N * (W // 2) + w_tile)
                         lw = tl.load(lut_ptr + g * N * 4 + lut_tile)
                     else:  # rows past N read code 0 and table 0 (FP8 +0), so their products vanish
-                        c3 = tl.load(w_base + g * N * W + w_tile, mask=n_mask[:, None, None], other=0)
+                        c3 = tl.load(w_base + g * N * (W // 2) + w_tile, mask=n_mask[:, None, None], other=0)
                         lw = tl.load(lut_ptr + g * N * 4 + lut_tile, mask=n_mask[:, None], other=0)
-                    c16 = tl.reshape(tl.permute(c3, (0, 2, 1)), (BLOCK_N, W))       # words back in K order
                     l02, l13 = tl.split(tl.reshape(lw, (BLOCK_N, 2, 2)))           # [n, i, j] = word 2 i + j
                     l0, l2 = tl.split(l02)
                     l1, l3 = tl.split(l13)
-                    quads = tl.inline_asm_elementwise(
-                        lut_asm, lut_constraints, [c16, l0[:, None], l1[:, None], l2[:, None], l3[:, None]],
-                        dtype=tl.uint32, is_pure=True, pack=2)  # (BLOCK_N, W): FP8 bytes of columns 4w..4w+3
+                    q_lo, q_hi = tl.inline_asm_elementwise(
+                        lut_asm_row, lut_row_constraints,
+                        [c3, l0[:, None, None], l1[:, None, None], l2[:, None, None], l3[:, None, None]],
+                        dtype=(tl.uint32, tl.uint32), is_pure=True, pack=1)  # [n, a, i]: words 8i+a, 8i+4+a
+                    # quads[n, w] = FP8 bytes of columns 4w..4w+3, w = 8 i + 4 h + a
+                    quads = tl.reshape(tl.permute(tl.join(q_lo, q_hi), (0, 2, 3, 1)), (BLOCK_N, W))
                     b0, b1 = quads.to(tl.uint8), (quads >> 8).to(tl.uint8)
                     b2, b3 = (quads >> 16).to(tl.uint8), (quads >> 24).to(tl.uint8)
                     w8 = tl.reshape(tl.join(tl.join(b0, b2), tl.join(b1, b3)), (BLOCK_N, GROUP))

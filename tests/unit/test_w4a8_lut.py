@@ -66,3 +66,45 @@ def test_v4_code_layout_rejects_bad_group():
 
     with pytest.raises(ValueError, match="group_size"):
         v4_codes_np(np.zeros((4, 40), np.uint8), 24)
+
+
+@pytest.mark.parametrize("fmt,hi", [("float8_e4m3fn", 4), ("float8_e4m3fn", 7), ("float8_e4m3", 6)])
+def test_v4_row_asm_twin_equals_the_packed_format(fmt, hi):
+    """LUT_ASM_ROW (8 codes of one row per 32-bit word; shifts as mul.hi) gives the packed format's FP8 codes."""
+    from dpq.kernels.w4a8_triton import lut_expand_row_np, mulhi_np
+
+    rng = np.random.default_rng(12)
+    n, g = 29, 4
+    scales = np.exp2(rng.uniform(-8, hi, (n, g))).astype(np.float32)
+    zeros = rng.integers(0, 16, (n, g)).astype(np.uint8)
+    lut = expansion_lut_np(scales, zeros, fmt)
+    words = lut.reshape(g, n, 4, 4).astype(np.uint32)
+    words = words[..., 0] | (words[..., 1] << 8) | (words[..., 2] << 16) | (words[..., 3] << 24)
+    q = rng.integers(0, 16, (g, n, 64, 8)).astype(np.uint32)
+    q[:, :, :16, 0] = np.arange(16)
+    q[:, :, :16, 7] = np.arange(16)[::-1]
+    codes32 = np.zeros(q.shape[:-1], np.uint32)
+    for i in range(8):
+        codes32 |= q[..., i] << np.uint32(4 * i)
+    lo, hi_ = lut_expand_row_np(codes32, *(words[:, :, None, i] for i in range(4)))
+    got = np.stack([(w >> (8 * i)) & 0xFF for w in (lo, hi_) for i in range(4)], axis=-1).astype(np.uint8)
+    d = q.astype(np.int32) - zeros.T.astype(np.int32)[:, :, None, None]
+    want = encode((scales.T[:, :, None, None] * d.astype(np.float32)).astype(np.float32), fmt, saturate=True)
+    assert np.array_equal(got, want)
+    x = rng.integers(0, 2**32, 1000, dtype=np.uint64).astype(np.uint32)
+    assert np.array_equal(mulhi_np(x, 0x10000), x >> 16) and np.array_equal(mulhi_np(x, 0x80000000), x >> 1)
+
+
+def test_v4_32bit_units_hold_one_row_and_chunk():
+    """Read as 32-bit units, the v4 layout's unit (a, i) of a row holds words 8 i + a (low) and 8 i + 4 + a (high)."""
+    from dpq.kernels.w4a8_triton import v4_codes_np
+
+    rng = np.random.default_rng(2)
+    n, gs = 6, 128
+    codes = rng.integers(0, 256, (n, gs * 3 // 2), dtype=np.uint8)
+    units = v4_codes_np(codes, gs).view("<u4").reshape(3, n, 4, gs // 32)     # [g, n, a, i]
+    words = codes.view("<u2").reshape(n, 3, gs // 4)
+    for a in range(4):
+        for i in range(gs // 32):
+            assert np.array_equal(units[:, :, a, i] & 0xFFFF, words[:, :, 8 * i + a].T)
+            assert np.array_equal(units[:, :, a, i] >> 16, words[:, :, 8 * i + 4 + a].T)
