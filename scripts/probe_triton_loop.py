@@ -7,25 +7,28 @@ parameters of the model in sim/perf/fused_kernel.py can be measured on kernels t
 measurements stay held out). Knobs, each a structural property of a loop:
 
 * tile (block_n weight rows x block_t tokens x 128), warps, stages, split-K parts (sets the programs per SM);
-* ``alu``: a dependent chain of ``alu`` 32-bit LOP3 instructions applied to every 4 weight bytes in registers
-  before the dot (0 = no register pass: the dot reads the weight tile straight from shared memory);
+* ``alu``, ``alu_op``: a dependent chain of ``alu`` instructions applied to every 4 weight bytes in registers
+  before the dot (0 = no register pass: the dot reads the weight tile straight from shared memory); ``alu_op``
+  picks the pipe: "addxor" (integer add/xor), "prmt" (byte permutes), "cvt" (float -> half conversions);
 * ``half``: stream 64 bytes per weight row and K step instead of 128 (the tile is formed by repeating them).
 
 Timing as scripts/bench_gpu.py: weights rotate over copies so every call reads HBM, a CUDA graph of back-to-back
 calls, median of replays. Every row records the kernel's registers per thread and shared memory per program (from
 the compiled kernel). Writes ``probe_triton_loop_<card>.csv``.
 
-    python3 scripts/probe_triton_loop.py --out DIR [--quick]          # on the GPU
+    python3 scripts/probe_triton_loop.py --out DIR [--only pipe,spread]                 # on the GPU
     python3 scripts/probe_triton_loop.py --structure results/gpu/probe_triton_loop_h200.csv   # any machine
+    python3 scripts/probe_triton_loop.py --fit results/gpu/probe_triton_loop_h200*.csv \
+        --fit-bench results/gpu/bench_h200_v4bsweep.csv --spread even                   # any machine
 
-    python3 scripts/probe_triton_loop.py --fit results/gpu/probe_triton_loop_h200*.csv --profile h200-triton-w4a8
-
-``--fit CSV...`` fits the profile's ``triton_loop`` parameters (sim/perf/fused_kernel.py) to the probe rows (and,
-with ``--fit-bench``, to the ``fp8_triton`` rows of scripts/bench_gpu.py: the W4A8 kernel's loop with FP8 weights
-and no expansion) by least squares on log time (needs scipy) and prints them with the fit's per-row errors; the profile's ``sm``,
-``memory`` and ``kernel`` sections are used as they are. ``--structure CSV`` compiles every configuration of a probe CSV for sm_90 with Triton's own ptxas (no GPU) and
-writes ``<CSV stem>_structure.csv``: registers, shared memory and main-loop SASS instructions per thread, the
-structure sim/perf/fused_kernel.py needs next to each measured time.
+``--structure CSV`` compiles every configuration of a probe CSV for sm_90 with Triton's own ptxas (no GPU) and
+writes ``<CSV stem>_structure.csv``: registers, shared memory and main-loop SASS instructions per thread by pipe
+(scripts/fused_kernel_structure.py), the structure sim/perf/fused_kernel.py needs next to each measured time.
+``--fit CSV...`` fits the profile's loop parameters (``FIT_PARAMETERS``: sections ``triton_loop`` and the ``sm``
+issue cycles of the integer and conversion pipes) to the probe rows and, with ``--fit-bench``, to the
+``fp8_triton`` rows of scripts/bench_gpu.py (the W4A8 kernel's loop with FP8 weights, no expansion), by least
+squares on log time (needs scipy); prints every row's error and the fitted values; the profile's other sections
+are used as they are.
 """
 
 from __future__ import annotations
@@ -346,7 +349,8 @@ def fit(paths: list[Path], profile: str, spread: str | None, bench: list[Path] |
               f"half={r['half']} n={r['n']:>5s} split={s.split_k:2d} P={t.resident_programs_per_sm} "
               f"measured {float(r['latency_s']) * 1e6:7.2f} us  model {t.time_s * 1e6:7.2f} us  "
               f"{math.expm1(e):+.1%} ({t.bound})")
-    print(f"# {len(rows)} probe rows, program_spread {spread}: rms log error {float(np.sqrt(np.mean(res.fun ** 2))):.4f}")
+    rms = float(np.sqrt(np.mean(res.fun ** 2)))
+    print(f"# {len(rows)} probe rows, program_spread {spread}: rms log error {rms:.4f}")
     for (name, unit, *_), v in zip(FIT_PARAMETERS, res.x):
         print(f"{name if '.' in name else 'triton_loop.' + name}: {v * unit:.4g}")
     print(f"triton_loop.program_spread: {spread}  (as in the profile: sm.fp32_issue_cycles "

@@ -6,7 +6,8 @@ then GEMM), and every fused Triton row (w4a8_fused*, fp8_triton) with the struct
 ``sim.perf.fused_kernel.fused_gemm_timing`` on the card's ``<profile>-triton-w4a8`` profile, given the structure of
 the configuration that row actually ran: its tile/split/warps/stages (CSV columns, else the ``config`` text), the
 registers and shared memory (CSV columns, else the compiled kernel) and the main loop's SASS instructions per
-thread (compiled here with scripts/kernel_sass.py; cached in results/gpu/fused_kernel_structure.csv).
+thread by pipe (scripts/fused_kernel_structure.py on the dpq/kernels code of the commit that added the CSV, or
+``--kernel-commit``; cached in results/gpu/fused_kernel_structure.csv).
 Nothing here is fitted: the profiles' curves come from their own calibration data (results/perf/), and the W4A8
 measurements are used only as held-out points. Reports, per scheme, the signed and absolute errors by M range,
 and per shape the crossover M where W4A8 stops beating FP8 (measured vs predicted, on the benchmark's M grid).
@@ -34,6 +35,7 @@ SCHEME_OF = {"bf16": ("bf16", None), "fp8": ("fp8", None), "w4a8_fused": ("w4a8"
 # bytes per weight each kernel variant streams (dpq/kernels/w4a8_triton.py): INT4 codes 0.5 + a 16-byte FP8 table
 # per (group of 128, row) (v3 "lut", v4); + float32 scale and uint8 zero per group (v2); FP8 weights (fp8)
 WEIGHT_BYTES = {"v4": 0.5 + 16 / 128, "lut": 0.5 + 16 / 128, "v2": 0.5 + 5 / 128, "fp8": 1.0}
+M_RANGES = (("decode M<=16", 1, 16), ("M 17-64", 17, 64), ("M 65-4096", 65, 1 << 30))
 GROUP_SIZE = 128
 STRUCTURE_CACHE = ROOT / "results" / "gpu" / "fused_kernel_structure.csv"
 STRUCTURE_FIELDS = ["kernel_commit", "variant", "block_n", "block_t", "num_warps", "num_stages", "groups_per_step",
@@ -130,6 +132,7 @@ def kernel_structure(cache: dict, commit: str, variant: str, cfg: dict) -> dict:
 
 
 def fused_structure(r: dict, variant: str, cache: dict, commit: str):
+    """sim.perf.fused_kernel.LoopStructure of the kernel configuration bench row ``r`` ran."""
     from sim.perf.fused_kernel import LoopStructure
 
     cfg = row_config(r)
@@ -140,10 +143,11 @@ def fused_structure(r: dict, variant: str, cache: dict, commit: str):
                          split_k=cfg["split_k"], warps=cfg["num_warps"], stages=cfg["num_stages"],
                          registers_per_thread=regs, shared_bytes_per_program=smem,
                          loop_instructions_per_thread=float(st["loop_instructions_per_thread"]),
-                         weight_bytes_per_weight=WEIGHT_BYTES[variant], split_reduction=not cfg["reduce_in_kernel"],
-                         fp32_instructions=float(st["fp32_instructions"]), int_instructions=float(st["int_instructions"]),
+                         weight_bytes_per_weight=WEIGHT_BYTES[variant],
+                         split_reduction=not cfg["reduce_in_kernel"],
+                         fp32_instructions=float(st["fp32_instructions"]),
+                         int_instructions=float(st["int_instructions"]),
                          conversion_instructions=float(st["conversion_instructions"]))
-M_RANGES = (("decode M<=16", 1, 16), ("M 17-64", 17, 64), ("M 65-4096", 65, 1 << 30))
 
 
 def profile_for_card(card: str) -> str:
@@ -255,8 +259,13 @@ def main(argv=None) -> int:
              f"(profile `{args.fused_profile or profile + '-triton-w4a8'}`) with the structure of the configuration "
              f"each row ran (kernel variants: {variants_of({r['scheme'] for r in rows})}; SASS of dpq/kernels at "
              f"commit {kernel_commit}). Nothing fitted here; "
-             f"the W4A8 rows are held out of every calibration. error = predicted / measured - 1.", "",
-             "| scheme | M range | points | mean signed error | mean abs error | max abs error |", "|---|---|---|---|---|---|"]
+             f"the W4A8 rows are held out of every calibration"
+             + (" (the fp8_triton rows, the W4A8 kernel's loop with FP8 weights, are part of the loop calibration "
+                "of the fused profile: scripts/probe_triton_loop.py --fit-bench)" if any(
+                    r["scheme"] == "fp8_triton" for r in rows) else "")
+             + ". error = predicted / measured - 1.", "",
+             "| scheme | M range | points | mean signed error | mean abs error | max abs error |",
+             "|---|---|---|---|---|---|"]
     for s in summary:
         lines.append(f"| {s['scheme']} | {s['m_range']} | {s['points']} | {s['mean_signed_error']:+.1%} | "
                      f"{s['mean_abs_error']:.1%} | {s['max_abs_error']:.1%} |")
@@ -271,11 +280,12 @@ def main(argv=None) -> int:
                      and p["m"] <= 64]
                 cells.append(f"{sum(e) / len(e):+.1%} ({sum(abs(x) for x in e) / len(e):.1%})" if e else "")
             lines.append(f"| {model} | {layer} | " + " | ".join(cells) + " |")
+        lines.append("")
         for sch in fused:
             e = [p["error"] for p in pred if p["scheme"] == sch and p["m"] <= 64]
             if e:
-                lines.append(f"| all | M <= 64, {sch} | mean abs {sum(abs(x) for x in e) / len(e):.1%}, "
-                             f"within 10%: {sum(abs(x) <= 0.10 for x in e)}/{len(e)} | |")
+                lines.append(f"- {sch}, all rows at M <= 64: mean abs error {sum(abs(x) for x in e) / len(e):.1%}, "
+                             f"{sum(abs(x) <= 0.10 for x in e)}/{len(e)} within 10%")
     lines += ["", "Crossover: smallest M of the grid where the fused W4A8 kernel is no faster than FP8 cuBLAS "
               "(`never` = W4A8 faster at every M; `1` = slower already at M = 1).", "",
               "| model | layer | measured | predicted | steps apart |", "|---|---|---|---|---|"]
