@@ -5,7 +5,7 @@ and of its main loop (the largest backward branch's body), and the loop's instru
 (weights per loop iteration = BLOCK_N x group size, divided over the program's threads). ``--dump DIR`` writes the
 TTGIR, PTX and SASS.
 
-    python scripts/kernel_sass.py --variant lut --block-n 64 --block-t 16 --split-k 4 --warps 4 --stages 5
+    python scripts/kernel_sass.py --variant v4 --block-n 128 --block-t 16 --split-k 4 --warps 4 --stages 3
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ _INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)[\s.;]")
 
 
 def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split_k: int, warps: int, stages: int,
-                   groups_per_step: int = 1):
+                   groups_per_step: int = 1, reduce_in_kernel: bool = False):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -40,7 +40,8 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
                "stride_xm": "i32", "stride_om": "i32", "out_scale": "fp32", "k_steps_per_split": "i32",
                "n_parts": "i32"}
         consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, GROUP=block_k, GPS=groups_per_step, SPLIT_K=min(split_k, 2),
-                      OUT_BF16=True, EVEN_N=True, FP8_W=variant == "fp8", REDUCE=split_k > 1)
+                      OUT_BF16=True, EVEN_N=True, FP8_W=variant == "fp8",
+                      REDUCE=split_k > 1 and reduce_in_kernel)
         div = ["x_ptr", "w_ptr", "lut_ptr", "out_ptr", "part_ptr", "K", "N", "stride_xm", "stride_om"]
     elif variant == "lut":
         sig = {"x_ptr": "*fp8e4nv", "codes_ptr": "*u8", "lut_ptr": "*i32", "out_ptr": "*bf16", "part_ptr": "*fp32",
@@ -87,18 +88,19 @@ def loop_mix(sass: str):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variant", default="lut")
+    ap.add_argument("--variant", default="v4", help="v4, fp8, lut or v2")
     ap.add_argument("--block-n", type=int, default=64)
     ap.add_argument("--block-t", type=int, default=16)
     ap.add_argument("--block-k", type=int, default=128, help="= the group size")
     ap.add_argument("--groups-per-step", type=int, default=1, help="v4/fp8: groups per K step")
+    ap.add_argument("--reduce-in-kernel", action="store_true", help="v4/fp8: split-K parts added in the kernel")
     ap.add_argument("--split-k", type=int, default=4)
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--stages", type=int, default=4)
     ap.add_argument("--dump", type=Path)
     a = ap.parse_args(argv)
     k, sass, usage = compile_kernel(a.variant, a.block_n, a.block_t, a.block_k, a.split_k, a.warps, a.stages,
-                                    a.groups_per_step)
+                                    a.groups_per_step, a.reduce_in_kernel)
     total, loop = loop_mix(sass)
     weights_per_thread = a.block_n * a.block_k * a.groups_per_step / (32 * a.warps)
     print(f"{a.variant} BLOCK_N={a.block_n} BLOCK_T={a.block_t} BLOCK_K={a.block_k}x{a.groups_per_step} warps={a.warps} "

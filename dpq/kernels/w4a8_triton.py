@@ -2,16 +2,26 @@
 
 The packed INT4 codes are read from HBM once per tile and expanded to FP8 E4M3 in registers; the FP8 tensor-core dot
 accumulates in float32 registers; the per-tensor scales are applied in the epilogue. Nothing of full size is written
-back. Two variants of the expansion (``variant=``), with the very same numerics:
+back. Variants (``variant=``), all with the very same numerics:
 
-* ``"lut"`` (v3, the default): when the weight is put on the GPU, the 16 possible expanded values of every
-  (row, group), FP8(s_g (j - z)) for j = 0..15, are computed once with torch (the exact float32 multiply and the
-  saturating RNE cast of the packed format) into a 16-byte table per group; the codes stay as packed. The kernel
-  streams 0.5 byte of codes plus 16 bytes of table per group (0.625 byte per weight at groups of 128), reads the
-  codes as 16-bit words (4 columns each) and expands them with byte permutes (PTX ``prmt``, 12 instructions per 8
-  weights): two 8-entry look-ups on the codes' low three bits, then a permute choosing between them on the high
-  bit. Exact by construction: every FP8 byte the dot sees is a byte of the table. About 2.8 SASS instructions per
-  weight in the main loop at 128-row tiles (scripts/kernel_sass.py), against 7.45 for v2.
+* ``"v4"`` (the default): table look-up expansion as "lut" below, in a loop rebuilt for latency. When the weight
+  is put on the GPU, the 16 possible expanded values of every (row, group), FP8(s_g (j - z)) for j = 0..15, are
+  computed once with torch (the exact float32 multiply and the saturating RNE cast of the packed format) into a
+  16-byte table per group (0.625 byte per weight streamed at groups of 128), and the codes are laid out
+  group-major (all rows of a group contiguous: one stretch of HBM per program and K step) with the 16-bit words of
+  a row reordered so that the 16 bytes one thread needs are adjacent (``v4_codes_np``). In the loop each thread
+  reads its codes and its rows' tables with 16-byte shared-memory loads and expands 8 codes of one row per inline
+  PTX block (``LUT_ASM_ROW``: 6 ``prmt``, 2 ``lop3``, 3 ``mul.hi`` that do the shifts on the otherwise idle FMA
+  pipe); ``tl.assume`` keeps the zero-trip path out of the loop so that ptxas keeps the wgmma pipeline (else it
+  serialises every wgmma, C7515). About 2.2 SASS instructions per weight (1.0 on the integer ALU pipe), 74-75
+  registers at 128 x 16 tiles and 3 stages (scripts/kernel_sass.py). Optional: several groups per K step, and
+  the split-K parts added in the same launch (``KernelConfig.reduce_in_kernel``).
+* ``"fp8"``: the v4 loop with the weight already expanded to FP8 (1 byte per weight, group-major): no expansion;
+  for measuring the loop's own cost (results/gpu/README.md, scheme ``fp8_triton`` of scripts/bench_gpu.py).
+* ``"lut"`` (v3): the same tables; codes row-major as packed, read as 16-bit words (4 columns each) and expanded
+  with byte permutes (PTX ``prmt``, 12 instructions per 8 weights, ``LUT_ASM``): two 8-entry look-ups on the
+  codes' low three bits, then a permute choosing between them on the high bit. Exact by construction: every FP8
+  byte the dot sees is a byte of the table. About 2.8 SASS instructions per weight at 128-row tiles.
 * ``"v2"``: per weight, q - z is formed exactly in float32 (bit trick 0x4B000000 | q = 2^23 + q), s_g (q - z) is
   one float32 multiply (RNE), and ``cvt.rn.satfinite.e4m3x2.f32`` rounds to nearest even and saturates at +-448.
   Streams 0.5 byte of codes plus 5 bytes per group (float32 scale, uint8 zero). Issue-bound on Hopper (about 7.4
@@ -20,9 +30,9 @@ back. Two variants of the expansion (``variant=``), with the very same numerics:
 Layout ("swap AB"): the kernel computes the transposed product y^T = w8 @ x8^T, so that the weight rows fill the
 tensor core's M dimension (64 or 128) and the few tokens of a decode step fill its narrow N dimension (16 and up).
 Each program owns BLOCK_N weight rows x BLOCK_T tokens and one contiguous slice of K (split-K for small M * N);
-one group of the packed format per K step.
+one group of the packed format per K step (v4/fp8: ``groups_per_step``).
 
-Numerics (the data of hw_profiles/h100-triton-w4a8.yaml; see results/gpu/README.md for the measurement), both variants:
+Numerics (the data of hw_profiles/h100-triton-w4a8.yaml; see results/gpu/README.md for the measurement), all variants:
 
 * expansion: exactly ``dpq.packed``'s FP8(s_g (q - z)) (float32 multiply, RNE, saturating), the codes of
   ``sim.formats.encode(..., saturate=True)``;
@@ -32,12 +42,15 @@ Numerics (the data of hw_profiles/h100-triton-w4a8.yaml; see results/gpu/README.
   dot's K gives the very same bits (no promotion), and a smaller value fails to compile in the pipelined loop, so
   cuBLAS's promotion every 128 elements is not reachable from Triton 3.6 and the kernel does not offer it;
 * split-K: each part writes its float32 chain result; a second kernel adds the parts in order (part 0 first) in
-  float32, then multiplies by float32(s_x s_t) once and rounds to bf16 (deterministic, no atomics).
+  float32, then multiplies by float32(s_x s_t) once and rounds to bf16 (deterministic). With
+  ``reduce_in_kernel`` (v4/fp8) the program that finishes a tile's parts last (an atomic arrival counter decides
+  which, nothing else) does the very same ordered sum in the same launch.
 
 Public API::
 
     PackedW4A8Weight.from_packed(p, device, variant=) / .from_arrays(..., variant=)
     w4a8_matmul(x8, weight, act_scale, *, out_dtype="bfloat16", config=None) -> torch (M, N)
+    kernel_resources(x8, weight, config) -> registers, shared bytes, spills of the launched kernel
     KernelConfig, default_config(m, n, k, num_sms, group_size, variant), split_k_parts(k, config, group_size)
     expansion_lut (torch, on the GPU) and expansion_lut_np; lut_expand_np, lut_expand_row_np, prmt_np, mulhi_np:
     plain twins of the kernels' inline asm (LUT_ASM, LUT_ASM_ROW); v4_codes / v4_codes_np, v4_words_np: the v4
