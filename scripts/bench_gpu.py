@@ -130,7 +130,7 @@ def fused_candidates(m: int, n: int, k: int, sms: int, quick: bool, variant: str
         return cands
     s = base.split_k
     if m <= 64 and variant in ("v4", "fp8"):
-        # v4 (78 registers, 6 programs per SM at 3 stages): stages, split around the heuristic's, the in-kernel
+        # v4 (74 registers, 6 programs per SM at 3 stages): stages, split around the heuristic's, the in-kernel
         # split-K reduction, 8 warps (the rest of the earlier sweeps' candidates never won: results/gpu/README.md)
         cands += [replace(base, num_stages=4), replace(base, split_k=2 * s), replace(base, split_k=max(1, s // 2)),
                   replace(base, reduce_in_kernel=True), replace(base, num_warps=8),
