@@ -138,8 +138,21 @@ def test_profile_sections_are_validated(tmp_path):
     assert "fused_kernel" in hw.to_dict()
 
 
+def _script(name: str):
+    """A module of scripts/ loaded by path (scripts/ is not an installed package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_sass_loop_structure_by_pipe():
-    from scripts.fused_kernel_structure import issue_class, loop_structure, shared_wavefronts
+    fks = _script("fused_kernel_structure")
+    issue_class, loop_structure, shared_wavefronts = fks.issue_class, fks.loop_structure, fks.shared_wavefronts
 
     sass = "\n".join([
         "        /*0100*/                   LDS.U16 R4, [R2] ;",
@@ -160,3 +173,17 @@ def test_sass_loop_structure_by_pipe():
     assert st["shared_wavefronts_per_warp"] == 1 + 4
     assert issue_class("VIADD") == "fp32" and issue_class("SHF.R.U32.HI") == "int"
     assert shared_wavefronts("LDSM.16.M88") == 1 and shared_wavefronts("LDSM.16.MT88.4") == 4
+
+
+def test_validate_script_reads_the_configuration_each_row_ran():
+    v = _script("validate_perf_on_gpu")
+    row = {"config": "KernelConfig(block_n=128, block_t=16, split_k=4, num_warps=4, num_stages=3, groups_per_step=1, "
+                     "reduce_in_kernel=True)", "block_n": "128", "split_k": "4"}
+    cfg = v.row_config(row)
+    assert (cfg["block_n"], cfg["block_t"], cfg["split_k"], cfg["num_warps"], cfg["num_stages"]) == (128, 16, 4, 4, 3)
+    assert cfg["reduce_in_kernel"] and cfg["groups_per_step"] == 1
+    assert not v.row_config({"config": "KernelConfig(block_n=64, block_t=16, split_k=2, num_warps=4, "
+                                       "num_stages=4)"})["reduce_in_kernel"]
+    assert v.variants_of({"bf16", "w4a8_fused", "w4a8_fused_v3", "fp8_triton"})["w4a8_fused"] == "v4"
+    assert v.variants_of({"w4a8_fused", "w4a8_fused_v2"}) == {"w4a8_fused": "lut", "w4a8_fused_v2": "v2"}
+    assert v.variants_of({"w4a8_fused", "w4a8_unfused"}) == {"w4a8_fused": "v2"}
