@@ -359,6 +359,66 @@ def fit(paths: list[Path], profile: str, spread: str | None, bench: list[Path] |
     return 0
 
 
+UNFUSED_SHAPES = ((57344, 8192, 1), (4096, 4096, 1), (57344, 8192, 64))  # (n, k, m)
+
+
+def unfused_ops(out: Path) -> int:
+    """The CUDA kernels that scripts/bench_gpu.py's ``w4a8_unfused`` path launches (dpq.torch_backend's torch-op
+    expansion of the packed weight, the FP8 cast, torch._scaled_mm), one row per kernel launch of one call: name,
+    duration and its input/output shapes as the torch profiler reports them. This is the path's structure, which
+    the streaming model of scripts/validate_perf_on_gpu.py takes as its op list; the durations are recorded for the
+    report only (they are W4A8 measurements and never used for calibration)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from dpq.torch_backend import expanded_weight_values
+
+    card = torch.cuda.get_device_properties(0).name
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"probe_unfused_ops_{card.replace(' ', '_')}.csv"
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    one = torch.tensor(1.0, device="cuda")
+    sc = torch.tensor(0.01, device="cuda")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["card", "n", "k", "m", "call", "index", "kernel", "duration_s"])
+        w.writeheader()
+        for n, k, m in UNFUSED_SHAPES:
+            codes = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device="cuda", generator=gen)
+            scales = torch.rand((n, k // 128), device="cuda", generator=gen) * 1.5 + 0.5
+            zeros = torch.randint(0, 16, (n, k // 128), dtype=torch.uint8, device="cuda", generator=gen)
+            x8 = torch.randn((m, k), device="cuda", generator=gen).to(torch.float8_e4m3fn)
+
+            def call():
+                wf = expanded_weight_values(codes, scales, zeros, 128, "float8_e4m3fn")
+                return torch._scaled_mm(x8, wf.to(torch.float8_e4m3fn).t(), scale_a=one, scale_b=sc,
+                                        out_dtype=torch.bfloat16, use_fast_accum=True)
+            call()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(2):
+                    call()
+                torch.cuda.synchronize()
+            trace = out / f"probe_unfused_ops_{n}x{k}_m{m}.json"
+            prof.export_chrome_trace(str(trace))
+            import json
+
+            events = json.loads(trace.read_text())["traceEvents"]
+            kernels = sorted((e for e in events if e.get("cat") == "kernel"), key=lambda e: e["ts"])
+            trace.unlink()
+            per_call = max(len(kernels) // 2, 1)
+            for i, e in enumerate(kernels):
+                w.writerow(dict(card=card, n=n, k=k, m=m, call=i // per_call, index=i % per_call,
+                                kernel=e["name"][:160], duration_s=f"{float(e['dur']) * 1e-6:.6e}"))
+                print(f"n={n} k={k} m={m} {i:2d} {float(e['dur']):9.1f} us  {e['name'][:110]}", flush=True)
+            del codes, scales, zeros
+            torch.cuda.empty_cache()
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path)
@@ -372,6 +432,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rotate-bytes", type=float, default=2.4e8)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default=None, help="comma-separated experiment names to run")
+    ap.add_argument("--unfused-ops", action="store_true",
+                    help="on the GPU: list the CUDA kernels of scripts/bench_gpu.py's w4a8_unfused path (torch "
+                         "profiler) for a few shapes; writes probe_unfused_ops_<card>.csv (structure, not a fit)")
     args = ap.parse_args(argv)
     if args.fit:
         root = Path(__file__).resolve().parents[1]
@@ -383,6 +446,8 @@ def main(argv=None) -> int:
         return 0
     if args.out is None:
         ap.error("--out is required for a GPU run")
+    if args.unfused_ops:
+        return unfused_ops(args.out)
     import torch
     import triton
 
