@@ -315,9 +315,11 @@ def fp8_triton_rows(paths: list[Path]) -> list[tuple[dict, object]]:
     return out
 
 
-def fit(paths: list[Path], profile: str, spread: str | None, bench: list[Path] | None = None) -> int:
+def fit(paths: list[Path], profile: str, spread: str | None, bench: list[Path] | None = None,
+        only: list[str] | None = None) -> int:
     """Fit the triton_loop parameters to the probe rows (and the fp8_triton rows of ``bench`` CSVs); print them
-    as YAML and the per-row errors."""
+    as YAML and the per-row errors. ``only``: fit just these FIT_PARAMETERS (profile keys as printed), keeping the
+    profile's values of the others."""
     import numpy as np
     from scipy.optimize import least_squares
 
@@ -326,12 +328,21 @@ def fit(paths: list[Path], profile: str, spread: str | None, bench: list[Path] |
 
     hw0 = load_profile(profile)
     spread = spread or hw0.triton_loop.program_spread
+    params = FIT_PARAMETERS
+    if only:
+        def full(name):
+            return name if "." in name else f"triton_loop.{name}"
+        unknown = set(only) - {full(p[0]) for p in FIT_PARAMETERS}
+        if unknown:
+            raise SystemExit(f"--fit-only: unknown parameter(s) {sorted(unknown)}; expected some of "
+                             f"{[full(p[0]) for p in FIT_PARAMETERS]}")
+        params = tuple(p for p in FIT_PARAMETERS if full(p[0]) in only)
     rows = probe_rows(paths) + fp8_triton_rows(bench or [])
     measured = np.array([float(r["latency_s"]) for r, _ in rows])
 
     def profile_with(x):
         sets = {name if "." in name else f"triton_loop.{name}": float(v * unit)
-                for (name, unit, *_), v in zip(FIT_PARAMETERS, x)}
+                for (name, unit, *_), v in zip(params, x)}
         sets["triton_loop.program_spread"] = spread
         return load_profile(profile, sets)
 
@@ -340,8 +351,8 @@ def fit(paths: list[Path], profile: str, spread: str | None, bench: list[Path] |
         pred = [fused_gemm_timing(hw, s, int(r["m"]), int(r["n"]), int(r["k"])).time_s for r, s in rows]
         return np.log(np.array(pred) / measured)
 
-    res = least_squares(residuals, [p[2] for p in FIT_PARAMETERS], bounds=([p[3] for p in FIT_PARAMETERS],
-                                                                           [p[4] for p in FIT_PARAMETERS]))
+    res = least_squares(residuals, [p[2] for p in params], bounds=([p[3] for p in params],
+                                                                   [p[4] for p in params]))
     hw = profile_with(res.x)
     for (r, s), e in zip(rows, res.fun):
         t = fused_gemm_timing(hw, s, int(r["m"]), int(r["n"]), int(r["k"]))
@@ -351,7 +362,7 @@ def fit(paths: list[Path], profile: str, spread: str | None, bench: list[Path] |
               f"{math.expm1(e):+.1%} ({t.bound})")
     rms = float(np.sqrt(np.mean(res.fun ** 2)))
     print(f"# {len(rows)} probe rows, program_spread {spread}: rms log error {rms:.4f}")
-    for (name, unit, *_), v in zip(FIT_PARAMETERS, res.x):
+    for (name, unit, *_), v in zip(params, res.x):
         print(f"{name if '.' in name else 'triton_loop.' + name}: {v * unit:.4g}")
     print(f"triton_loop.program_spread: {spread}  (as in the profile: sm.fp32_issue_cycles "
           f"{hw.sm.fp32_issue_cycles:g}, sm.other_issue_cycles {hw.sm.other_issue_cycles:g}, "
@@ -428,6 +439,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fit-bench", type=Path, nargs="+", default=None,
                     help="bench_gpu.py CSVs whose fp8_triton rows join the --fit calibration")
     ap.add_argument("--spread", choices=("ceil", "even"), default=None, help="program_spread to fit with")
+    ap.add_argument("--fit-only", default=None,
+                    help="comma list of the FIT_PARAMETERS to fit (e.g. the memory-side ones); the rest as profiled")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--rotate-bytes", type=float, default=2.4e8)
     ap.add_argument("--quick", action="store_true")
@@ -440,7 +453,8 @@ def main(argv=None) -> int:
         root = Path(__file__).resolve().parents[1]
         if str(root) not in sys.path:
             sys.path.insert(0, str(root))
-        return fit(args.fit, args.profile, args.spread, args.fit_bench)
+        return fit(args.fit, args.profile, args.spread, args.fit_bench,
+                   args.fit_only.split(",") if args.fit_only else None)
     if args.structure:
         print(f"wrote {write_structure(args.structure)}")
         return 0
