@@ -5,8 +5,11 @@ M in 1, 4, 16, 64, 256, 1024, 4096 tokens, four ways to compute y = x @ W^T (bf1
 
 * ``bf16``          torch.matmul, BF16 weights (cuBLAS);
 * ``fp8``           torch._scaled_mm, FP8 E4M3 weights and activations, per-tensor scales (cuBLAS, fast accum);
-* ``w4a8_fused``    the Triton kernel of dpq/kernels/w4a8_triton.py reading packed INT4 (groups of 128), variant
-                    "v4" (codes group-major + a 16-byte FP8 table per group, 0.625 byte per weight);
+* ``w4a8_fused``    the Triton kernel of dpq/kernels/w4a8_triton.py reading packed INT4 (groups of 128), its default
+                    variant (DEFAULT_VARIANT);
+* ``w4a8_fused_v5`` variant "v5" (codes group-major + float32 scale and zero byte per group, the 16-entry tables
+                    built in the loop: 0.539 byte per weight);
+* ``w4a8_fused_v4`` variant "v4" (codes group-major + a 16-byte FP8 table per group, 0.625 byte per weight);
 * ``w4a8_fused_v3`` its earlier variant "lut" (v3: the same bytes, codes row-major, 2-byte shared loads);
 * ``w4a8_fused_v2`` the variant "v2" (codes + float32 scale and uint8 zero per group, expanded with float32
                     arithmetic per weight; 0.539 byte per weight);
@@ -55,12 +58,14 @@ SHAPES = [
     ("llama-2-70b", "gate_up_proj", 57344, 8192), ("llama-2-70b", "down_proj", 8192, 28672),
 ]
 M_VALUES = (1, 4, 16, 64, 256, 1024, 4096)
-SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_v3", "w4a8_fused_v2", "fp8_triton", "w4a8_unfused")
-FUSED_VARIANTS = {"w4a8_fused": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2", "fp8_triton": "fp8"}
+SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_v5", "w4a8_fused_v4", "w4a8_fused_v3", "w4a8_fused_v2",
+           "fp8_triton", "w4a8_unfused")
+FUSED_VARIANTS = {"w4a8_fused": None, "w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut",
+                  "w4a8_fused_v2": "v2", "fp8_triton": "fp8"}  # None: the module's DEFAULT_VARIANT
 GROUP_SIZE = 128
 FIELDS = ["card", "driver", "torch", "triton", "cuda", "sm_count", "date", "model", "layer", "scheme", "m", "n", "k",
           "latency_s", "spread_rel", "calls_per_graph", "weight_copies", "weight_bytes", "hbm_bytes",
-          "achieved_tb_per_s", "achieved_tflop_per_s", "config", "block_n", "block_t", "split_k", "num_warps",
+          "achieved_tb_per_s", "achieved_tflop_per_s", "variant", "config", "block_n", "block_t", "split_k", "num_warps",
           "num_stages", "groups_per_step", "registers", "shared_bytes"]
 CONFIG_FIELDS = ("block_n", "block_t", "split_k", "num_warps", "num_stages", "groups_per_step")
 
@@ -120,6 +125,29 @@ def make_weights(torch, n: int, k: int, gen):
     return codes, scales, zeros
 
 
+_RESIDENT_V5 = {16: 6, 32: 4, 64: 3}  # v5 programs per SM by token tile (registers 75 / 99 / 156 at 3 stages)
+
+
+def wave_splits(m: int, n: int, k: int, sms: int, base, count: int = 2) -> list[int]:
+    """The ``count`` split-K counts that minimise whole waves x program length, ceil(programs / (resident
+    programs per SM x SMs)) x (K steps per part + 2): candidates against the tail of a partial last wave."""
+    tiles = math.ceil(n / base.block_n) * math.ceil(m / base.block_t)
+    steps = k // GROUP_SIZE
+    slots = _RESIDENT_V5.get(base.block_t, 4) * sms
+    scored = []
+    for s in range(1, max(1, steps // 2) + 1):
+        per = math.ceil(steps / s)
+        parts = math.ceil(steps / per)
+        scored.append((math.ceil(tiles * parts / slots) * (per + 2), parts))
+    out = []
+    for _, parts in sorted(scored):
+        if parts not in out and parts != base.split_k:
+            out.append(parts)
+        if len(out) == count:
+            break
+    return out
+
+
 def fused_candidates(m: int, n: int, k: int, sms: int, quick: bool, variant: str):
     """Tile configurations tried for the fused kernel at this shape (the heuristic first)."""
     from dpq.kernels.w4a8_triton import KernelConfig, default_config
@@ -129,12 +157,15 @@ def fused_candidates(m: int, n: int, k: int, sms: int, quick: bool, variant: str
     if quick:
         return cands
     s = base.split_k
-    if m <= 64 and variant in ("v4", "fp8"):
+    if m <= 64 and variant in ("v5", "v4", "fp8"):
         # v4 (74 registers, 6 programs per SM at 3 stages): stages, split around the heuristic's, the in-kernel
         # split-K reduction, 8 warps (the rest of the earlier sweeps' candidates never won: results/gpu/README.md)
         cands += [replace(base, num_stages=4), replace(base, split_k=2 * s), replace(base, split_k=max(1, s // 2)),
                   replace(base, reduce_in_kernel=True), replace(base, num_warps=8),
                   replace(base, groups_per_step=2)]
+        if variant == "v5":  # no tables in shared memory: deeper pipelines fit; splits that fill whole waves
+            cands += [replace(base, num_stages=5), replace(base, num_stages=4, reduce_in_kernel=True)]
+            cands += [replace(base, split_k=w) for w in wave_splits(m, n, k, sms, base)]
     elif m <= 64 and variant == "lut":
         cands += [replace(base, split_k=2 * s), replace(base, split_k=max(1, s // 2)),
                   replace(base, block_n=64, num_stages=3)]
@@ -145,7 +176,7 @@ def fused_candidates(m: int, n: int, k: int, sms: int, quick: bool, variant: str
         cands += [KernelConfig(block_n=128, block_t=64, split_k=1, num_warps=4, num_stages=4)]
     seen, out = set(), []
     for c in cands:
-        if c not in seen and (k // GROUP_SIZE) % c.groups_per_step == 0:
+        if c not in seen and (k // GROUP_SIZE) % c.groups_per_step == 0 and (variant != "v5" or c.groups_per_step == 1):
             seen.add(c)
             out.append(c)
     return out
@@ -158,7 +189,10 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
     gen = torch.Generator(device="cuda")
     gen.manual_seed(1234)
     codes, scales, zeros = make_weights(torch, n, k, gen)
-    w_bytes = {"bf16": n * k * 2, "fp8": n * k, "w4a8_fused": codes.numel() + scales.numel() * 16,
+    fused_variant = args.fused_variant
+    table_bytes, packed_bytes = codes.numel() + scales.numel() * 16, codes.numel() + scales.numel() * 5
+    w_bytes = {"bf16": n * k * 2, "fp8": n * k, "w4a8_fused_v4": table_bytes, "w4a8_fused_v5": packed_bytes,
+               "w4a8_fused": packed_bytes if fused_variant == "v5" else table_bytes,
                "w4a8_fused_v3": codes.numel() + scales.numel() * 16, "fp8_triton": n * k,
                "w4a8_fused_v2": codes.numel() + scales.numel() * 5, "w4a8_unfused": codes.numel() + scales.numel() * 5}
     fp8_max = 448.0
@@ -176,7 +210,7 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
                 # enough back-to-back calls for a graph of ~2 ms (launch gaps and timer resolution negligible)
                 est_s = max(w_bytes[scheme] / 3e12, 2 * m * n * k / 6e14, 5e-6)
                 calls_n = max(copies, min(args.max_calls, math.ceil(2e-3 / est_s)))
-                config_used, cfg, res = "", None, {}
+                config_used, cfg, res, variant = "", None, {}, ""
                 if scheme == "bf16":
                     ws = [wbf] + [wbf.clone() for _ in range(copies - 1)]
                     calls = [(lambda w=ws[i % copies]: torch.matmul(xbf, w.t())) for i in range(calls_n)]
@@ -196,7 +230,7 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
                     calls_n = copies  # slow: one pass over the copies is enough
                     calls = [(lambda w=ws[i % copies]: unfused(w)) for i in range(calls_n)]
                 else:
-                    variant = FUSED_VARIANTS[scheme]
+                    variant = FUSED_VARIANTS[scheme] or fused_variant
                     pw = PackedW4A8Weight.from_arrays(codes, scales, zeros, GROUP_SIZE, 0.01, fp8_max, "cuda", variant)
                     if pw.hbm_bytes != w_bytes[scheme]:
                         raise RuntimeError(f"{scheme}: weight holds {pw.hbm_bytes} bytes, expected {w_bytes[scheme]}")
@@ -232,7 +266,8 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
                 row = dict(info, model=model, layer=layer, scheme=scheme, m=m, n=n, k=k, latency_s=f"{t:.6e}",
                            spread_rel=f"{spread:.4f}", calls_per_graph=calls_n, weight_copies=copies,
                            weight_bytes=w_bytes[scheme], hbm_bytes=hbm, achieved_tb_per_s=f"{hbm / t / 1e12:.3f}",
-                           achieved_tflop_per_s=f"{2 * m * n * k / t / 1e12:.2f}", config=config_used,
+                           achieved_tflop_per_s=f"{2 * m * n * k / t / 1e12:.2f}", variant=variant,
+                           config=config_used,
                            registers=res.get("registers", ""), shared_bytes=res.get("shared_bytes", ""),
                            **{f: (getattr(cfg, f) if cfg is not None else "") for f in CONFIG_FIELDS})
                 row = {f: row[f] for f in FIELDS}
@@ -264,11 +299,18 @@ def main(argv=None) -> int:
                     help="comma list: the same for w4a8_fused_v2 only (default: as --tune-models)")
     ap.add_argument("--tune-aux", action="store_true",
                     help="also tune w4a8_fused_v3 and fp8_triton (default: their heuristic configuration only)")
+    ap.add_argument("--fused-variant", default=None,
+                    help="kernel variant of the scheme w4a8_fused (default: the module's DEFAULT_VARIANT)")
     ap.add_argument("--tag", default="", help="suffix of the output file names (bench_<card><tag>.csv)")
     args = ap.parse_args(argv)
     import torch
 
     info = device_info(torch)
+    from dpq.kernels.w4a8_triton import DEFAULT_VARIANT, VARIANTS
+
+    args.fused_variant = args.fused_variant or DEFAULT_VARIANT
+    if args.fused_variant not in VARIANTS:
+        raise SystemExit(f"--fused-variant: {args.fused_variant!r} is not one of {VARIANTS}")
     models = args.models.split(",")
     m_values = [int(v) for v in args.m.split(",")]
     schemes = args.schemes.split(",")
@@ -298,9 +340,10 @@ def main(argv=None) -> int:
                 ft.flush()
     print(f"# {info['card']} driver {info['driver']} torch {info['torch']} triton {info['triton']}")
     nan = float("nan")
-    cols = ("bf16", "fp8", "w4a8_fused_v3", "fp8_triton", "w4a8_fused")
-    print(f"{'model':12s} {'layer':13s} {'m':>5s} {'bf16 us':>9s} {'fp8 us':>9s} {'v3 us':>9s} {'fp8tri':>9s} "
-          f"{'v4 us':>9s} {'x bf16':>7s} {'x fp8':>7s}")
+    print(f"# w4a8_fused = variant {args.fused_variant}")
+    cols = ("bf16", "fp8", "fp8_triton", "w4a8_fused_v4", "w4a8_fused_v5", "w4a8_fused")
+    print(f"{'model':12s} {'layer':13s} {'m':>5s} {'bf16 us':>9s} {'fp8 us':>9s} {'fp8tri':>9s} {'v4 us':>9s} "
+          f"{'v5 us':>9s} {'fused us':>9s} {'x bf16':>7s} {'x fp8':>7s}")
     layer_sums = {}
     for (model, layer, m, scheme), t in summary.items():
         layer_sums.setdefault((model, m, scheme), []).append(t)

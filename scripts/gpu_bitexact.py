@@ -130,8 +130,13 @@ PROBE_VARIANTS = {  # Triton configurations run on the crafted probe (M=16, N=25
     "split3": {"split_k": 3},
     "bn128_bt32": {"block_n": 128, "block_t": 32, "split_k": 1},
     "bn64_w8": {"block_n": 64, "num_warps": 8, "split_k": 2},
-    "gps2_split3": {"groups_per_step": 2, "split_k": 3},
+    "gps2_split3": {"variant": "v4", "groups_per_step": 2, "split_k": 3},
     "split3_reduce_in_kernel": {"split_k": 3, "reduce_in_kernel": True},
+    "v5_default": {"variant": "v5"},
+    "v5_split3": {"variant": "v5", "split_k": 3},
+    "v5_bn64_w8": {"variant": "v5", "block_n": 64, "num_warps": 8, "split_k": 2},
+    "v5_split3_reduce_in_kernel": {"variant": "v5", "split_k": 3, "reduce_in_kernel": True},
+    "v4_default": {"variant": "v4"},
     "lut_default": {"variant": "lut"},
     "fp8_default": {"variant": "fp8"},
     "v2_default": {"variant": "v2"},
@@ -160,6 +165,9 @@ TRITON_VARIANTS = {  # "variant" picks the kernel variant (default: the module's
     "default": None,
     "split1": {"split_k": 1},
     "reduce_in_kernel": {"reduce_in_kernel": True},
+    "v5_default": {"variant": "v5"},
+    "v5_reduce_in_kernel": {"variant": "v5", "reduce_in_kernel": True},
+    "v4_default": {"variant": "v4"},
     "lut_default": {"variant": "lut"},
     "fp8_default": {"variant": "fp8"},
     "v2_default": {"variant": "v2"},
@@ -176,7 +184,8 @@ def triton_setup(over, m, n, k, sms, group_size):
     return variant, KernelConfig(**(base.__dict__ | over))
 
 
-def run(in_dir: Path, out_dir: Path) -> None:
+def run(in_dir: Path, out_dir: Path, variants: list[str] | None = None) -> None:
+    """variants: names of TRITON_VARIANTS to run (None = all); the probe always runs all of PROBE_VARIANTS."""
     import torch
 
     from dpq.kernels.w4a8_triton import split_k_parts
@@ -198,6 +207,8 @@ def run(in_dir: Path, out_dir: Path) -> None:
         lin = TorchLinear(p, "cuda", kernel="cublas", out_dtype="bfloat16")
         results[f"{name}/cublas"] = lin.run(xt).view(torch.int16).cpu().numpy()
         for vname, over in TRITON_VARIANTS.items():
+            if variants is not None and vname not in variants:
+                continue
             try:
                 variant, cfg = triton_setup(over, x.shape[0], p.out_features, p.in_features,
                                             dev.multi_processor_count, p.group_size)
@@ -375,6 +386,8 @@ def main(argv=None) -> int:
     b = sub.add_parser("run")
     b.add_argument("--inputs", type=Path, required=True)
     b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--variants", default=None,
+                   help=f"comma list of Triton paths to run (default: all of {', '.join(TRITON_VARIANTS)})")
     c = sub.add_parser("compare")
     c.add_argument("--inputs", type=Path, required=True)
     c.add_argument("--outputs", type=Path, required=True)
@@ -386,7 +399,11 @@ def main(argv=None) -> int:
         prepare(args.out, args.tokens, args.calib_sequences, args.calib_tokens, args.layers_per_file, args.method,
                 args.seed, args.group_size)
     elif args.cmd == "run":
-        run(args.inputs, args.out)
+        chosen = None if args.variants is None else args.variants.split(",")
+        if chosen is not None and not set(chosen) <= set(TRITON_VARIANTS):
+            raise SystemExit(f"--variants: unknown {sorted(set(chosen) - set(TRITON_VARIANTS))} "
+                             f"(expected names of {list(TRITON_VARIANTS)})")
+        run(args.inputs, args.out, chosen)
     else:
         compare(args.inputs, args.outputs, args.hw, args.hw_triton, args.summary)
     return 0

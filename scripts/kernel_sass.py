@@ -34,7 +34,16 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
     from dpq.kernels import w4a8_triton as W
 
     fn = W._kernels()[variant]
-    if variant in ("v4", "fp8"):
+    if variant == "v5":
+        sig = {"x_ptr": "*fp8e4nv", "w_ptr": "*i16", "s_ptr": "*fp32", "z_ptr": "*u8",
+               "out_ptr": "*bf16", "part_ptr": "*fp32", "count_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32",
+               "stride_xm": "i32", "stride_om": "i32", "stride_zg": "i32", "out_scale": "fp32", "k_steps_per_split": "i32",
+               "n_parts": "i32"}
+        consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, GROUP=block_k, SPLIT_K=min(split_k, 2),
+                      OUT_BF16=True, EVEN_N=True, REDUCE=split_k > 1 and reduce_in_kernel, FP8_MAX=448.0)
+        div = ["x_ptr", "w_ptr", "s_ptr", "z_ptr", "out_ptr", "part_ptr", "K", "N", "stride_xm", "stride_om",
+               "stride_zg"]
+    elif variant in ("v4", "fp8"):
         sig = {"x_ptr": "*fp8e4nv", "w_ptr": "*i16" if variant == "v4" else "*u8", "lut_ptr": "*i32",
                "out_ptr": "*bf16", "part_ptr": "*fp32", "count_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32",
                "stride_xm": "i32", "stride_om": "i32", "out_scale": "fp32", "k_steps_per_split": "i32",
@@ -88,7 +97,7 @@ def loop_mix(sass: str):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variant", default="v4", help="v4, fp8, lut or v2")
+    ap.add_argument("--variant", default="v4", help="v5, v4, fp8, lut or v2")
     ap.add_argument("--block-n", type=int, default=64)
     ap.add_argument("--block-t", type=int, default=16)
     ap.add_argument("--block-k", type=int, default=128, help="= the group size")

@@ -4,6 +4,14 @@ The packed INT4 codes are read from HBM once per tile and expanded to FP8 E4M3 i
 accumulates in float32 registers; the per-tensor scales are applied in the epilogue. Nothing of full size is written
 back. Variants (``variant=``), all with the very same numerics:
 
+* ``"v5"``: v4's loop (codes group-major, 16-byte loads, ``LUT_ASM_ROW`` look-ups) with the tables built in the loop
+  instead of streamed: per K step each program reads the group's float32 scales (G, N) and zero bytes (G, N4) -
+  0.539 byte per weight at groups of 128 instead of 0.625 - and the 4 lanes of each quad of the tensor-core layout
+  (which hold the same rows) build one table word each for their 4 rows (``TABLE_WORD_ASM``: exact 4a - z by the
+  2^23 trick, one float32 multiply, ``cvt.rn.satfinite.e4m3x2``), then 4 ``shfl.sync`` per row give every lane all
+  4 words (``QUAD_SHFL_ASM``). The row's byte in the 4-row zero word is row % 4 = (laneid / 4) % 4 in that layout;
+  the launch checks on the TTGIR that Triton kept the build in that layout (``v5_layout_problem``). About 2.8 SASS
+  instructions per weight (FADD/FMUL 32, F2FP 8, SHFL 16 added), 75 registers, no table in shared memory.
 * ``"v4"`` (the default): table look-up expansion as "lut" below, in a loop rebuilt for latency. When the weight
   is put on the GPU, the 16 possible expanded values of every (row, group), FP8(s_g (j - z)) for j = 0..15, are
   computed once with torch (the exact float32 multiply and the saturating RNE cast of the packed format) into a
@@ -52,9 +60,10 @@ Public API::
     w4a8_matmul(x8, weight, act_scale, *, out_dtype="bfloat16", config=None) -> torch (M, N)
     kernel_resources(x8, weight, config) -> registers, shared bytes, spills of the launched kernel
     KernelConfig, default_config(m, n, k, num_sms, group_size, variant), split_k_parts(k, config, group_size)
-    expansion_lut (torch, on the GPU) and expansion_lut_np; lut_expand_np, lut_expand_row_np, prmt_np, mulhi_np:
-    plain twins of the kernels' inline asm (LUT_ASM, LUT_ASM_ROW); v4_codes / v4_codes_np, v4_words_np: the v4
-    code layout
+    expansion_lut (torch, on the GPU) and expansion_lut_np; lut_expand_np, lut_expand_row_np, prmt_np, mulhi_np,
+    table_build_np: plain twins of the kernels' inline asm (LUT_ASM, LUT_ASM_ROW, TABLE_WORD_ASM + QUAD_SHFL_ASM);
+    v4_codes / v4_codes_np, v4_words_np: the v4 code layout; v5_zeros / v5_zeros_np: the v5 zero layout;
+    v5_layout_problem: the layout check of the v5 table build
 """
 
 from __future__ import annotations
@@ -65,9 +74,9 @@ from dataclasses import dataclass
 import numpy as np
 
 GROUP_SIZES = (32, 64, 128)  # whole groups of the packed format per K step of the kernel
-VARIANTS = ("v4", "lut", "v2", "fp8")
+VARIANTS = ("v5", "v4", "lut", "v2", "fp8")
 DEFAULT_VARIANT = "v4"
-TABLE_VARIANTS = ("v4", "lut")  # the variants that read the 16-byte expansion tables
+TABLE_VARIANTS = ("v4", "lut")  # the variants that read the 16-byte expansion tables from HBM
 
 
 @dataclass(frozen=True)
@@ -105,7 +114,7 @@ class KernelConfig:
 
 
 # Programs per SM the decode heuristic plans for, per variant (from the tuning runs, results/gpu/README.md).
-_PROGRAMS_PER_SM = {"v4": 4, "fp8": 4, "lut": 4, "v2": 2}
+_PROGRAMS_PER_SM = {"v5": 4, "v4": 4, "fp8": 4, "lut": 4, "v2": 2}
 # Fixed cost of one program (pipeline fill, epilogue) in K steps, for choosing the split (v4 and fp8). With 2 the
 # heuristic picks, for Llama-2-70B at M=1, the split that was fastest or within 5% of the fastest in both H200
 # sweeps (results/gpu/tuning_h200_v4sweep.csv, tuning_h200_v4bsweep.csv: qkv 8, o 8, gate_up 3, down 16).
@@ -117,7 +126,7 @@ def default_config(m: int, n: int, k: int, num_sms: int = 132, group_size: int =
     """The tile heuristic: narrow token tiles and split-K at decode, 128 x 128 tiles for prefill.
 
     Decode: 128-row tiles for the table variants (the loop's fixed overhead spreads over 128 weights per thread).
-    "v4"/"fp8": the split-K count minimises the busiest SM's work, (all steps + a fixed cost per program) / SMs
+    "v5"/"v4"/"fp8": the split-K count minimises the busiest SM's work, (all steps + a fixed cost per program) / SMs
     + one program's steps (the tail); "lut"/"v2": enough parts for about 4 (lut) or 2 (v2) programs per SM.
     """
     if variant not in VARIANTS:
@@ -133,7 +142,7 @@ def default_config(m: int, n: int, k: int, num_sms: int = 132, group_size: int =
     tiles = math.ceil(n / block_n) * math.ceil(m / block_t)
     k_steps = k // (group_size * gps)
     split = 1
-    if variant in ("v4", "fp8"):
+    if variant in ("v5", "v4", "fp8"):
         if m <= 64:
             best = None
             for s in range(1, max(1, k_steps // 2) + 1):
@@ -271,6 +280,104 @@ prmt.b32 $1, l1, h1, u;
 }"""
 LUT_ROW_CONSTRAINTS = "=r,=r," + ",".join(["r"] * 5)  # 2 outputs, 8 codes, 4 table words
 
+# The "v5" kernel builds the tables in the loop from each group's float32 scale and uint8 zero (0.539 byte per weight
+# streamed at groups of 128 instead of v4's 0.625), split over the 4 lanes of a quad: in the tensor-core layout the 4
+# lanes of a quad hold the same rows, so lane a (= laneid % 4) computes word a (entries 4a..4a+3) of each of its
+# rows and 4 shuffles per row (shfl.sync.idx within the quad) hand every lane all 4 words. One invocation covers a
+# thread's 4 rows (pack=4). Operands: $0..$15 = the table words, l0 of the 4 rows, then l1, l2, l3; $16..$19 = s_g
+# (float32 bits); $20..$23 = the words holding the zeros of 4 groups (one byte each); $24..$27 = the prmt selector
+# 0x7650 | (g % 4), which puts z in byte 0 under the bits of 2^23 (0x4B00_00zz is the float 2^23 + z). Per row:
+# d0 = (2^23 + 4a) - (2^23 + z) = 4a - z exactly, d_t = d0 + t (exact small integers), one float32 multiply by s_g
+# rounded to nearest even (mul.rn: never contracted), and cvt.rn.satfinite.e4m3x2 rounds two products to FP8 E4M3
+# (nearest even, saturating at +-448, the sign of zero kept): exactly sim.formats.encode(float32(s_g (j - z)),
+# saturate=True). Formats with a smaller largest value clamp first (the clamp bounds are $28..$35).
+QUAD_SHFL_C = 0x1C1F  # shfl.sync c operand for segments of 4 lanes: ((32 - 4) << 8) | 31
+
+
+def _table_word_asm(clamp: bool) -> str:
+    lines = ["{", ".reg .b32 lane, zb, base, sel;", ".reg .f32 zf, d, p0, p1, p2, p3;", ".reg .b16 h0, h1;",
+             "mov.u32 lane, %laneid;", "bfe.u32 sel, lane, 2, 2;", "or.b32 sel, sel, 0x7650;",
+             "and.b32 lane, lane, 3;", "mad.lo.u32 base, lane, 4, 0x4B000000;"]
+    for e in range(4):
+        lines += [f"prmt.b32 zb, ${8 + e}, 0x4B000000, sel;", "mov.b32 zf, zb;",
+                  "sub.f32 d, base, zf;"]
+        for t in range(4):
+            if t:
+                lines.append("add.f32 d, d, 0f3F800000;")  # + 1.0, exact
+            lines.append(f"mul.rn.f32 p{t}, d, ${4 + e};")
+            if clamp:
+                lines += [f"min.f32 p{t}, p{t}, ${12 + e};", f"max.f32 p{t}, p{t}, ${16 + e};"]
+        lines += ["cvt.rn.satfinite.e4m3x2.f32 h0, p1, p0;", "cvt.rn.satfinite.e4m3x2.f32 h1, p3, p2;",
+                  f"mov.b32 ${e}, {{h0, h1}};"]
+    return "\n".join(lines + ["}"])
+
+
+# one invocation = a thread's 4 rows (pack=4): $0..$3 = this lane's word of each row; $4..$7 = s_g (float32 bits);
+# $8..$11 = the 32-bit words holding the rows' zeros (zeros stored as bytes, group-major, rows 4m..4m+3 of a group
+# in one word); with the clamp, $12..$15 = +fp8_max and $16..$19 = -fp8_max. The byte of row n is n % 4, and in
+# the tensor-core layout n % 4 = (laneid / 4) % 4 for all 4 rows of a thread (rows = 8 x register bits + laneid / 4
+# + 16 x warp bits), so the selector comes from %laneid: an operand computed from the loop counter or the row
+# index would stop Triton from keeping the table build in the tensor-core layout (it would instead convert the
+# expanded weights through shared memory, 16 barriers per K step)
+TABLE_WORD_ASM = _table_word_asm(False)
+TABLE_WORD_ASM_CLAMP = _table_word_asm(True)
+TABLE_WORD_CONSTRAINTS = ",".join(["=r"] * 4 + ["r"] * 8)
+TABLE_WORD_CONSTRAINTS_CLAMP = TABLE_WORD_CONSTRAINTS + "," + ",".join(["f"] * 8)
+# then word i of a row: lane i's word, from within the quad (one asm per i, each with one result: Triton keeps
+# single-result inline asm in the tensor-core layout, a multi-result one it would not rematerialise there)
+QUAD_SHFL_ASM = tuple(f"shfl.sync.idx.b32 $0, $1, {i}, {QUAD_SHFL_C:#x}, 0xffffffff;" for i in range(4))
+
+
+def table_build_np(scales: np.ndarray, zero_words: np.ndarray, group_in_word: int,
+                   fp8_max: float = 448.0) -> tuple[np.ndarray, ...]:
+    """Plain twin of ``TABLE_WORD_ASM`` then ``QUAD_SHFL_ASM`` (the "v5" kernel's in-loop table build), instruction for instruction.
+
+    scales: float32 array (s_g of each row); zero_words: uint32 array of the same shape (byte i = the zero of group
+    4 w + i, ``v5_zero_words_np``); group_in_word: g % 4. Lane a of a quad computes word a; the shuffles give every
+    lane the 4 words. Returns the 4 table words l0..l3 (uint32 arrays): byte b of word a = the FP8 E4M3FN code of
+    float32(s_g (4 a + b - z)), clamped to +-fp8_max.
+    """
+    from sim.formats import encode
+
+    s = np.asarray(scales, dtype=np.float32)
+    zb = prmt_np(np.asarray(zero_words, dtype=np.uint32), np.uint32(0x4B000000), np.uint32(0x7650 | group_in_word))
+    zf = zb.view(np.float32)
+    words = []
+    for lane in range(4):                                      # the quad's lanes
+        base = np.array(0x4B000000 + 4 * lane, np.uint32).view(np.float32)
+        d = (base - zf).astype(np.float32)                     # sub.f32: 4 a - z, exact
+        bytes_ = []
+        for t in range(4):
+            if t:
+                d = (d + np.float32(1.0)).astype(np.float32)   # add.f32, exact
+            p = (d * s).astype(np.float32)                     # mul.rn.f32
+            if fp8_max != 448.0:
+                p = np.maximum(np.minimum(p, np.float32(fp8_max)), np.float32(-fp8_max))
+            bytes_.append(encode(p, "float8_e4m3fn", saturate=True).astype(np.uint32))  # cvt.rn.satfinite
+        words.append(bytes_[0] | (bytes_[1] << 8) | (bytes_[2] << 16) | (bytes_[3] << 24))  # mov.b32 {h0, h1}
+    return tuple(words)                                        # shfl.sync.idx: lane i's word to every lane
+
+
+def v5_zeros_np(zeros: np.ndarray) -> np.ndarray:
+    """uint8 (G, N4): the "v5" kernel's zeros, group-major, rows padded with 0 to N4 = N rounded up to 4 (the
+    kernel reads rows 4m..4m+3 of a group as one 32-bit word and picks byte n % 4)."""
+    z = np.asarray(zeros, dtype=np.uint8)
+    n, g = z.shape
+    out = np.zeros((g, -(-n // 4) * 4), np.uint8)
+    out[:, :n] = z.T
+    return out
+
+
+def v5_zeros(zeros):
+    """torch twin of ``v5_zeros_np`` (on the zeros' device): uint8 (G, N4)."""
+    import torch
+
+    n, g = zeros.shape
+    out = torch.zeros((g, -(-n // 4) * 4), dtype=torch.uint8, device=zeros.device)
+    out[:, :n] = zeros.t()
+    return out
+
+
 def v4_codes_np(codes: np.ndarray, group_size: int) -> np.ndarray:
     """uint16 (G, N, group_size / 4): the "v4" kernel's layout of packed codes (N, K / 2) uint8.
 
@@ -337,6 +444,8 @@ class PackedW4A8Weight:
     4 per little-endian word.
     variant "lut": codes torch.uint8 (N, K / 2) as packed (column 2j in the low nibble); lut as for "v4".
     variant "v2": codes as for "lut"; group_scales torch.float32 (N, K / group_size); zeros torch.uint8.
+    variant "v5": codes as for "v4"; group_scales torch.float32 (G, N) (group-major); zeros torch.uint8 (G, N4),
+    N4 = N rounded up to a multiple of 4 (``v5_zeros``: group-major bytes, read 4 rows to a 32-bit word).
     variant "fp8": codes torch.uint8 (G, N, group_size) = the expanded FP8 weight, group-major (no INT4: the
     same loop with 1-byte weights, for measuring the loop's cost; bit-equal to the table variants).
     tensor_scale: s_t; fp8_max: the FP8 format's largest finite value; n, k: the weight's shape (N rows of K).
@@ -358,6 +467,8 @@ class PackedW4A8Weight:
         """Bytes one call reads of this weight (codes plus per-group data)."""
         if self.variant in TABLE_VARIANTS:
             return int(self.codes.numel() * self.codes.element_size() + self.lut.numel() * 4)
+        if self.variant == "v5":  # codes + float32 scale + the zero byte per (group, row) (padding rows excluded)
+            return int(self.codes.numel() * self.codes.element_size() + self.group_scales.numel() * 5)
         if self.variant == "fp8":
             return int(self.codes.numel())
         return int(self.codes.numel() + self.group_scales.numel() * 5)
@@ -392,6 +503,8 @@ class PackedW4A8Weight:
                       variant=variant, n=int(n), k=int(k))
         if variant == "v2":
             return cls(c, s, z, **common)
+        if variant == "v5":
+            return cls(v4_codes(c, group_size), s.t().contiguous(), v5_zeros(z), **common)
         lut = expansion_lut(s, z, float(fp8_max))
         if variant == "lut":
             return cls(c, None, None, lut=lut, **common)
@@ -654,6 +767,101 @@ def _kernels():
                         tl.store(out_ptr + out_offs, y, mask=out_mask)
                     tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed", scope="gpu")
 
+    word_asm, word_constraints = tl.constexpr(TABLE_WORD_ASM), tl.constexpr(TABLE_WORD_CONSTRAINTS)
+    word_asm_clamp = tl.constexpr(TABLE_WORD_ASM_CLAMP)
+    word_constraints_clamp = tl.constexpr(TABLE_WORD_CONSTRAINTS_CLAMP)
+    shfl0, shfl1, shfl2, shfl3 = (tl.constexpr(a) for a in QUAD_SHFL_ASM)
+
+    @triton.jit
+    def w4a8_v5_kernel(x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, part_ptr, count_ptr,
+                       M, N, K, stride_xm, stride_om, stride_zg, out_scale, k_steps_per_split, n_parts,
+                       BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, GROUP: tl.constexpr,
+                       SPLIT_K: tl.constexpr, OUT_BF16: tl.constexpr, EVEN_N: tl.constexpr, REDUCE: tl.constexpr,
+                       FP8_MAX: tl.constexpr):
+        # v5: v4's loop (codes group-major, 16-byte loads, LUT_ASM_ROW look-ups) with the tables built in the loop
+        # from the group's float32 scales (G, N) and zero bytes (G, N4, read 4 rows to a word): each lane of a quad
+        # builds one word of its 4 rows' tables (TABLE_WORD_ASM), shuffles within the quad hand out the other 3.
+        pid_n = tl.program_id(0)
+        pid_t = tl.program_id(1)
+        pid_s = tl.program_id(2)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        n_mask = offs_n < N
+        t_mask = offs_t < M
+        k_steps = K // GROUP
+        ks_begin = pid_s * k_steps_per_split
+        ks_end = ks_begin + k_steps_per_split
+        if ks_end > k_steps:
+            ks_end = k_steps
+        tl.assume(ks_end > ks_begin)  # as in v4: keeps the wgmma pipeline
+        offs_g = tl.arange(0, GROUP)
+        x_rows = x_ptr + offs_t[:, None].to(tl.int64) * stride_xm
+        W: tl.constexpr = GROUP // 4
+        offs_a = tl.arange(0, 4)
+        offs_i = tl.arange(0, W // 8)
+        w_tile = (offs_n[:, None, None] * (W // 2) + offs_a[None, :, None] * (W // 8) + offs_i[None, None, :])
+        w_base = w_ptr.to(tl.pointer_type(tl.uint32))
+        z_words = z_ptr.to(tl.pointer_type(tl.int32))
+        acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+        for ks in range(ks_begin, ks_end):
+            g = ks.to(tl.int64)
+            if EVEN_N:
+                c3 = tl.load(w_base + g * N * (W // 2) + w_tile)
+                sg = tl.load(s_ptr + g * N + offs_n)
+                zw = tl.load(z_words + (g * stride_zg + offs_n) // 4)
+            else:  # rows past N: code 0, scale 0, zero 0 -> table of +0, products vanish
+                c3 = tl.load(w_base + g * N * (W // 2) + w_tile, mask=n_mask[:, None, None], other=0)
+                sg = tl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0.0)
+                zw = tl.load(z_words + (g * stride_zg + offs_n) // 4, mask=n_mask, other=0)
+            if FP8_MAX == 448.0:
+                mine = tl.inline_asm_elementwise(word_asm, word_constraints, [sg.to(tl.int32, bitcast=True), zw],
+                                                 dtype=tl.uint32, is_pure=True, pack=4)
+            else:
+                hi = tl.full((BLOCK_N,), FP8_MAX, tl.float32)
+                mine = tl.inline_asm_elementwise(word_asm_clamp, word_constraints_clamp,
+                                                 [sg.to(tl.int32, bitcast=True), zw, hi, -hi],
+                                                 dtype=tl.uint32, is_pure=True, pack=4)
+            l0 = tl.inline_asm_elementwise(shfl0, "=r,r", [mine], dtype=tl.uint32, is_pure=True, pack=1)
+            l1 = tl.inline_asm_elementwise(shfl1, "=r,r", [mine], dtype=tl.uint32, is_pure=True, pack=1)
+            l2 = tl.inline_asm_elementwise(shfl2, "=r,r", [mine], dtype=tl.uint32, is_pure=True, pack=1)
+            l3 = tl.inline_asm_elementwise(shfl3, "=r,r", [mine], dtype=tl.uint32, is_pure=True, pack=1)
+            q_lo, q_hi = tl.inline_asm_elementwise(
+                lut_asm_row, lut_row_constraints,
+                [c3, l0[:, None, None], l1[:, None, None], l2[:, None, None], l3[:, None, None]],
+                dtype=(tl.uint32, tl.uint32), is_pure=True, pack=1)
+            quads = tl.reshape(tl.permute(tl.join(q_lo, q_hi), (0, 2, 3, 1)), (BLOCK_N, W))
+            b0, b1 = quads.to(tl.uint8), (quads >> 8).to(tl.uint8)
+            b2, b3 = (quads >> 16).to(tl.uint8), (quads >> 24).to(tl.uint8)
+            w8 = tl.reshape(tl.join(tl.join(b0, b2), tl.join(b1, b3)), (BLOCK_N, GROUP))
+            w8 = w8.to(tl.float8e4nv, bitcast=True)
+            x8 = tl.load(x_rows + (g * GROUP + offs_g)[None, :], mask=t_mask[:, None], other=0.0)
+            acc = tl.dot(w8, tl.trans(x8), acc)
+        out_offs = offs_t[None, :].to(tl.int64) * stride_om + offs_n[:, None]
+        out_mask = n_mask[:, None] & t_mask[None, :]
+        if SPLIT_K == 1:
+            y = acc * out_scale
+            if OUT_BF16:
+                tl.store(out_ptr + out_offs, y.to(tl.bfloat16), mask=out_mask)
+            else:
+                tl.store(out_ptr + out_offs, y, mask=out_mask)
+        else:
+            tl.store(part_ptr + pid_s.to(tl.int64) * M * N + out_offs, acc, mask=out_mask)
+            if REDUCE:  # as in v4
+                tl.debug_barrier()
+                tile = pid_t * tl.num_programs(0) + pid_n
+                arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
+                if arrived == n_parts - 1:
+                    total = tl.load(part_ptr + out_offs, mask=out_mask, other=0.0, cache_modifier=".cg")
+                    for ps in range(1, n_parts):
+                        total = total + tl.load(part_ptr + ps * M * N + out_offs, mask=out_mask, other=0.0,
+                                                cache_modifier=".cg")
+                    y = total * out_scale
+                    if OUT_BF16:
+                        tl.store(out_ptr + out_offs, y.to(tl.bfloat16), mask=out_mask)
+                    else:
+                        tl.store(out_ptr + out_offs, y, mask=out_mask)
+                    tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed", scope="gpu")
+
     @triton.jit
     def splitk_reduce_kernel(part_ptr, out_ptr, MN, out_scale, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
                              OUT_BF16: tl.constexpr):
@@ -669,6 +877,7 @@ def _kernels():
             tl.store(out_ptr + offs, y, mask=mask)
 
     _KERNELS.update({"v2": w4a8_kernel, "lut": w4a8_lut_kernel, "v4": w4a8_v4_kernel, "fp8": w4a8_v4_kernel,
+                     "v5": w4a8_v5_kernel,
                      "reduce": splitk_reduce_kernel})
     return _KERNELS
 
@@ -732,8 +941,17 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
     launch = dict(BLOCK_N=config.block_n, BLOCK_T=config.block_t, OUT_BF16=out_dtype == "bfloat16",
                   num_warps=config.num_warps, num_stages=config.num_stages)
     # SPLIT_K is only tested against 1 in the lut/v4 kernels: 1 or 2 keeps one compilation for every split count
-    reduce_in_kernel = split > 1 and config.reduce_in_kernel and weight.variant in ("v4", "fp8")
-    if weight.variant in ("v4", "fp8"):
+    reduce_in_kernel = split > 1 and config.reduce_in_kernel and weight.variant in ("v5", "v4", "fp8")
+    if weight.variant == "v5":
+        if config.groups_per_step != 1:
+            raise ValueError(f"variant 'v5' takes groups_per_step=1, got {config.groups_per_step}")
+        counters = _tile_counters(x8.device, grid[0] * grid[1]) if reduce_in_kernel else part
+        compiled = kernels["v5"][grid](x8, weight.codes, weight.group_scales, weight.zeros, out, part, counters,
+                                       m, n, k, x8.stride(0), out.stride(0), weight.zeros.stride(0), scale, per, split,
+                                       GROUP=weight.group_size, SPLIT_K=min(split, 2), EVEN_N=n % config.block_n == 0,
+                                       REDUCE=reduce_in_kernel, FP8_MAX=weight.fp8_max, **launch)
+        _check_v5_layout(compiled)
+    elif weight.variant in ("v4", "fp8"):
         counters = _tile_counters(x8.device, grid[0] * grid[1]) if reduce_in_kernel else part
         compiled = kernels["v4"][grid](x8, weight.codes, weight.lut if weight.lut is not None else weight.codes, out,
                                        part, counters, m, n, k, x8.stride(0), out.stride(0), scale, per, split,
@@ -754,6 +972,48 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
         kernels["reduce"][(triton_cdiv(m * n, block),)](part, out, m * n, scale, SPLIT_K=split, BLOCK=block,
                                                         OUT_BF16=out_dtype == "bfloat16", num_warps=4)
     return out, compiled
+
+
+_V5_CHECKED = set()
+
+
+def _check_v5_layout(compiled) -> None:
+    """The "v5" table build is only right where Triton placed it in the tensor-core layout (the 4 lanes of a quad
+    hold the same rows, and row % 4 = (laneid / 4) % 4): checked once per compiled kernel on its TTGIR."""
+    key = id(compiled)
+    if key in _V5_CHECKED:
+        return
+    problem = v5_layout_problem(compiled.asm["ttgir"])
+    if problem:
+        raise RuntimeError(f"w4a8 v5 kernel: {problem}; this Triton version or tile configuration does not keep the "
+                           f"table build in the tensor-core layout (use variant 'v4')")
+    _V5_CHECKED.add(key)
+
+
+def v5_layout_problem(ttgir: str) -> str:
+    """'' if the TTGIR's %laneid table-build asm runs in a layout whose lanes 0-1 do not move along the rows and
+    whose lanes 2-3 step rows by 1 and 2 (and whose registers never step rows by less than 4); else what is wrong."""
+    import re
+
+    line = next((ln for ln in ttgir.splitlines() if "elementwise_inline_asm" in ln and "%laneid" in ln), None)
+    if line is None:
+        return "no table-build asm found in the TTGIR"
+    m = re.search(r"->\s*tensor<\d+xi32,\s*#ttg\.slice<\{dim = (\d+), parent = #ttg\.slice<\{dim = (\d+), "
+                  r"parent = #(\w+)\}>\}>>", line)
+    if not m or {m.group(1), m.group(2)} != {"1", "2"}:
+        return "the table-build asm's result layout is not a row slice of the look-up layout"
+    d = re.search(r"^#" + re.escape(m.group(3)) + r" = (.*)$", ttgir, re.M)
+    if d is None:
+        return f"layout #{m.group(3)} not found"
+    def bases(kind):
+        b = re.search(kind + r" = \[(.*?)\]\](?:,|\})", d.group(1))
+        return [[int(v) for v in x.split(",")] for x in re.findall(r"\[([-\d, ]+)\]", b.group(1) + "]")] if b else None
+    lane, reg = bases("lane"), bases("register")
+    if not lane or len(lane) != 5 or not reg:
+        return f"layout #{m.group(3)} is not a linear layout with 5 lane bases"
+    if lane[0][0] != 0 or lane[1][0] != 0 or lane[2][0] != 1 or lane[3][0] != 2 or any(0 < r[0] < 4 for r in reg):
+        return f"layout #{m.group(3)} maps lanes to rows as {[b[0] for b in lane]}"
+    return ""
 
 
 _COUNTERS = {}

@@ -52,7 +52,7 @@ def test_cublas_path_bit_exact(m, n, k, gs):
     assert np.array_equal(_bits(got), _bits(want))
 
 
-@pytest.mark.parametrize("variant", ["v4", "lut", "v2", "fp8"])
+@pytest.mark.parametrize("variant", ["v5", "v4", "lut", "v2", "fp8"])
 @pytest.mark.parametrize("m,n,k,gs,split,hi", [(1, 256, 8192, 128, None, 4), (16, 192, 576, 64, None, 4),
                                                (16, 256, 8192, 128, 1, 4), (70, 384, 2048, 128, 3, 4),
                                                (8, 128, 1024, 32, None, 7),  # hi=7: s_g (q - z) saturates
@@ -127,7 +127,7 @@ def test_v4_rejects_a_k_step_that_does_not_divide_k():
         w4a8_matmul(x8, w, 1.0, config=KernelConfig(128, 16, 1, 4, 4, 2))
 
 
-@pytest.mark.parametrize("variant", ["v4", "fp8"])
+@pytest.mark.parametrize("variant", ["v5", "v4", "fp8"])
 def test_in_kernel_split_reduction_is_ordered_and_race_free(variant):
     """The last program of a tile adds the parts in order: the same bits as the separate reduction kernel and the
     emulator, on a NaN-poisoned workspace (a part read before it was written would show), many times over."""
@@ -148,3 +148,50 @@ def test_in_kernel_split_reduction_is_ordered_and_race_free(variant):
             ws = torch.full((split * 3 * 512,), float("nan"), device="cuda")
             got = w4a8_matmul(x8, w, p.act_scale, config=cfg, workspace=ws)
             assert torch.equal(got.view(torch.int16), sep.view(torch.int16))
+
+
+@pytest.mark.parametrize("cfg", [KernelConfig(128, 16, 3, 4, 4), KernelConfig(64, 16, 2, 4, 3),
+                                 KernelConfig(128, 16, 1, 8, 3), KernelConfig(128, 32, 5, 4, 3),
+                                 KernelConfig(128, 64, 2, 4, 3), KernelConfig(128, 128, 1, 8, 3)])
+def test_v5_tiles_bit_exact(cfg):
+    """The in-loop table build (quad lanes share rows, row % 4 from the lane id) on every tile shape the bench tries."""
+    rng = np.random.default_rng(cfg.block_n + cfg.split_k + cfg.block_t)
+    m = 100 if cfg.block_t > 16 else 5
+    p = _layer(rng, 388, 4096, 128, 7)  # N = 388: not a multiple of the tile, nor of 8
+    x = (rng.standard_normal((m, 4096)) * np.exp2(rng.uniform(-4, 4, (m, 4096)))).astype(np.float32)
+    got = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant="v5")(x)
+    want = fp8_gemm(hw="h100-triton-w4a8", out_dtype="bfloat16", split_k=split_k_parts(4096, cfg, 128),
+                    **emulator_inputs(p, x))
+    assert np.array_equal(_bits(got), _bits(want))
+
+
+@pytest.mark.parametrize("fmt", ["float8_e4m3fn", "float8_e4m3"])
+def test_v5_tables_equal_v4_tables_on_edge_scales(fmt):
+    """Tiny scales (products that round to +0 and, for q < z, to -0), huge (saturating) and subnormal-producing
+    scales: v5's in-loop tables give the very bits of v4's torch-built tables (and of the emulator for E4M3FN;
+    float8_e4m3 runs the clamped path, TABLE_WORD_ASM_CLAMP)."""
+    rng = np.random.default_rng(31)
+    p = _layer(rng, 256, 1024, 128, 7)
+    s = p.group_scales.copy()
+    s[::5] = np.float32(2.0 ** -149)           # the smallest float32: s (j - z) is +-tiny -> FP8 +0 / -0
+    s[1::5] = np.float32(2.0 ** -140)          # s (j - z) far below E4M3's smallest subnormal: +-0
+    s[2::5] = np.float32(2.0 ** 20)            # saturates at +-fp8 max
+    s[3::5] = np.float32(2.0 ** -10)           # subnormal FP8 products
+    p = PackedLinear(**(p.__dict__ | {"group_scales": s, "fp8_format": fmt}))
+    x = (rng.standard_normal((4, 1024)) * np.exp2(rng.uniform(-4, 4, (4, 1024)))).astype(np.float32)
+    cfg = KernelConfig(128, 16, 2, 4, 3)
+    got = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant="v5")(x)
+    ref = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant="v4")(x)
+    assert np.array_equal(_bits(got), _bits(ref))
+    if fmt == "float8_e4m3fn":  # the Hopper profiles take E4M3FN operands only
+        want = fp8_gemm(hw="h100-triton-w4a8", out_dtype="bfloat16", split_k=split_k_parts(1024, cfg, 128),
+                        **emulator_inputs(p, x))
+        assert np.array_equal(_bits(got), _bits(want))
+
+
+def test_v5_layouts_match_their_numpy_twins():
+    from dpq.kernels.w4a8_triton import v5_zeros, v5_zeros_np
+
+    rng = np.random.default_rng(6)
+    z = rng.integers(0, 16, (203, 9)).astype(np.uint8)
+    assert np.array_equal(v5_zeros(torch.from_numpy(z).cuda()).cpu().numpy(), v5_zeros_np(z))

@@ -108,3 +108,66 @@ def test_v4_32bit_units_hold_one_row_and_chunk():
         for i in range(gs // 32):
             assert np.array_equal(units[:, :, a, i] & 0xFFFF, words[:, :, 8 * i + a].T)
             assert np.array_equal(units[:, :, a, i] >> 16, words[:, :, 8 * i + 4 + a].T)
+
+
+@pytest.mark.parametrize("fmt,fp8_max,hi", [("float8_e4m3fn", 448.0, 4), ("float8_e4m3fn", 448.0, 7),
+                                            ("float8_e4m3", 240.0, 6)])
+def test_v5_table_build_twin_equals_the_packed_format(fmt, fp8_max, hi):
+    """TABLE_WORD_ASM + QUAD_SHFL_ASM (lane a of a quad builds word a; zero picked from a 4-row word by row % 4)
+    give the 16 FP8 codes of every (row, group), incl. saturation, subnormals and -0 for q < z at tiny scales."""
+    from dpq.kernels.w4a8_triton import table_build_np, v5_zeros_np
+
+    rng = np.random.default_rng(13)
+    n, g = 41, 6
+    scales = np.exp2(rng.uniform(-8, hi, (n, g))).astype(np.float32)
+    scales[::7] = np.float32(2.0 ** -149)      # products +-tiny: FP8 +0 and -0
+    scales[3::7] = np.float32(2.0 ** -12)      # FP8 subnormals
+    scales[5::7] = np.float32(2.0 ** 30)       # saturation
+    zeros = rng.integers(0, 16, (n, g)).astype(np.uint8)
+    zeros[0, :] = [0, 15, 7, 8, 1, 14]
+    zb = v5_zeros_np(zeros)                                              # (G, N4) bytes
+    words = zb.reshape(g, -1, 4).view("<u4")[..., 0]                     # (G, N4 / 4): rows 4m..4m+3 per word
+    rows = np.arange(n)
+    lw = table_build_np(scales.T, words[:, rows // 4], 0, fp8_max)      # selector per row below
+    for r in range(4):                                                   # lanes whose rows have n % 4 == r
+        sel = rows % 4 == r
+        part = table_build_np(scales.T[:, sel], words[:, rows[sel] // 4], r, fp8_max)
+        for i in range(4):
+            lw[i][:, sel] = part[i]
+    got = np.stack([(lw[i] >> (8 * b)) & 0xFF for i in range(4) for b in range(4)], axis=-1).astype(np.uint8)
+    want = expansion_lut_np(scales, zeros, fmt)                          # (G, N, 16)
+    if fmt == "float8_e4m3":   # the kernel's table holds E4M3FN codes of the clamped value (the torch path's)
+        d = np.arange(16)[None, None, :] - zeros.T.astype(np.int32)[:, :, None]
+        v = np.clip((scales.T[:, :, None] * d.astype(np.float32)).astype(np.float32), -fp8_max, fp8_max)
+        want = encode(v.astype(np.float32), "float8_e4m3fn", saturate=True)
+    assert np.array_equal(got, want)
+    top = encode(np.float32(fp8_max), "float8_e4m3fn")
+    assert np.any(got == 0x80) and np.any(got == top)  # -0 and the saturated maximum were exercised
+
+
+def test_v5_zero_layout_pads_rows_to_words():
+    from dpq.kernels.w4a8_triton import v5_zeros_np
+
+    z = np.arange(30, dtype=np.uint8).reshape(10, 3) % 16
+    out = v5_zeros_np(z)
+    assert out.shape == (3, 12) and np.array_equal(out[:, :10], z.T) and not out[:, 10:].any()
+
+
+def test_v5_layout_guard_on_the_compiled_kernel():
+    """The table build compiles into the tensor-core layout (quad lanes share rows; row % 4 = (lane / 4) % 4) on
+    the tiles the bench tries, and the guard rejects a layout that maps lanes 0-1 to rows."""
+    pytest.importorskip("triton")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from kernel_sass import compile_kernel
+
+    from dpq.kernels.w4a8_triton import v5_layout_problem
+
+    for block_n, block_t, warps in ((128, 16, 4), (64, 16, 4), (128, 16, 8), (128, 64, 4)):
+        k, _, _ = compile_kernel("v5", block_n, block_t, 128, 2, warps, 3)
+        ttgir = k.asm["ttgir"]
+        assert v5_layout_problem(ttgir) == "", (block_n, block_t, warps)
+    bad = ttgir.replace("lane = [[0, 1, 0], [0, 2, 0], [1, 0, 0]", "lane = [[1, 0, 0], [0, 2, 0], [0, 1, 0]")
+    assert bad != ttgir and "maps lanes to rows" in v5_layout_problem(bad)
