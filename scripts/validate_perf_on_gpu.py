@@ -1,8 +1,9 @@
 """Hold the performance model to the GPU benchmark: sim.perf's predicted GEMM time next to each measured one.
 
 Reads ``results/gpu/bench_<card>.csv`` (scripts/bench_gpu.py) and predicts every row: bf16 / fp8 cuBLAS rows with
-``sim.perf.gemm_timing(profile, m, n, k, scheme)``, w4a8_unfused with ``dequant.placement=vector_pass`` (expand,
-then GEMM), and every fused Triton row (w4a8_fused*, fp8_triton) with the structure model
+``sim.perf.gemm_timing(profile, m, n, k, scheme)``, w4a8_unfused as what scripts/bench_gpu.py runs for it: the
+chain of torch eager kernels of ``dpq.torch_backend.expanded_weight_values`` (``UNFUSED_TORCH_KERNELS``, each a
+streaming kernel of the profile, ``sim.perf.gemm.streaming_kernels_time``) and the FP8 cuBLAS GEMM; and every fused Triton row (w4a8_fused*, fp8_triton) with the structure model
 ``sim.perf.fused_kernel.fused_gemm_timing`` on the card's ``<profile>-triton-w4a8`` profile, given the structure of
 the configuration that row actually ran: its tile/split/warps/stages (CSV columns, else the ``config`` text), the
 registers and shared memory (CSV columns, else the compiled kernel) and the main loop's SASS instructions per
@@ -30,11 +31,36 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SCHEME_OF = {"bf16": ("bf16", None), "fp8": ("fp8", None), "w4a8_fused": ("w4a8", None),
-             "w4a8_fused_v3": ("w4a8", None), "w4a8_fused_v2": ("w4a8", None), "fp8_triton": ("fp8", None),
-             "w4a8_unfused": ("w4a8", {"dequant.placement": "vector_pass"})}
+             "w4a8_fused_v5": ("w4a8", None), "w4a8_fused_v4": ("w4a8", None), "w4a8_fused_v3": ("w4a8", None),
+             "w4a8_fused_v2": ("w4a8", None), "fp8_triton": ("fp8", None), "w4a8_unfused": ("fp8", None)}  # w4a8_unfused: FP8 GEMM after the torch expansion chain (below)
+# The kernels scripts/bench_gpu.py's w4a8_unfused path launches per call before its torch._scaled_mm (the torch
+# profiler's list, results/gpu/probe_unfused_ops_h100.csv): dpq.torch_backend.expanded_weight_values on uint8
+# codes (n, k/2), float32 scales and uint8 zeros (n, k/128), then the FP8 cast. (name, read bytes, write bytes)
+# as multiples of W = n*k weights and G = n*k/128 groups; the intermediates are int32/float32 (4 bytes).
+UNFUSED_TORCH_KERNELS = (
+    ("codes uint8 -> int32", 0.5, 0, 2.0, 0),          # c = codes.to(int32): n x k/2 elements
+    ("c & 0x0F", 2.0, 0, 2.0, 0),
+    ("c >> 4", 2.0, 0, 2.0, 0),
+    ("stack (cat) -> q int32", 4.0, 0, 4.0, 0),
+    ("zeros uint8 -> int32", 0, 1.0, 0, 4.0),
+    ("repeat_interleave z (int32)", 0, 4.0, 4.0, 0),
+    ("repeat_interleave s (float32)", 0, 4.0, 4.0, 0),
+    ("q - z (int32)", 8.0, 0, 4.0, 0),
+    ("int32 -> float32", 4.0, 0, 4.0, 0),
+    ("* s (float32)", 8.0, 0, 4.0, 0),
+    ("clamp_ (float32)", 4.0, 0, 4.0, 0),
+    ("float32 -> float8_e4m3fn", 4.0, 0, 1.0, 0),
+)
+
+
+def unfused_kernels(n: int, k: int) -> list[tuple[str, float, float]]:
+    """(name, read bytes, write bytes) of each torch kernel of the w4a8_unfused expansion of an n x k weight."""
+    w, g = float(n) * k, float(n) * k / GROUP_SIZE
+    return [(name, rw * w + rg * g, ww * w + wg * g) for name, rw, rg, ww, wg in UNFUSED_TORCH_KERNELS]
 # bytes per weight each kernel variant streams (dpq/kernels/w4a8_triton.py): INT4 codes 0.5 + a 16-byte FP8 table
-# per (group of 128, row) (v3 "lut", v4); + float32 scale and uint8 zero per group (v2); FP8 weights (fp8)
-WEIGHT_BYTES = {"v4": 0.5 + 16 / 128, "lut": 0.5 + 16 / 128, "v2": 0.5 + 5 / 128, "fp8": 1.0}
+# per (group of 128, row) (v3 "lut", v4); + float32 scale and uint8 zero per group (v2; v5, which builds the tables
+# in the loop from them); FP8 weights (fp8)
+WEIGHT_BYTES = {"v5": 0.5 + 5 / 128, "v4": 0.5 + 16 / 128, "lut": 0.5 + 16 / 128, "v2": 0.5 + 5 / 128, "fp8": 1.0}
 M_RANGES = (("decode M<=16", 1, 16), ("M 17-64", 17, 64), ("M 65-4096", 65, 1 << 30))
 GROUP_SIZE = 128
 STRUCTURE_CACHE = ROOT / "results" / "gpu" / "fused_kernel_structure.csv"
@@ -44,8 +70,28 @@ STRUCTURE_FIELDS = ["kernel_commit", "variant", "block_n", "block_t", "num_warps
                     "shared_instructions", "other_instructions", "shared_wavefronts_per_warp"]
 
 
-def variants_of(schemes: set[str]) -> dict[str, str]:
-    """Which kernel variant each fused scheme of a bench CSV ran (the naming of scripts/bench_gpu.py by version)."""
+def default_variant_at(commit: str | None) -> str | None:
+    """DEFAULT_VARIANT of dpq/kernels/w4a8_triton.py at ``commit`` (None if it cannot be read)."""
+    import re
+    import subprocess
+
+    if not commit:
+        return None
+    src = subprocess.run(["git", "show", f"{commit}:dpq/kernels/w4a8_triton.py"], capture_output=True, text=True,
+                         cwd=ROOT).stdout
+    hit = re.search(r'^DEFAULT_VARIANT\s*=\s*"(\w+)"', src, re.M)
+    return hit.group(1) if hit else None
+
+
+def variants_of(schemes: set[str], default_variant: str | None = None) -> dict[str, str]:
+    """Which kernel variant each fused scheme of a bench CSV ran (the naming of scripts/bench_gpu.py by version;
+    rows that carry a ``variant`` column override this per row). default_variant: the kernel module's
+    DEFAULT_VARIANT at the measured commit, which plain ``w4a8_fused`` ran once the variants got their own schemes."""
+    if "w4a8_fused_v5" in schemes or "w4a8_fused_v4" in schemes:
+        out = {"w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2",
+               "fp8_triton": "fp8"}
+        out["w4a8_fused"] = default_variant or "v4"
+        return out
     if "w4a8_fused_v3" in schemes or "fp8_triton" in schemes:
         return {"w4a8_fused": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2", "fp8_triton": "fp8"}
     if "w4a8_fused_v2" in schemes:
@@ -169,19 +215,19 @@ def load_rows(path: Path) -> list[dict]:
 def predict_rows(rows: list[dict], profile: str, overrides: dict, fused_profile: str | None = None,
                  kernel_commit: str | None = None) -> list[dict]:
     from sim.perf.fused_kernel import fused_gemm_timing
-    from sim.perf.gemm import gemm_timing
+    from sim.perf.gemm import gemm_timing, streaming_kernels_time
     from sim.perf.ops import resolve_profile
 
     cache = {}
     structures = load_structures()
-    variants = variants_of({r["scheme"] for r in rows})
+    variants = variants_of({r["scheme"] for r in rows}, default_variant_at(kernel_commit))
     fused_hw = resolve_profile(fused_profile or f"{profile}-triton-w4a8", overrides or None)
     out = []
     for r in rows:
         m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
         measured = float(r["latency_s"])
         if r["scheme"] in variants:
-            s = fused_structure(r, variants[r["scheme"]], structures, kernel_commit)
+            s = fused_structure(r, r.get("variant") or variants[r["scheme"]], structures, kernel_commit)
             t = fused_gemm_timing(fused_hw, s, m, n, k)
             predicted, bound = t.time_s, f"{t.bound} P={t.resident_programs_per_sm}"
         else:
@@ -191,6 +237,10 @@ def predict_rows(rows: list[dict], profile: str, overrides: dict, fused_profile:
                 cache[key] = resolve_profile(profile, {**overrides, **(extra or {})} or None)
             t = gemm_timing(cache[key], m, n, k, scheme)
             predicted, bound = t.time_s, t.bound
+            if r["scheme"] == "w4a8_unfused":
+                chain = streaming_kernels_time(cache[key], unfused_kernels(n, k))
+                predicted += sum(sec for _, sec in chain)
+                bound = f"{len(chain)} torch kernels + fp8 gemm"
         out.append({"model": r["model"], "layer": r["layer"], "scheme": r["scheme"], "m": m, "n": n, "k": k,
                     "measured_s": measured, "predicted_s": predicted, "error": predicted / measured - 1.0,
                     "bound": bound})
@@ -257,7 +307,7 @@ def main(argv=None) -> int:
              f"Measurements: `{args.bench_csv}` ({len(rows)} rows, {rows[0]['date']}). Predictions: cuBLAS rows "
              f"`sim.perf.gemm_timing` (profile `{tag}`); fused Triton rows `sim.perf.fused_kernel.fused_gemm_timing` "
              f"(profile `{args.fused_profile or profile + '-triton-w4a8'}`) with the structure of the configuration "
-             f"each row ran (kernel variants: {variants_of({r['scheme'] for r in rows})}; SASS of dpq/kernels at "
+             f"each row ran (kernel variants: {variants_of({r['scheme'] for r in rows}, default_variant_at(kernel_commit))}; SASS of dpq/kernels at "
              f"commit {kernel_commit}). Nothing fitted here; "
              f"the W4A8 rows are held out of every calibration"
              + (" (the fp8_triton rows, the W4A8 kernel's loop with FP8 weights, are part of the loop calibration "

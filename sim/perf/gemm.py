@@ -30,3 +30,24 @@ def predict_gemm(hw: HardwareProfile | str, m: int, n: int, k: int, scheme: str)
     expanded as the profile's ``dequant.placement`` says; a 'vector_pass' adds its separate kernel's time).
     """
     return gemm_timing(hw, m, n, k, scheme).time_s
+
+
+def streaming_kernels_time(hw: HardwareProfile | str, kernels) -> list[tuple[str, float]]:
+    """Seconds of each streaming kernel of an explicit list run back to back (elementwise ops, copies).
+
+    kernels: iterable of (name, read_bytes, write_bytes); each is one launch of a kernel that streams its bytes
+    through HBM at the profile's efficiency for that transfer size after the profile's launch cost
+    (``sim.perf.kernels.stream_plan`` with no vector work, simulated by the event engine). Returns
+    [(name, seconds)] in order.
+    """
+    from sim.perf.engine import run_kernel
+    from sim.perf.kernels import stream_plan
+
+    hw = resolve_profile(hw)
+    out = []
+    for name, read_bytes, write_bytes in kernels:
+        for label, v in (("read_bytes", read_bytes), ("write_bytes", write_bytes)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                raise ValueError(f"kernel {name!r}: {label}={v!r}: expected a non-negative number")
+        out.append((name, run_kernel(stream_plan(hw, name, float(read_bytes), float(write_bytes), 0.0)).time_s))
+    return out

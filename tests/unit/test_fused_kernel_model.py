@@ -187,3 +187,31 @@ def test_validate_script_reads_the_configuration_each_row_ran():
     assert v.variants_of({"bf16", "w4a8_fused", "w4a8_fused_v3", "fp8_triton"})["w4a8_fused"] == "v4"
     assert v.variants_of({"w4a8_fused", "w4a8_fused_v2"}) == {"w4a8_fused": "lut", "w4a8_fused_v2": "v2"}
     assert v.variants_of({"w4a8_fused", "w4a8_unfused"}) == {"w4a8_fused": "v2"}
+
+
+def test_validate_script_names_the_v5_variant_and_its_bytes():
+    v = _script("validate_perf_on_gpu")
+    schemes = {"fp8", "w4a8_fused", "w4a8_fused_v5", "w4a8_fused_v4", "fp8_triton"}
+    assert v.variants_of(schemes, "v5") == {"w4a8_fused": "v5", "w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4",
+                                            "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2", "fp8_triton": "fp8"}
+    assert v.variants_of(schemes, None)["w4a8_fused"] == "v4"
+    assert v.WEIGHT_BYTES["v5"] == pytest.approx(0.5 + 5 / 128)  # codes + float32 scale + uint8 zero per group
+
+
+def test_unfused_torch_chain_bytes_and_streaming_time():
+    from sim.perf.gemm import streaming_kernels_time
+
+    v = _script("validate_perf_on_gpu")
+    n, k = 4096, 4096
+    chain = v.unfused_kernels(n, k)
+    assert len(chain) == 12
+    w, g = n * k, n * k / 128
+    # int32/float32 intermediates: 36.5 W read + 35 W written, 9 G read + 4 G written (group scales and zeros)
+    assert sum(r + wr for _, r, wr in chain) == pytest.approx(71.5 * w + 13 * g)
+    hw = load_profile("h100")
+    times = dict(streaming_kernels_time(hw, chain))
+    assert times["c & 0x0F"] == pytest.approx(times["c >> 4"])  # same bytes, same time
+    assert times["* s (float32)"] > times["int32 -> float32"] > times["codes uint8 -> int32"]
+    assert min(times.values()) >= hw.kernel.launch_overhead_s
+    with pytest.raises(ValueError, match="read_bytes"):
+        streaming_kernels_time(hw, [("bad", -1.0, 0.0)])
