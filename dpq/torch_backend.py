@@ -16,8 +16,9 @@ Kernels (``kernel=``):
 * ``cublas``: expand the whole weight to FP8 once when the layer is built, then ``torch._scaled_mm`` per call.
 * ``triton``: the fused W4A8 kernel of ``dpq.kernels.w4a8_triton`` (packed INT4 read per call, expanded in
   registers); its numerics are the profile ``h100-triton-w4a8`` (no promotion, split-K parts added in order).
-  ``triton_variant`` (else $DPQ_TRITON_VARIANT, else "v4"): "v4" or "lut" (table look-up expansion), "v2"
-  (float32 arithmetic per weight) or "fp8" (weights expanded once, the same loop); all give the same bits.
+  ``triton_variant`` (else $DPQ_TRITON_VARIANT, else "v5"): "v5" (tables built in the loop from the group's scale
+  and zero), "v4" or "lut" (tables precomputed, read from memory), "v2" (float32 arithmetic per weight) or "fp8"
+  (weights expanded once, the same loop); all give the same bits.
 * on HPU: ``torch.ops.hpu.cast_to_fp8_v2`` and ``torch.ops.hpu.fp8_gemm_v2`` (Gaudi 2 takes its FP8 values in
   the e4m3 range of +-240, which are a subset of torch's float8_e4m3fn codes, bit pattern for bit pattern).
 * on CPU: float32 matmul of the same FP8 values (the ``reference`` backend's arithmetic, not a chip's).

@@ -5,7 +5,7 @@ and of its main loop (the largest backward branch's body), and the loop's instru
 (weights per loop iteration = BLOCK_N x group size, divided over the program's threads). ``--dump DIR`` writes the
 TTGIR, PTX and SASS.
 
-    python scripts/kernel_sass.py --variant v4 --block-n 128 --block-t 16 --split-k 4 --warps 4 --stages 3
+    python scripts/kernel_sass.py --variant v5 --block-n 128 --block-t 16 --split-k 4 --warps 4 --stages 3
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def loop_mix(sass: str):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variant", default="v4", help="v5, v4, fp8, lut or v2")
+    ap.add_argument("--variant", default="v5", help="v5, v4, fp8, lut or v2")
     ap.add_argument("--block-n", type=int, default=64)
     ap.add_argument("--block-t", type=int, default=16)
     ap.add_argument("--block-k", type=int, default=128, help="= the group size")

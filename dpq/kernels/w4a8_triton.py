@@ -4,7 +4,8 @@ The packed INT4 codes are read from HBM once per tile and expanded to FP8 E4M3 i
 accumulates in float32 registers; the per-tensor scales are applied in the epilogue. Nothing of full size is written
 back. Variants (``variant=``), all with the very same numerics:
 
-* ``"v5"``: v4's loop (codes group-major, 16-byte loads, ``LUT_ASM_ROW`` look-ups) with the tables built in the loop
+* ``"v5"`` (the default since 2026-11-27: faster than v4 at decode on an H100, results/gpu/README.md): v4's loop
+  (codes group-major, 16-byte loads, ``LUT_ASM_ROW`` look-ups) with the tables built in the loop
   instead of streamed: per K step each program reads the group's float32 scales (G, N) and zero bytes (G, N4) -
   0.539 byte per weight at groups of 128 instead of 0.625 - and the 4 lanes of each quad of the tensor-core layout
   (which hold the same rows) build one table word each for their 4 rows (``TABLE_WORD_ASM``: exact 4a - z by the
@@ -12,7 +13,8 @@ back. Variants (``variant=``), all with the very same numerics:
   4 words (``QUAD_SHFL_ASM``). The row's byte in the 4-row zero word is row % 4 = (laneid / 4) % 4 in that layout;
   the launch checks on the TTGIR that Triton kept the build in that layout (``v5_layout_problem``). About 2.8 SASS
   instructions per weight (FADD/FMUL 32, F2FP 8, SHFL 16 added), 75 registers, no table in shared memory.
-* ``"v4"`` (the default): table look-up expansion as "lut" below, in a loop rebuilt for latency. When the weight
+* ``"v4"`` (the default before v5; still faster than v5 at M >= 256, where every 128 x 128 tile builds its tables
+  again): table look-up expansion as "lut" below, in a loop rebuilt for latency. When the weight
   is put on the GPU, the 16 possible expanded values of every (row, group), FP8(s_g (j - z)) for j = 0..15, are
   computed once with torch (the exact float32 multiply and the saturating RNE cast of the packed format) into a
   16-byte table per group (0.625 byte per weight streamed at groups of 128), and the codes are laid out
@@ -75,7 +77,7 @@ import numpy as np
 
 GROUP_SIZES = (32, 64, 128)  # whole groups of the packed format per K step of the kernel
 VARIANTS = ("v5", "v4", "lut", "v2", "fp8")
-DEFAULT_VARIANT = "v4"
+DEFAULT_VARIANT = "v5"
 TABLE_VARIANTS = ("v4", "lut")  # the variants that read the 16-byte expansion tables from HBM
 
 

@@ -69,6 +69,10 @@ def test_v4_split_heuristic_balances_the_sms():
     assert [default_config(1, n, k, 132, 128, "v4").split_k for n, k in
             ((10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672))] == [8, 8, 3, 16]
     assert default_config(4096, 8192, 8192, 132, 128, "fp8").split_k == 1
+    # v5 (the default) takes v4's tiles and splits
+    for n, k in ((10240, 8192), (57344, 8192), (8192, 28672)):
+        for m in (1, 16, 64, 512):
+            assert default_config(m, n, k, 132, 128, "v5") == default_config(m, n, k, 132, 128, "v4")
 
 
 def test_groups_per_step_sets_the_k_step():
