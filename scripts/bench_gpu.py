@@ -65,8 +65,8 @@ FUSED_VARIANTS = {"w4a8_fused": None, "w4a8_fused_v5": "v5", "w4a8_fused_v4": "v
 GROUP_SIZE = 128
 FIELDS = ["card", "driver", "torch", "triton", "cuda", "sm_count", "date", "model", "layer", "scheme", "m", "n", "k",
           "latency_s", "spread_rel", "calls_per_graph", "weight_copies", "weight_bytes", "hbm_bytes",
-          "achieved_tb_per_s", "achieved_tflop_per_s", "variant", "config", "block_n", "block_t", "split_k", "num_warps",
-          "num_stages", "groups_per_step", "registers", "shared_bytes"]
+          "achieved_tb_per_s", "achieved_tflop_per_s", "variant", "config", "block_n", "block_t", "split_k",
+          "num_warps", "num_stages", "groups_per_step", "registers", "shared_bytes"]
 CONFIG_FIELDS = ("block_n", "block_t", "split_k", "num_warps", "num_stages", "groups_per_step")
 
 
@@ -176,7 +176,8 @@ def fused_candidates(m: int, n: int, k: int, sms: int, quick: bool, variant: str
         cands += [KernelConfig(block_n=128, block_t=64, split_k=1, num_warps=4, num_stages=4)]
     seen, out = set(), []
     for c in cands:
-        if c not in seen and (k // GROUP_SIZE) % c.groups_per_step == 0 and (variant != "v5" or c.groups_per_step == 1):
+        if (c not in seen and (k // GROUP_SIZE) % c.groups_per_step == 0
+                and (variant != "v5" or c.groups_per_step == 1)):
             seen.add(c)
             out.append(c)
     return out
@@ -191,8 +192,9 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
     codes, scales, zeros = make_weights(torch, n, k, gen)
     fused_variant = args.fused_variant
     table_bytes, packed_bytes = codes.numel() + scales.numel() * 16, codes.numel() + scales.numel() * 5
+    variant_bytes = {"v5": packed_bytes, "v4": table_bytes, "lut": table_bytes, "v2": packed_bytes, "fp8": n * k}
     w_bytes = {"bf16": n * k * 2, "fp8": n * k, "w4a8_fused_v4": table_bytes, "w4a8_fused_v5": packed_bytes,
-               "w4a8_fused": packed_bytes if fused_variant == "v5" else table_bytes,
+               "w4a8_fused": variant_bytes[fused_variant],
                "w4a8_fused_v3": codes.numel() + scales.numel() * 16, "fp8_triton": n * k,
                "w4a8_fused_v2": codes.numel() + scales.numel() * 5, "w4a8_unfused": codes.numel() + scales.numel() * 5}
     fp8_max = 448.0

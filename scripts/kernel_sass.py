@@ -37,7 +37,8 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
     if variant == "v5":
         sig = {"x_ptr": "*fp8e4nv", "w_ptr": "*i16", "s_ptr": "*fp32", "z_ptr": "*u8",
                "out_ptr": "*bf16", "part_ptr": "*fp32", "count_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32",
-               "stride_xm": "i32", "stride_om": "i32", "stride_zg": "i32", "out_scale": "fp32", "k_steps_per_split": "i32",
+               "stride_xm": "i32", "stride_om": "i32", "stride_zg": "i32", "out_scale": "fp32",
+               "k_steps_per_split": "i32",
                "n_parts": "i32"}
         consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, GROUP=block_k, SPLIT_K=min(split_k, 2),
                       OUT_BF16=True, EVEN_N=True, REDUCE=split_k > 1 and reduce_in_kernel, FP8_MAX=448.0)

@@ -285,14 +285,12 @@ LUT_ROW_CONSTRAINTS = "=r,=r," + ",".join(["r"] * 5)  # 2 outputs, 8 codes, 4 ta
 # The "v5" kernel builds the tables in the loop from each group's float32 scale and uint8 zero (0.539 byte per weight
 # streamed at groups of 128 instead of v4's 0.625), split over the 4 lanes of a quad: in the tensor-core layout the 4
 # lanes of a quad hold the same rows, so lane a (= laneid % 4) computes word a (entries 4a..4a+3) of each of its
-# rows and 4 shuffles per row (shfl.sync.idx within the quad) hand every lane all 4 words. One invocation covers a
-# thread's 4 rows (pack=4). Operands: $0..$15 = the table words, l0 of the 4 rows, then l1, l2, l3; $16..$19 = s_g
-# (float32 bits); $20..$23 = the words holding the zeros of 4 groups (one byte each); $24..$27 = the prmt selector
-# 0x7650 | (g % 4), which puts z in byte 0 under the bits of 2^23 (0x4B00_00zz is the float 2^23 + z). Per row:
-# d0 = (2^23 + 4a) - (2^23 + z) = 4a - z exactly, d_t = d0 + t (exact small integers), one float32 multiply by s_g
-# rounded to nearest even (mul.rn: never contracted), and cvt.rn.satfinite.e4m3x2 rounds two products to FP8 E4M3
-# (nearest even, saturating at +-448, the sign of zero kept): exactly sim.formats.encode(float32(s_g (j - z)),
-# saturate=True). Formats with a smaller largest value clamp first (the clamp bounds are $28..$35).
+# rows, and 4 shuffles per row (shfl.sync.idx within the quad) hand every lane all 4 words. Per row: prmt puts the
+# zero under the bits of 2^23 (0x4B00_00zz is the float 2^23 + z), d = (2^23 + 4a) - (2^23 + z) = 4a - z exactly,
+# d + 1, d + 2, d + 3 (exact small integers), one float32 multiply by s_g each, rounded to nearest even (mul.rn:
+# never contracted), and cvt.rn.satfinite.e4m3x2 rounds two products to FP8 E4M3 (nearest even, saturating at
+# +-448, the sign of zero kept): exactly sim.formats.encode(float32(s_g (j - z)), saturate=True). Formats with a
+# smaller largest value clamp first (TABLE_WORD_ASM_CLAMP), as the torch-built tables do.
 QUAD_SHFL_C = 0x1C1F  # shfl.sync c operand for segments of 4 lanes: ((32 - 4) << 8) | 31
 
 
@@ -330,19 +328,20 @@ TABLE_WORD_CONSTRAINTS_CLAMP = TABLE_WORD_CONSTRAINTS + "," + ",".join(["f"] * 8
 QUAD_SHFL_ASM = tuple(f"shfl.sync.idx.b32 $0, $1, {i}, {QUAD_SHFL_C:#x}, 0xffffffff;" for i in range(4))
 
 
-def table_build_np(scales: np.ndarray, zero_words: np.ndarray, group_in_word: int,
+def table_build_np(scales: np.ndarray, zero_words: np.ndarray, row_in_word: int,
                    fp8_max: float = 448.0) -> tuple[np.ndarray, ...]:
-    """Plain twin of ``TABLE_WORD_ASM`` then ``QUAD_SHFL_ASM`` (the "v5" kernel's in-loop table build), instruction for instruction.
+    """Plain twin of ``TABLE_WORD_ASM`` then ``QUAD_SHFL_ASM`` (the "v5" table build), instruction for instruction.
 
-    scales: float32 array (s_g of each row); zero_words: uint32 array of the same shape (byte i = the zero of group
-    4 w + i, ``v5_zero_words_np``); group_in_word: g % 4. Lane a of a quad computes word a; the shuffles give every
-    lane the 4 words. Returns the 4 table words l0..l3 (uint32 arrays): byte b of word a = the FP8 E4M3FN code of
-    float32(s_g (4 a + b - z)), clamped to +-fp8_max.
+    scales: float32 array (s_g of each row); zero_words: uint32 array of the same shape, the word of ``v5_zeros_np``
+    holding the row's zero (rows 4m..4m+3 of a group, row 4m + i in byte i); row_in_word: the row's index % 4 (the
+    kernel's (laneid / 4) % 4). Lane a of a quad computes word a; the shuffles give every lane the 4 words. Returns
+    the 4 table words l0..l3 (uint32 arrays): byte b of word a = the FP8 E4M3FN code of float32(s_g (4 a + b - z)),
+    clamped to +-fp8_max.
     """
     from sim.formats import encode
 
     s = np.asarray(scales, dtype=np.float32)
-    zb = prmt_np(np.asarray(zero_words, dtype=np.uint32), np.uint32(0x4B000000), np.uint32(0x7650 | group_in_word))
+    zb = prmt_np(np.asarray(zero_words, dtype=np.uint32), np.uint32(0x4B000000), np.uint32(0x7650 | row_in_word))
     zf = zb.view(np.float32)
     words = []
     for lane in range(4):                                      # the quad's lanes
