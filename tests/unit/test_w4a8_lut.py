@@ -1,7 +1,8 @@
-"""The "lut" variant of the fused W4A8 kernel, host side: its look-up tables and the inline asm's plain twin.
+"""The table variants of the fused W4A8 kernel, host side: tables, code layouts and the inline asm's plain twins.
 
-The twin (``lut_expand_np``, PTX ``prmt`` modelled byte by byte) must give, for every code, the FP8 code of
-s_g (q - z) that ``sim.formats.encode`` gives for the packed format's expansion (zero tolerance).
+The twins (``lut_expand_np`` / ``lut_expand_row_np``: PTX ``prmt`` modelled byte by byte; ``table_build_np``: v5's
+in-loop table build lane by lane) must give, for every code, the FP8 code of s_g (q - z) that
+``sim.formats.encode`` gives for the packed format's expansion (zero tolerance).
 """
 
 from __future__ import annotations
