@@ -1,7 +1,7 @@
 """The structure of a fused Triton GEMM kernel's main loop, read from its SASS (no GPU needed).
 
 For a compiled kernel (Triton 3.6's own ptxas for sm_90, disassembled with its cuobjdump) this finds the main loop
-(the largest backward branch, as scripts/kernel_sass.py) and counts, per thread and iteration, its SASS
+(the largest backward branch holding a warpgroup MMA) and counts, per thread and iteration, its SASS
 instructions by *issue class* (which SM pipe issues them: the counts sim/perf/fused_kernel.py turns into cycles
 with the profile's datasheet rates) and the shared-memory wavefronts of its shared-memory instructions (one per
 128 bytes a warp moves: LDS.128 = 4, LDSM.16.M88.4 = 4, LDGSTS.128 = 4, a 32-bit or narrower access = 1).
@@ -11,6 +11,12 @@ it), ``int`` the ALU pipe (integer add/logic/shift/permute/compare/select), ``co
 ``uniform`` the uniform datapath (U*),
 ``shared`` shared-memory and cp.async instructions (LDS/STS/LDSM/LDGSTS), ``other`` (moves, branches, barriers,
 wgmma and its fences).
+
+It also reads how the loop waits on its tensor-core work: ``mma_instructions`` (warpgroup MMAs, QGMMA/HGMMA, per
+thread and iteration), ``mma_macs_per_instruction`` (m x n x k of their shape) and ``waited_mma_instructions``, the
+MMAs of groups that the loop waits on to completion right away (``WARPGROUP.DEPBAR.LE gsb0, 0x0`` closing the
+group: the MMA's latency is on the loop's critical path). Groups closed by a wait for ``<= j`` outstanding groups,
+j >= 1, overlap the work that follows (Triton's pipelined wgmma).
 
     python scripts/fused_kernel_structure.py --variant v4 --block-n 128 --block-t 16 --warps 4 --stages 4
 """
@@ -70,19 +76,56 @@ def shared_wavefronts(opcode: str) -> int:
     return 1
 
 
-def loop_structure(sass: str) -> dict:
-    """Main-loop counts per thread and iteration: instructions by issue class and shared-memory wavefronts."""
-    insns = [(int(a, 16), op) for a, op in _FULL.findall(sass)]
-    best = None
+_MMA = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?[QH]GMMA\.(\d+)x(\d+)x(\d+)")
+_MMA_WAIT = re.compile(r"/\*([0-9a-f]{4,})\*/\s+WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x([0-9a-f]+)")
+
+
+def main_loop_range(sass: str) -> tuple[int, int] | None:
+    """(first, last) address of the main loop: the largest backward branch whose body holds a warpgroup MMA (the
+    K loop; a split-K reduction loop in the epilogue can be longer), else the largest backward branch."""
+    mma_at = [int(a, 16) for a, *_ in _MMA.findall(sass)]
+    best = best_mma = None
     for here_hex, target_hex in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?BRA\s+0x([0-9a-f]+)", sass):
         here, target = int(here_hex, 16), int(target_hex, 16)
         if target < here and (best is None or here - target > best[1] - best[0]):
             best = (target, here)
+        if target < here and any(target <= a <= here for a in mma_at) and (
+                best_mma is None or here - target > best_mma[1] - best_mma[0]):
+            best_mma = (target, here)
+    return best_mma or best
+
+
+def mma_waits(sass: str, lo: int, hi: int) -> dict:
+    """Warpgroup MMAs in [lo, hi] and how many of them the loop waits on to completion at once (their group is
+    closed by WARPGROUP.DEPBAR.LE gsb0, 0x0)."""
+    events = [(int(a, 16), "mma", int(m) * int(n) * int(k)) for a, m, n, k in _MMA.findall(sass)]
+    events += [(int(a, 16), "wait", int(v, 16)) for a, v in _MMA_WAIT.findall(sass)]
+    events = sorted(e for e in events if lo <= e[0] <= hi)
+    mmas = [e for e in events if e[1] == "mma"]
+    waited, pending = 0, 0
+    for _, kind, value in events:
+        if kind == "mma":
+            pending += 1
+        else:
+            if value == 0:
+                waited += pending
+            pending = 0
+    return {"mma_instructions": len(mmas), "waited_mma_instructions": waited,
+            "mma_macs_per_instruction": mmas[0][2] if mmas else 0}
+
+
+def loop_structure(sass: str) -> dict:
+    """Main-loop counts per thread and iteration: instructions by issue class, shared-memory wavefronts and the
+    warpgroup MMAs with how many of them are waited on at once."""
+    insns = [(int(a, 16), op) for a, op in _FULL.findall(sass)]
+    best = main_loop_range(sass)
     loop = [op for a, op in insns if best and best[0] <= a <= best[1]]
     by_class = collections.Counter(issue_class(op) for op in loop)
     out = {f"{c}_instructions": by_class.get(c, 0) for c in ISSUE_CLASSES}
     out["loop_instructions_per_thread"] = len(loop)
     out["shared_wavefronts_per_warp"] = sum(shared_wavefronts(op) for op in loop)
+    out.update(mma_waits(sass, *best) if best else {"mma_instructions": 0, "waited_mma_instructions": 0,
+                                                    "mma_macs_per_instruction": 0})
     return out
 
 

@@ -250,12 +250,15 @@ FIT_PARAMETERS = (  # (profile key, unit the optimizer works in, start value, lo
     ("loaded_hbm_latency_s", 1e-6, 1.1, 0.0, 5.0),
     ("kernel_fixed_s", 1e-6, 3.0, 0.0, 20.0),
     ("resident_program_slowdown", 1.0, 0.7, 0.0, 1.0),
+    ("mma_wait_latency_s", 1e-9, 30.0, 0.0, 500.0),
 )
 
 
 def pipe_counts(st: dict) -> dict:
-    """fp32/int/conversion instruction counts of a structure row (absent in older structure files)."""
-    return {k: float(st[k]) for k in ("fp32_instructions", "int_instructions", "conversion_instructions")
+    """fp32/int/conversion instruction counts and the waited warpgroup MMAs of a structure row (absent in older
+    structure files: regenerate them with --structure)."""
+    return {k: float(st[k]) for k in ("fp32_instructions", "int_instructions", "conversion_instructions",
+                                      "waited_mma_instructions", "mma_macs_per_instruction")
             if st.get(k) not in (None, "")}
 
 

@@ -67,7 +67,8 @@ STRUCTURE_CACHE = ROOT / "results" / "gpu" / "fused_kernel_structure.csv"
 STRUCTURE_FIELDS = ["kernel_commit", "variant", "block_n", "block_t", "num_warps", "num_stages", "groups_per_step",
                     "registers_per_thread", "shared_bytes_per_program", "loop_instructions_per_thread",
                     "fp32_instructions", "int_instructions", "conversion_instructions", "uniform_instructions",
-                    "shared_instructions", "other_instructions", "shared_wavefronts_per_warp"]
+                    "shared_instructions", "other_instructions", "shared_wavefronts_per_warp", "mma_instructions",
+                    "waited_mma_instructions", "mma_macs_per_instruction"]
 
 
 def default_variant_at(commit: str | None) -> str | None:
@@ -117,8 +118,9 @@ def row_config(r: dict) -> dict:
 def load_structures() -> dict:
     if not STRUCTURE_CACHE.exists():
         return {}
-    with open(STRUCTURE_CACHE, newline="") as f:
-        return {tuple(r[k] for k in STRUCTURE_FIELDS[:7]): r for r in csv.DictReader(f)}
+    with open(STRUCTURE_CACHE, newline="") as f:  # rows of an older layout (fewer fields) are compiled again
+        return {tuple(r[k] for k in STRUCTURE_FIELDS[:7]): r for r in csv.DictReader(f)
+                if all(r.get(k) not in (None, "") for k in STRUCTURE_FIELDS)}
 
 
 def kernel_commit_of(bench_csv: Path) -> str:
@@ -193,7 +195,9 @@ def fused_structure(r: dict, variant: str, cache: dict, commit: str):
                          split_reduction=not cfg["reduce_in_kernel"],
                          fp32_instructions=float(st["fp32_instructions"]),
                          int_instructions=float(st["int_instructions"]),
-                         conversion_instructions=float(st["conversion_instructions"]))
+                         conversion_instructions=float(st["conversion_instructions"]),
+                         waited_mma_instructions=float(st["waited_mma_instructions"]),
+                         mma_macs_per_instruction=float(st["mma_macs_per_instruction"]))
 
 
 def profile_for_card(card: str) -> str:

@@ -186,6 +186,9 @@ class SmSpec:
     other_issue_cycles: float = _spec("cycles per warp instruction of every other class (uniform datapath, "
                                       "shared-memory and cp.async, moves, branches, barriers, wgmma)", lo=0,
                                       lo_open=True)
+    tensor_macs_per_cycle: float = _spec("dense FP8 multiply-accumulates one SM's tensor cores complete per cycle "
+                                         "(a warpgroup MMA of m x n x k takes m n k / this cycles)", lo=0,
+                                         lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,9 @@ class TritonLoopSpec:
                                         lo=0)
     kernel_fixed_s: float = _spec("fixed cost of one launch of the looping kernel inside a CUDA graph (launch, "
                                   "first wave's ramp, last wave's tail)", lo=0)
+    mma_wait_latency_s: float = _spec("latency of a warpgroup MMA beyond its tensor-core cycles, paid by a loop "
+                                      "that waits on the MMA to completion at once (wgmma wait 0; "
+                                      "waited_mma_instructions of the loop's structure)", lo=0)
     resident_program_slowdown: float = _spec(
         "how much longer each program's iterations take per other program running on its SM at the same time: "
         "1 = the SM serves its resident programs one after another, 0 = they overlap completely", lo=0, hi=1)

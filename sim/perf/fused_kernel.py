@@ -22,17 +22,22 @@ Model (times in seconds; per launch of an m x n x k GEMM)::
     bytes_it  = block_n * block_k * weight_bytes_per_weight + block_t * block_k * activation_bytes  (one step)
     issue     = (fp32 * fp32_issue_cycles + int * int_issue_cycles + conversion * conversion_issue_cycles
                  + other * other_issue_cycles) * ceil(warps / schedulers_per_sm) * cycles_per_instruction
-    t_it      = iteration_fixed_s + bytes_it / sm_load_bandwidth_bytes_per_s + issue / clock_hz
+    mma_wait  = waited_mma * (mma_wait_latency_s + mma_macs / (tensor_macs_per_cycle * clock_hz))
+    t_it      = iteration_fixed_s + bytes_it / sm_load_bandwidth_bytes_per_s + issue / clock_hz + mma_wait
     q         = programs / sms (at least 1; 'ceil': rounded up)       programs on the busiest SM
-    together  = min(q, resident)                                        of them running at the same time
-    sm_s      = q / together * (per * t_it * (1 + resident_program_slowdown * (together - 1)) + program_fixed_s)
+    round(p)  = per * t_it * (1 + resident_program_slowdown * (p - 1)) + program_fixed_s   p programs together
+    sm_s      = floor(q / resident) * round(resident) + round(r) [* r if r < 1],  r = q - floor(q / resident) * resident
     latency_s = ceil(programs / (sms * resident)) * per * loaded_hbm_latency_s / (stages - 1)
     hbm_s     = bytes / (hbm peak * hbm efficiency(bytes))
     time      = kernel_fixed_s + max(sm_s, latency_s, hbm_s)
                 [+ reduction kernel: launch_overhead_s + its bytes at the HBM rate]
 
 ``sm_s``: programs sharing an SM share its issue slots and its load path; a slowdown of 1 means the SM serves
-them one after another, 0 that they overlap completely (the probe loops measured about 0.9). ``latency_s``: a
+them one after another, 0 that they overlap completely (the probe loops measured about 0.9). The busiest SM runs
+its q programs in waves of ``resident`` (the block scheduler starts a program when one finishes): the last, partial
+wave of r programs runs at r programs' pace, not at the full waves' throughput. ``mma_wait``: a loop that waits on
+its warpgroup MMAs to completion at once (SASS ``WARPGROUP.DEPBAR.LE gsb0, 0x0``) has their latency on its critical
+path; MMAs whose wait leaves groups in flight (Triton's pipelined wgmma: the fused kernels' loops) overlap. ``latency_s``: a
 program keeps ``stages - 1`` steps in flight, so each step waits at least a loaded HBM round trip over that.
 """
 
@@ -55,7 +60,8 @@ class LoopStructure:
     conversion_instructions issue on those pipes (None: all counted at ``sm.other_issue_cycles``, e.g. when only
     the total is known); weight_bytes_per_weight: bytes streamed from HBM per
     weight (codes + expansion metadata); activation_bytes: bytes per activation element; split_reduction: the
-    split-K parts are summed by a second kernel.
+    split-K parts are summed by a second kernel; waited_mma_instructions: warpgroup MMAs per iteration the loop
+    waits on to completion at once (0 for a pipelined wgmma), each of mma_macs_per_instruction (m n k).
     """
 
     block_n: int
@@ -74,6 +80,8 @@ class LoopStructure:
     fp32_instructions: float | None = None
     int_instructions: float | None = None
     conversion_instructions: float | None = None
+    waited_mma_instructions: float = 0.0
+    mma_macs_per_instruction: float = 0.0
 
     def __post_init__(self):
         for name in ("block_n", "block_t", "block_k", "split_k", "warps", "stages", "registers_per_thread"):
@@ -81,7 +89,7 @@ class LoopStructure:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"LoopStructure.{name}={v!r}: expected a positive integer")
         for name in ("shared_bytes_per_program", "loop_instructions_per_thread", "weight_bytes_per_weight",
-                     "activation_bytes", "output_bytes"):
+                     "activation_bytes", "output_bytes", "waited_mma_instructions", "mma_macs_per_instruction"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
                 raise ValueError(f"LoopStructure.{name}={v!r}: expected a non-negative number")
@@ -146,7 +154,11 @@ def iteration_time_s(hw: HardwareProfile, s: LoopStructure, with_issue: bool = T
     if with_issue:
         issue_s = (issue_cycles_per_warp(hw, s) * math.ceil(s.warps / sm.schedulers_per_sm)
                    * loop.cycles_per_instruction / sm.clock_hz)
-    return loop.iteration_fixed_s + bytes_it / loop.sm_load_bandwidth_bytes_per_s + issue_s
+    mma_wait_s = 0.0
+    if s.waited_mma_instructions:
+        mma_wait_s = s.waited_mma_instructions * (loop.mma_wait_latency_s + s.mma_macs_per_instruction
+                                                  / (sm.tensor_macs_per_cycle * sm.clock_hz))
+    return loop.iteration_fixed_s + bytes_it / loop.sm_load_bandwidth_bytes_per_s + issue_s + mma_wait_s
 
 
 def split_parts(k: int, s: LoopStructure) -> tuple[int, int]:
@@ -180,9 +192,14 @@ def fused_gemm_timing(hw: HardwareProfile, s: LoopStructure, m: int, n: int, k: 
         q = math.ceil(programs / sm.count)
     else:
         q = max(1.0, programs / sm.count)
-    together = min(q, resident)  # programs of the busiest SM that run at the same time
-    round_s = per * t_it * (1.0 + loop.resident_program_slowdown * (together - 1)) + loop.program_fixed_s
-    sm_s = q / together * round_s
+
+    def round_s(together: float) -> float:  # one wave of `together` programs on one SM
+        return per * t_it * (1.0 + loop.resident_program_slowdown * (max(together, 1.0) - 1.0)) + loop.program_fixed_s
+    full = math.floor(q / resident + 1e-9)  # full waves of the busiest SM
+    rest = q - full * resident  # programs of its last, partial wave ('even' spread: may be a fraction)
+    sm_s = full * round_s(resident) if full else 0.0
+    if rest > 1e-9:
+        sm_s += round_s(rest) * min(rest, 1.0)
     latency_s = math.ceil(programs / (sm.count * resident)) * per * loop.loaded_hbm_latency_s / (s.stages - 1)
     weights = float(n) * k
     main_bytes = weights * s.weight_bytes_per_weight + float(m) * k * s.activation_bytes

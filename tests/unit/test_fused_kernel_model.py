@@ -215,3 +215,43 @@ def test_unfused_torch_chain_bytes_and_streaming_time():
     assert min(times.values()) >= hw.kernel.launch_overhead_s
     with pytest.raises(ValueError, match="read_bytes"):
         streaming_kernels_time(hw, [("bad", -1.0, 0.0)])
+
+
+def test_sass_mma_waits_and_the_k_loop_over_a_longer_epilogue_loop():
+    fks = _script("fused_kernel_structure")
+
+    def ins(addr, text):
+        return f"        /*{addr:04x}*/                   {text} ;"
+
+    # K loop 0x100..0x1a0: two MMA groups, the first waited on at once (wait 0), the second left in flight (<= 1)
+    lines = [ins(0x100, "WARPGROUP.ARRIVE"), ins(0x110, "QGMMA.64x64x32.F32.E4M3.E4M3 R24, gdesc[UR8], R24"),
+             ins(0x120, "QGMMA.64x64x32.F32.E4M3.E4M3 R56, gdesc[UR8], R56, gsb0"),
+             ins(0x130, "WARPGROUP.DEPBAR.LE gsb0, 0x0"), ins(0x140, "WARPGROUP.ARRIVE"),
+             ins(0x150, "QGMMA.64x64x32.F32.E4M3.E4M3 R24, R88, gdesc[UR8], R24, gsb0"),
+             ins(0x160, "WARPGROUP.DEPBAR.LE gsb0, 0x1"), ins(0x170, "BAR.SYNC.DEFER_BLOCKING 0x0"),
+             ins(0x1a0, "@P0 BRA 0x100")]
+    # a longer loop after it without MMAs (a split-K reduction in the epilogue)
+    lines += [ins(0x200 + 16 * i, "FADD R1, R1, R2") for i in range(20)] + [ins(0x400, "@P1 BRA 0x200"),
+                                                                             ins(0x410, "EXIT")]
+    st = fks.loop_structure("\n".join(lines))
+    assert st["loop_instructions_per_thread"] == 9  # the K loop, not the 21-instruction epilogue loop
+    assert (st["mma_instructions"], st["waited_mma_instructions"]) == (3, 2)
+    assert st["mma_macs_per_instruction"] == 64 * 64 * 32
+
+
+def test_waited_mma_and_partial_last_wave(hw):
+    base = lut_decode(split_k=1)
+    waited = dataclasses.replace(base, waited_mma_instructions=8.0, mma_macs_per_instruction=64 * 16 * 32)
+    extra = (fused_gemm_timing(hw, waited, 1, 8192, 8192).iteration_s
+             - fused_gemm_timing(hw, base, 1, 8192, 8192).iteration_s)
+    assert extra == pytest.approx(8 * (hw.triton_loop.mma_wait_latency_s
+                                       + 64 * 16 * 32 / (hw.sm.tensor_macs_per_cycle * hw.sm.clock_hz)))
+    # 5 programs per SM with 4 resident: a full wave of 4, then the 5th alone at one program's pace
+    ceil = load_profile(PROFILE, {"triton_loop.program_spread": "ceil"})
+    t = fused_gemm_timing(ceil, base, 1, 132 * 5 * 128, 8192)
+    assert t.resident_programs_per_sm == 4
+    per, slow, fixed = t.iterations_per_program, ceil.triton_loop.resident_program_slowdown, \
+        ceil.triton_loop.program_fixed_s
+    wave4 = per * t.iteration_s * (1 + slow * 3) + fixed
+    wave1 = per * t.iteration_s + fixed
+    assert t.sm_s == pytest.approx(wave4 + wave1)
