@@ -16,7 +16,9 @@ It also reads how the loop waits on its tensor-core work: ``mma_instructions`` (
 thread and iteration), ``mma_macs_per_instruction`` (m x n x k of their shape) and ``waited_mma_instructions``, the
 MMAs of groups that the loop waits on to completion right away (``WARPGROUP.DEPBAR.LE gsb0, 0x0`` closing the
 group: the MMA's latency is on the loop's critical path). Groups closed by a wait for ``<= j`` outstanding groups,
-j >= 1, overlap the work that follows (Triton's pipelined wgmma).
+j >= 1, overlap the work that follows (Triton's pipelined wgmma); of those, ``register_a_mma_instructions`` take
+their A operand from registers (``QGMMA Rd, Ra, gdesc``: the fused kernels' expanded weights), so each waits for
+its expansion and the next iteration's expansion waits for them.
 
     python scripts/fused_kernel_structure.py --variant v4 --block-n 128 --block-t 16 --warps 4 --stages 4
 """
@@ -76,7 +78,7 @@ def shared_wavefronts(opcode: str) -> int:
     return 1
 
 
-_MMA = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?[QH]GMMA\.(\d+)x(\d+)x(\d+)")
+_MMA = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?[QH]GMMA\.(\d+)x(\d+)x(\d+)[\w.]*\s+R\d+,\s*(R\d+,)?")
 _MMA_WAIT = re.compile(r"/\*([0-9a-f]{4,})\*/\s+WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x([0-9a-f]+)")
 
 
@@ -98,20 +100,24 @@ def main_loop_range(sass: str) -> tuple[int, int] | None:
 def mma_waits(sass: str, lo: int, hi: int) -> dict:
     """Warpgroup MMAs in [lo, hi] and how many of them the loop waits on to completion at once (their group is
     closed by WARPGROUP.DEPBAR.LE gsb0, 0x0)."""
-    events = [(int(a, 16), "mma", int(m) * int(n) * int(k)) for a, m, n, k in _MMA.findall(sass)]
+    events = [(int(a, 16), "mma", (int(m) * int(n) * int(k), bool(reg_a))) for a, m, n, k, reg_a in _MMA.findall(sass)]
     events += [(int(a, 16), "wait", int(v, 16)) for a, v in _MMA_WAIT.findall(sass)]
     events = sorted(e for e in events if lo <= e[0] <= hi)
     mmas = [e for e in events if e[1] == "mma"]
-    waited, pending = 0, 0
+    waited = register_a = 0
+    pending: list = []
     for _, kind, value in events:
         if kind == "mma":
-            pending += 1
+            pending.append(value)
         else:
             if value == 0:
-                waited += pending
-            pending = 0
+                waited += len(pending)
+            else:
+                register_a += sum(reg for _, reg in pending)
+            pending = []
+    register_a += sum(reg for _, reg in pending)  # a group closed only after the loop's branch
     return {"mma_instructions": len(mmas), "waited_mma_instructions": waited,
-            "mma_macs_per_instruction": mmas[0][2] if mmas else 0}
+            "register_a_mma_instructions": register_a, "mma_macs_per_instruction": mmas[0][2][0] if mmas else 0}
 
 
 def loop_structure(sass: str) -> dict:
@@ -125,7 +131,7 @@ def loop_structure(sass: str) -> dict:
     out["loop_instructions_per_thread"] = len(loop)
     out["shared_wavefronts_per_warp"] = sum(shared_wavefronts(op) for op in loop)
     out.update(mma_waits(sass, *best) if best else {"mma_instructions": 0, "waited_mma_instructions": 0,
-                                                    "mma_macs_per_instruction": 0})
+                                                    "register_a_mma_instructions": 0, "mma_macs_per_instruction": 0})
     return out
 
 

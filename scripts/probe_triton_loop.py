@@ -258,7 +258,8 @@ def pipe_counts(st: dict) -> dict:
     """fp32/int/conversion instruction counts and the waited warpgroup MMAs of a structure row (absent in older
     structure files: regenerate them with --structure)."""
     return {k: float(st[k]) for k in ("fp32_instructions", "int_instructions", "conversion_instructions",
-                                      "waited_mma_instructions", "mma_macs_per_instruction")
+                                      "waited_mma_instructions", "register_a_mma_instructions",
+                                      "mma_macs_per_instruction")
             if st.get(k) not in (None, "")}
 
 

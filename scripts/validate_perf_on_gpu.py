@@ -68,7 +68,7 @@ STRUCTURE_FIELDS = ["kernel_commit", "variant", "block_n", "block_t", "num_warps
                     "registers_per_thread", "shared_bytes_per_program", "loop_instructions_per_thread",
                     "fp32_instructions", "int_instructions", "conversion_instructions", "uniform_instructions",
                     "shared_instructions", "other_instructions", "shared_wavefronts_per_warp", "mma_instructions",
-                    "waited_mma_instructions", "mma_macs_per_instruction"]
+                    "waited_mma_instructions", "register_a_mma_instructions", "mma_macs_per_instruction"]
 
 
 def default_variant_at(commit: str | None) -> str | None:
@@ -197,6 +197,7 @@ def fused_structure(r: dict, variant: str, cache: dict, commit: str):
                          int_instructions=float(st["int_instructions"]),
                          conversion_instructions=float(st["conversion_instructions"]),
                          waited_mma_instructions=float(st["waited_mma_instructions"]),
+                         register_a_mma_instructions=float(st["register_a_mma_instructions"]),
                          mma_macs_per_instruction=float(st["mma_macs_per_instruction"]))
 
 

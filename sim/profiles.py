@@ -209,7 +209,8 @@ class TritonLoopSpec:
                                   "first wave's ramp, last wave's tail)", lo=0)
     mma_wait_latency_s: float = _spec("latency of a warpgroup MMA beyond its tensor-core cycles, paid by a loop "
                                       "that waits on the MMA to completion at once (wgmma wait 0; "
-                                      "waited_mma_instructions of the loop's structure)", lo=0)
+                                      "waited_mma_instructions of the loop's structure); the chain of a loop's "
+                                      "pipelined MMAs with A in registers bounds its iteration from below", lo=0)
     resident_program_slowdown: float = _spec(
         "how much longer each program's iterations take per other program running on its SM at the same time: "
         "1 = the SM serves its resident programs one after another, 0 = they overlap completely", lo=0, hi=1)
@@ -238,14 +239,17 @@ class FusedKernelSpec:
     tile_configs: tuple[tuple[float, ...], ...] = _spec(
         "launch configurations by token count: [max_m, block_n, block_t, warps, stages, registers_per_thread, "
         "shared_bytes_per_program, loop_instructions_per_thread, fp32_instructions, int_instructions, "
-        "conversion_instructions] (main-loop SASS instructions per thread: all, and those of the FP32/FMA, integer "
-        "and conversion pipes), rows by increasing max_m; the first row whose max_m >= M is used (the last beyond)",
+        "conversion_instructions, register_a_mma_instructions, mma_macs_per_instruction] (main-loop SASS "
+        "instructions per thread: all, and those of the FP32/FMA, integer and conversion pipes; the pipelined warpgroup "
+        "MMAs with their A operand in registers and each one's m n k), rows by increasing max_m; the first row whose "
+        "max_m >= M is used (the last beyond)",
         lo=1)
 
 
 TILE_CONFIG_COLUMNS = ("max_m", "block_n", "block_t", "warps", "stages", "registers_per_thread",
                        "shared_bytes_per_program", "loop_instructions_per_thread", "fp32_instructions",
-                       "int_instructions", "conversion_instructions")
+                       "int_instructions", "conversion_instructions", "register_a_mma_instructions",
+                       "mma_macs_per_instruction")
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ Model (times in seconds; per launch of an m x n x k GEMM)::
     bytes_it  = block_n * block_k * weight_bytes_per_weight + block_t * block_k * activation_bytes  (one step)
     issue     = (fp32 * fp32_issue_cycles + int * int_issue_cycles + conversion * conversion_issue_cycles
                  + other * other_issue_cycles) * ceil(warps / schedulers_per_sm) * cycles_per_instruction
-    mma_wait  = waited_mma * (mma_wait_latency_s + mma_macs / (tensor_macs_per_cycle * clock_hz))
-    t_it      = iteration_fixed_s + bytes_it / sm_load_bandwidth_bytes_per_s + issue / clock_hz + mma_wait
+    mma_s     = mma_wait_latency_s + mma_macs / (tensor_macs_per_cycle * clock_hz)   one MMA, issue to done
+    t_it      = iteration_fixed_s + bytes_it / sm_load_bandwidth_bytes_per_s
+                + max(issue / clock_hz, register_a_mma * mma_s) + waited_mma * mma_s
     q         = programs / sms (at least 1; 'ceil': rounded up)       programs on the busiest SM
     round(p)  = per * t_it * (1 + resident_program_slowdown * (p - 1)) + program_fixed_s   p programs together
     sm_s      = floor(q / resident) * round(resident) + round(r) [* r if r < 1],  r = q - floor(q / resident) * resident
@@ -35,9 +36,11 @@ Model (times in seconds; per launch of an m x n x k GEMM)::
 ``sm_s``: programs sharing an SM share its issue slots and its load path; a slowdown of 1 means the SM serves
 them one after another, 0 that they overlap completely (the probe loops measured about 0.9). The busiest SM runs
 its q programs in waves of ``resident`` (the block scheduler starts a program when one finishes): the last, partial
-wave of r programs runs at r programs' pace, not at the full waves' throughput. ``mma_wait``: a loop that waits on
-its warpgroup MMAs to completion at once (SASS ``WARPGROUP.DEPBAR.LE gsb0, 0x0``) has their latency on its critical
-path; MMAs whose wait leaves groups in flight (Triton's pipelined wgmma: the fused kernels' loops) overlap. ``latency_s``: a
+wave of r programs runs at r programs' pace, not at the full waves' throughput. A loop that waits on its warpgroup
+MMAs to completion at once (SASS ``WARPGROUP.DEPBAR.LE gsb0, 0x0``: ``waited_mma``) has their latency on its critical
+path; MMAs whose wait leaves groups in flight (Triton's pipelined wgmma) overlap the loop's other work, but those
+whose A operand is in registers (``register_a_mma``: the fused kernels' expanded weights) each start only after their
+expansion and keep the registers the next iteration's expansion reuses, so an iteration takes at least their chain. ``latency_s``: a
 program keeps ``stages - 1`` steps in flight, so each step waits at least a loaded HBM round trip over that.
 """
 
@@ -61,7 +64,8 @@ class LoopStructure:
     the total is known); weight_bytes_per_weight: bytes streamed from HBM per
     weight (codes + expansion metadata); activation_bytes: bytes per activation element; split_reduction: the
     split-K parts are summed by a second kernel; waited_mma_instructions: warpgroup MMAs per iteration the loop
-    waits on to completion at once (0 for a pipelined wgmma), each of mma_macs_per_instruction (m n k).
+    waits on to completion at once (0 for a pipelined wgmma), register_a_mma_instructions: pipelined MMAs whose A
+    operand is in registers, each of mma_macs_per_instruction (m n k).
     """
 
     block_n: int
@@ -81,6 +85,7 @@ class LoopStructure:
     int_instructions: float | None = None
     conversion_instructions: float | None = None
     waited_mma_instructions: float = 0.0
+    register_a_mma_instructions: float = 0.0
     mma_macs_per_instruction: float = 0.0
 
     def __post_init__(self):
@@ -89,7 +94,8 @@ class LoopStructure:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"LoopStructure.{name}={v!r}: expected a positive integer")
         for name in ("shared_bytes_per_program", "loop_instructions_per_thread", "weight_bytes_per_weight",
-                     "activation_bytes", "output_bytes", "waited_mma_instructions", "mma_macs_per_instruction"):
+                     "activation_bytes", "output_bytes", "waited_mma_instructions", "register_a_mma_instructions",
+                     "mma_macs_per_instruction"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
                 raise ValueError(f"LoopStructure.{name}={v!r}: expected a non-negative number")
@@ -154,11 +160,11 @@ def iteration_time_s(hw: HardwareProfile, s: LoopStructure, with_issue: bool = T
     if with_issue:
         issue_s = (issue_cycles_per_warp(hw, s) * math.ceil(s.warps / sm.schedulers_per_sm)
                    * loop.cycles_per_instruction / sm.clock_hz)
-    mma_wait_s = 0.0
-    if s.waited_mma_instructions:
-        mma_wait_s = s.waited_mma_instructions * (loop.mma_wait_latency_s + s.mma_macs_per_instruction
-                                                  / (sm.tensor_macs_per_cycle * sm.clock_hz))
-    return loop.iteration_fixed_s + bytes_it / loop.sm_load_bandwidth_bytes_per_s + issue_s + mma_wait_s
+    mma_s = loop.mma_wait_latency_s + s.mma_macs_per_instruction / (sm.tensor_macs_per_cycle * sm.clock_hz)
+    if with_issue:
+        issue_s = max(issue_s, s.register_a_mma_instructions * mma_s)
+    return (loop.iteration_fixed_s + bytes_it / loop.sm_load_bandwidth_bytes_per_s + issue_s
+            + s.waited_mma_instructions * mma_s)
 
 
 def split_parts(k: int, s: LoopStructure) -> tuple[int, int]:
@@ -233,7 +239,7 @@ def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStruct
     if fk is None or hw.sm is None:
         raise ValueError(f"profile {hw.name!r} has no 'fused_kernel' section")
     row = next((r for r in fk.tile_configs if m <= r[0]), fk.tile_configs[-1])
-    _, block_n, block_t, warps, stages, regs, smem, instr, fp32, integer, conversion = row
+    _, block_n, block_t, warps, stages, regs, smem, instr, fp32, integer, conversion, register_a, macs = row
     tiles = math.ceil(n / block_n) * math.ceil(m / block_t)
     k_steps = math.ceil(k / fk.block_k)
     split = 1
@@ -256,7 +262,8 @@ def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStruct
                          shared_bytes_per_program=int(smem), loop_instructions_per_thread=float(instr),
                          weight_bytes_per_weight=fk.weight_bytes_per_weight, split_reduction=fk.split_reduction,
                          fp32_instructions=float(fp32), int_instructions=float(integer),
-                         conversion_instructions=float(conversion))
+                         conversion_instructions=float(conversion), register_a_mma_instructions=float(register_a),
+                         mma_macs_per_instruction=float(macs))
 
 
 PLAN_CHUNKS = 32

@@ -255,3 +255,15 @@ def test_waited_mma_and_partial_last_wave(hw):
     wave4 = per * t.iteration_s * (1 + slow * 3) + fixed
     wave1 = per * t.iteration_s + fixed
     assert t.sm_s == pytest.approx(wave4 + wave1)
+
+
+def test_register_a_mma_chain_bounds_an_iteration(hw):
+    small = lut_decode(loop_instructions_per_thread=40.0, fp32_instructions=0.0, int_instructions=0.0)
+    chained = dataclasses.replace(small, register_a_mma_instructions=8.0, mma_macs_per_instruction=64 * 64 * 32)
+    mma_s = hw.triton_loop.mma_wait_latency_s + 64 * 64 * 32 / (hw.sm.tensor_macs_per_cycle * hw.sm.clock_hz)
+    no_issue = fused_gemm_timing(hw, small, 1, 8192, 8192).iteration_s - 40 / hw.sm.clock_hz
+    assert fused_gemm_timing(hw, chained, 1, 8192, 8192).iteration_s == pytest.approx(no_issue + 8 * mma_s)
+    # a loop whose issue takes longer than the chain hides it
+    busy = dataclasses.replace(chained, loop_instructions_per_thread=2000.0)
+    assert fused_gemm_timing(hw, busy, 1, 8192, 8192).iteration_s == pytest.approx(
+        fused_gemm_timing(hw, dataclasses.replace(busy, register_a_mma_instructions=0.0), 1, 8192, 8192).iteration_s)
