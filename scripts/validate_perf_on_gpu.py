@@ -15,6 +15,8 @@ and per shape the crossover M where W4A8 stops beating FP8 (measured vs predicte
 
     python scripts/validate_perf_on_gpu.py results/gpu/bench_h200.csv [--profile h200] [--out results/gpu/]
         [--set dequant.ops_per_weight.fp8=20.5 --label h200_whatif]   # what-if overrides
+    python scripts/validate_perf_on_gpu.py --predict v5 --profile h100 --kernel-commit bb65b87 --out results/gpu
+        # a kernel variant's time on the bench grid before it is measured (its heuristic configuration)
 """
 
 from __future__ import annotations
@@ -186,12 +188,17 @@ def fused_structure(r: dict, variant: str, cache: dict, commit: str):
     cfg = row_config(r)
     st = kernel_structure(cache, commit, variant, cfg)
     regs = int(r["registers"]) if r.get("registers") else int(st["registers_per_thread"])
+    bytes_per_weight = WEIGHT_BYTES.get(variant)
+    if r.get("weight_bytes"):  # the packed weight's own size as the bench allocated it (codes + metadata)
+        bytes_per_weight = float(r["weight_bytes"]) / (float(r["n"]) * float(r["k"]))
+    if bytes_per_weight is None:
+        raise SystemExit(f"variant {variant!r}: no weight_bytes column in the row and no WEIGHT_BYTES entry")
     smem = int(r["shared_bytes"]) if r.get("shared_bytes") else int(st["shared_bytes_per_program"])
     return LoopStructure(block_n=cfg["block_n"], block_t=cfg["block_t"], block_k=GROUP_SIZE * cfg["groups_per_step"],
                          split_k=cfg["split_k"], warps=cfg["num_warps"], stages=cfg["num_stages"],
                          registers_per_thread=regs, shared_bytes_per_program=smem,
                          loop_instructions_per_thread=float(st["loop_instructions_per_thread"]),
-                         weight_bytes_per_weight=WEIGHT_BYTES[variant],
+                         weight_bytes_per_weight=bytes_per_weight,
                          split_reduction=not cfg["reduce_in_kernel"],
                          fp32_instructions=float(st["fp32_instructions"]),
                          int_instructions=float(st["int_instructions"]),
@@ -252,6 +259,61 @@ def predict_rows(rows: list[dict], profile: str, overrides: dict, fused_profile:
     return out
 
 
+def heuristic_configs_at_commit(commit: str, variant: str, cases: list[tuple[int, int, int]], sms: int) -> list:
+    """default_config(m, n, k, sms, 128, variant) of dpq/kernels/w4a8_triton.py at ``commit`` for every (m, n, k),
+    as dicts (the tile heuristic the bench runs first; exported from git, imported in a fresh interpreter)."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "archive", commit, "dpq"], capture_output=True, cwd=ROOT, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        code = ("import dataclasses, json, sys; sys.path.insert(0, sys.argv[1]); "
+                "from dpq.kernels.w4a8_triton import default_config; a = json.loads(sys.argv[2]); "
+                "print(json.dumps([dataclasses.asdict(default_config(m, n, k, a['sms'], 128, a['variant'])) "
+                "for m, n, k in a['cases']]))")
+        run = subprocess.run([sys.executable, "-c", code, tmp, json.dumps({"cases": cases, "sms": sms,
+                                                                           "variant": variant})],
+                             capture_output=True, text=True, cwd=tmp)
+        if run.returncode:
+            raise SystemExit(f"default_config of {variant} at {commit} failed:\n{run.stderr[-2000:]}")
+        return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def predict_variant(variant: str, profile: str, kernel_commit: str, fused_profile: str | None = None) -> list[dict]:
+    """Predicted rows (w4a8_fused at ``variant``'s heuristic configuration, and fp8 cuBLAS) for the shapes and M
+    grid of scripts/bench_gpu.py, before the variant is measured (no measured_s)."""
+    import importlib.util
+
+    from sim.perf.fused_kernel import fused_gemm_timing
+    from sim.perf.gemm import gemm_timing
+    from sim.perf.ops import resolve_profile
+
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "scripts" / "bench_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    fused_hw = resolve_profile(fused_profile or f"{profile}-triton-w4a8")
+    hw = resolve_profile(profile)
+    cases = [(m, n, k) for _, _, n, k in bench.SHAPES for m in bench.M_VALUES]
+    configs = heuristic_configs_at_commit(kernel_commit, variant, cases, fused_hw.sm.count)
+    structures = load_structures()
+    out = []
+    for ((model, layer, n, k), m), cfg in zip(((shape, m) for shape in bench.SHAPES for m in bench.M_VALUES),
+                                              configs):
+        row = {"config": ", ".join(f"{key}={v}" for key, v in cfg.items()), "n": n, "k": k,
+               "weight_bytes": n * k // 2 + n * k // GROUP_SIZE * (5 if variant in ("v5", "v2") else 16)
+               if variant != "fp8" else n * k}
+        s = fused_structure(row, variant, structures, kernel_commit)
+        t = fused_gemm_timing(fused_hw, s, m, n, k)
+        out.append({"model": model, "layer": layer, "scheme": "w4a8_fused", "m": m, "n": n, "k": k,
+                    "predicted_s": t.time_s, "bound": f"{t.bound} P={t.resident_programs_per_sm}",
+                    "config": row["config"]})
+        out.append({"model": model, "layer": layer, "scheme": "fp8", "m": m, "n": n, "k": k,
+                    "predicted_s": gemm_timing(hw, m, n, k, "fp8").time_s, "bound": "", "config": ""})
+    return out
+
+
 def crossover(rows: list[dict], key: str) -> dict:
     """Per (model, layer): the smallest M of the grid where w4a8_fused is no faster than fp8 (None: never)."""
     by = defaultdict(dict)
@@ -281,7 +343,9 @@ def summarize(pred: list[dict]) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("bench_csv", type=Path)
+    ap.add_argument("bench_csv", type=Path, nargs="?")
+    ap.add_argument("--predict", default=None, metavar="VARIANT",
+                    help="predict this kernel variant on the bench grid (needs --profile and --kernel-commit)")
     ap.add_argument("--profile", default=None, help="hardware profile (default: from the card name)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="profile override for a what-if run (sim.profiles syntax)")
@@ -295,6 +359,35 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from sim.profiles import parse_overrides
 
+    if args.predict:
+        if not (args.profile and args.kernel_commit):
+            ap.error("--predict needs --profile and --kernel-commit")
+        pred = predict_variant(args.predict, args.profile, args.kernel_commit, args.fused_profile)
+        cp = crossover(pred, "predicted_s")
+        lines = [f"# Prediction before measurement: kernel variant {args.predict} (dpq/kernels at "
+                 f"{args.kernel_commit}) on profile `{args.fused_profile or args.profile + '-triton-w4a8'}`", "",
+                 "Heuristic configuration (default_config) of each shape and M of scripts/bench_gpu.py; FP8 cuBLAS "
+                 f"from profile `{args.profile}`. Written before the variant's bench CSV existed.", "",
+                 "| model | layer | M | W4A8 us | FP8 us | W4A8 / FP8 | bound | config |", "|---|---|---|---|---|---|---|---|"]
+        for w, f in zip(pred[::2], pred[1::2]):
+            lines.append(f"| {w['model']} | {w['layer']} | {w['m']} | {w['predicted_s'] * 1e6:.1f} | "
+                         f"{f['predicted_s'] * 1e6:.1f} | {w['predicted_s'] / f['predicted_s']:.2f} | {w['bound']} | "
+                         f"{w['config']} |")
+        lines += ["", "Predicted crossover (smallest M where W4A8 is no faster than FP8): " + ", ".join(
+            f"{a} {b} {v if v is not None else 'never'}" for (a, b), v in sorted(cp.items()))]
+        text = "\n".join(lines) + "\n"
+        print(text)
+        if args.out:
+            label = args.label or f"{args.profile}_{args.predict}_prediction"
+            with open(args.out / f"validation_{label}.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(pred[0]))
+                w.writeheader()
+                for p in pred:
+                    w.writerow({k: (f"{v:.6e}" if isinstance(v, float) else v) for k, v in p.items()})
+            (args.out / f"validation_{label}.md").write_text(text)
+        return 0
+    if args.bench_csv is None:
+        ap.error("a bench CSV is required (or --predict)")
     rows = load_rows(args.bench_csv)
     profile = args.profile or profile_for_card(rows[0]["card"])
     overrides = parse_overrides(args.set) if args.set else {}

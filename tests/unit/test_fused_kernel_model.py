@@ -267,3 +267,16 @@ def test_register_a_mma_chain_bounds_an_iteration(hw):
     busy = dataclasses.replace(chained, loop_instructions_per_thread=2000.0)
     assert fused_gemm_timing(hw, busy, 1, 8192, 8192).iteration_s == pytest.approx(
         fused_gemm_timing(hw, dataclasses.replace(busy, register_a_mma_instructions=0.0), 1, 8192, 8192).iteration_s)
+
+
+def test_validate_script_takes_bytes_per_weight_from_the_row():
+    v = _script("validate_perf_on_gpu")
+    cache = {("c0", "v5", "128", "16", "4", "3", "1"): {
+        "registers_per_thread": "75", "shared_bytes_per_program": "24576", "loop_instructions_per_thread": "363",
+        "fp32_instructions": "99", "int_instructions": "156", "conversion_instructions": "8",
+        "waited_mma_instructions": "0", "register_a_mma_instructions": "8", "mma_macs_per_instruction": "32768"}}
+    row = {"config": "KernelConfig(block_n=128, block_t=16, split_k=4, num_warps=4, num_stages=3)", "n": "8192",
+           "k": "8192", "weight_bytes": str(8192 * 4096 + 8192 * 64 * 5)}
+    s = v.fused_structure(row, "v5", cache, "c0")
+    assert s.weight_bytes_per_weight == pytest.approx(0.5 + 5 / 128)
+    assert (s.register_a_mma_instructions, s.mma_macs_per_instruction) == (8.0, 32768.0)
