@@ -379,8 +379,8 @@ UNFUSED_SHAPES = ((57344, 8192, 1), (4096, 4096, 1), (57344, 8192, 64))  # (n, k
 
 def unfused_ops(out: Path) -> int:
     """The CUDA kernels that scripts/bench_gpu.py's ``w4a8_unfused`` path launches (dpq.torch_backend's torch-op
-    expansion of the packed weight, the FP8 cast, torch._scaled_mm), one row per kernel launch of one call: name,
-    duration and its input/output shapes as the torch profiler reports them. This is the path's structure, which
+    expansion of the packed weight, the FP8 cast, torch._scaled_mm), one row per kernel launch of two calls: its
+    name and duration as the torch profiler's trace reports them. This is the path's structure, which
     the streaming model of scripts/validate_perf_on_gpu.py takes as its op list; the durations are recorded for the
     report only (they are W4A8 measurements and never used for calibration)."""
     import torch
@@ -428,8 +428,7 @@ def unfused_ops(out: Path) -> int:
                 w.writerow(dict(card=card, n=n, k=k, m=m, call=i // per_call, index=i % per_call,
                                 kernel=e["name"][:160], duration_s=f"{float(e['dur']) * 1e-6:.6e}"))
                 print(f"n={n} k={k} m={m} {i:2d} {float(e['dur']):9.1f} us  {e['name'][:110]}", flush=True)
-            del codes, scales, zeros
-            torch.cuda.empty_cache()
+            torch.cuda.synchronize()
     print(f"wrote {path}")
     return 0
 

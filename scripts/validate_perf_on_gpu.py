@@ -3,7 +3,8 @@
 Reads ``results/gpu/bench_<card>.csv`` (scripts/bench_gpu.py) and predicts every row: bf16 / fp8 cuBLAS rows with
 ``sim.perf.gemm_timing(profile, m, n, k, scheme)``, w4a8_unfused as what scripts/bench_gpu.py runs for it: the
 chain of torch eager kernels of ``dpq.torch_backend.expanded_weight_values`` (``UNFUSED_TORCH_KERNELS``, each a
-streaming kernel of the profile, ``sim.perf.gemm.streaming_kernels_time``) and the FP8 cuBLAS GEMM; and every fused Triton row (w4a8_fused*, fp8_triton) with the structure model
+streaming kernel of the profile, ``sim.perf.gemm.streaming_kernels_time``) and the FP8 cuBLAS GEMM; and every fused
+Triton row (w4a8_fused*, fp8_triton) with the structure model
 ``sim.perf.fused_kernel.fused_gemm_timing`` on the card's ``<profile>-triton-w4a8`` profile, given the structure of
 the configuration that row actually ran: its tile/split/warps/stages (CSV columns, else the ``config`` text), the
 registers and shared memory (CSV columns, else the compiled kernel) and the main loop's SASS instructions per
@@ -34,7 +35,8 @@ if str(ROOT) not in sys.path:
 
 SCHEME_OF = {"bf16": ("bf16", None), "fp8": ("fp8", None), "w4a8_fused": ("w4a8", None),
              "w4a8_fused_v5": ("w4a8", None), "w4a8_fused_v4": ("w4a8", None), "w4a8_fused_v3": ("w4a8", None),
-             "w4a8_fused_v2": ("w4a8", None), "fp8_triton": ("fp8", None), "w4a8_unfused": ("fp8", None)}  # w4a8_unfused: FP8 GEMM after the torch expansion chain (below)
+             "w4a8_fused_v2": ("w4a8", None), "fp8_triton": ("fp8", None),
+             "w4a8_unfused": ("fp8", None)}  # w4a8_unfused: the FP8 GEMM after the torch expansion chain (below)
 # The kernels scripts/bench_gpu.py's w4a8_unfused path launches per call before its torch._scaled_mm (the torch
 # profiler's list, results/gpu/probe_unfused_ops_h100.csv): dpq.torch_backend.expanded_weight_values on uint8
 # codes (n, k/2), float32 scales and uint8 zeros (n, k/128), then the FP8 cast. (name, read bytes, write bytes)
@@ -368,7 +370,8 @@ def main(argv=None) -> int:
                  f"{args.kernel_commit}) on profile `{args.fused_profile or args.profile + '-triton-w4a8'}`", "",
                  "Heuristic configuration (default_config) of each shape and M of scripts/bench_gpu.py; FP8 cuBLAS "
                  f"from profile `{args.profile}`. Written before the variant's bench CSV existed.", "",
-                 "| model | layer | M | W4A8 us | FP8 us | W4A8 / FP8 | bound | config |", "|---|---|---|---|---|---|---|---|"]
+                 "| model | layer | M | W4A8 us | FP8 us | W4A8 / FP8 | bound | config |",
+                 "|---|---|---|---|---|---|---|---|"]
         for w, f in zip(pred[::2], pred[1::2]):
             lines.append(f"| {w['model']} | {w['layer']} | {w['m']} | {w['predicted_s'] * 1e6:.1f} | "
                          f"{f['predicted_s'] * 1e6:.1f} | {w['predicted_s'] / f['predicted_s']:.2f} | {w['bound']} | "
@@ -405,7 +408,8 @@ def main(argv=None) -> int:
              f"Measurements: `{args.bench_csv}` ({len(rows)} rows, {rows[0]['date']}). Predictions: cuBLAS rows "
              f"`sim.perf.gemm_timing` (profile `{tag}`); fused Triton rows `sim.perf.fused_kernel.fused_gemm_timing` "
              f"(profile `{args.fused_profile or profile + '-triton-w4a8'}`) with the structure of the configuration "
-             f"each row ran (kernel variants: {variants_of({r['scheme'] for r in rows}, default_variant_at(kernel_commit))}; SASS of dpq/kernels at "
+             f"each row ran (kernel variants: "
+             f"{variants_of({r['scheme'] for r in rows}, default_variant_at(kernel_commit))}; SASS of dpq/kernels at "
              f"commit {kernel_commit}). Nothing fitted here; "
              f"the W4A8 rows are held out of every calibration"
              + (" (the fp8_triton rows, the W4A8 kernel's loop with FP8 weights, are part of the loop calibration "

@@ -240,9 +240,9 @@ class FusedKernelSpec:
         "launch configurations by token count: [max_m, block_n, block_t, warps, stages, registers_per_thread, "
         "shared_bytes_per_program, loop_instructions_per_thread, fp32_instructions, int_instructions, "
         "conversion_instructions, register_a_mma_instructions, mma_macs_per_instruction] (main-loop SASS "
-        "instructions per thread: all, and those of the FP32/FMA, integer and conversion pipes; the pipelined warpgroup "
-        "MMAs with their A operand in registers and each one's m n k), rows by increasing max_m; the first row whose "
-        "max_m >= M is used (the last beyond)",
+        "instructions per thread: all, and those of the FP32/FMA, integer and conversion pipes; the pipelined "
+        "warpgroup MMAs with their A operand in registers and each one's m n k), rows by increasing max_m; the first "
+        "row whose max_m >= M is used (the last beyond)",
         lo=1)
 
 

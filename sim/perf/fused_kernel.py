@@ -40,8 +40,9 @@ wave of r programs runs at r programs' pace, not at the full waves' throughput. 
 MMAs to completion at once (SASS ``WARPGROUP.DEPBAR.LE gsb0, 0x0``: ``waited_mma``) has their latency on its critical
 path; MMAs whose wait leaves groups in flight (Triton's pipelined wgmma) overlap the loop's other work, but those
 whose A operand is in registers (``register_a_mma``: the fused kernels' expanded weights) each start only after their
-expansion and keep the registers the next iteration's expansion reuses, so an iteration takes at least their chain. ``latency_s``: a
-program keeps ``stages - 1`` steps in flight, so each step waits at least a loaded HBM round trip over that.
+expansion and keep the registers the next iteration's expansion reuses, so an iteration takes at least their chain.
+``latency_s``: a program keeps ``stages - 1`` steps in flight, so each step waits at least a loaded HBM round trip
+over that.
 """
 
 from __future__ import annotations
