@@ -23,8 +23,9 @@ Model (times in seconds; per launch of an m x n x k GEMM)::
     issue     = (fp32 * fp32_issue_cycles + int * int_issue_cycles + conversion * conversion_issue_cycles
                  + other * other_issue_cycles) * ceil(warps / schedulers_per_sm) * cycles_per_instruction
     mma_s     = mma_wait_latency_s + mma_macs / (tensor_macs_per_cycle * clock_hz)   one MMA, issue to done
+    chain     = register_a_mma * (mma_wait_latency_s + warpgroups * mma_macs / (tensor_macs_per_cycle * clock_hz))
     t_it      = iteration_fixed_s + bytes_it / sm_load_bandwidth_bytes_per_s
-                + max(issue / clock_hz, register_a_mma * mma_s) + waited_mma * mma_s
+                + max(issue / clock_hz, chain) + waited_mma * mma_s          (warpgroups = ceil(warps / 4))
     q         = programs / sms (at least 1; 'ceil': rounded up)       programs on the busiest SM
     round(p)  = per * t_it * (1 + resident_program_slowdown * (p - 1)) + program_fixed_s   p programs together
     sm_s      = floor(q / resident) * round(resident) + round(r) [* r if r < 1],  r = q - floor(q / resident) * resident
@@ -40,7 +41,8 @@ wave of r programs runs at r programs' pace, not at the full waves' throughput. 
 MMAs to completion at once (SASS ``WARPGROUP.DEPBAR.LE gsb0, 0x0``: ``waited_mma``) has their latency on its critical
 path; MMAs whose wait leaves groups in flight (Triton's pipelined wgmma) overlap the loop's other work, but those
 whose A operand is in registers (``register_a_mma``: the fused kernels' expanded weights) each start only after their
-expansion and keep the registers the next iteration's expansion reuses, so an iteration takes at least their chain.
+expansion and keep the registers the next iteration's expansion reuses, so an iteration takes at least their chain
+(one warpgroup's MMAs in sequence; the program's warpgroups share the SM's tensor cores).
 ``latency_s``: a program keeps ``stages - 1`` steps in flight, so each step waits at least a loaded HBM round trip
 over that.
 """
@@ -161,9 +163,13 @@ def iteration_time_s(hw: HardwareProfile, s: LoopStructure, with_issue: bool = T
     if with_issue:
         issue_s = (issue_cycles_per_warp(hw, s) * math.ceil(s.warps / sm.schedulers_per_sm)
                    * loop.cycles_per_instruction / sm.clock_hz)
-    mma_s = loop.mma_wait_latency_s + s.mma_macs_per_instruction / (sm.tensor_macs_per_cycle * sm.clock_hz)
+    tensor_s = s.mma_macs_per_instruction / (sm.tensor_macs_per_cycle * sm.clock_hz)  # one MMA alone on the SM
+    mma_s = loop.mma_wait_latency_s + tensor_s
     if with_issue:
-        issue_s = max(issue_s, s.register_a_mma_instructions * mma_s)
+        # the chain of one warpgroup's register-A MMAs; the program's warpgroups share the SM's tensor cores
+        warpgroups = math.ceil(s.warps / sm.schedulers_per_sm)
+        chain_s = s.register_a_mma_instructions * (loop.mma_wait_latency_s + warpgroups * tensor_s)
+        issue_s = max(issue_s, chain_s)
     return (loop.iteration_fixed_s + bytes_it / loop.sm_load_bandwidth_bytes_per_s + issue_s
             + s.waited_mma_instructions * mma_s)
 

@@ -263,6 +263,13 @@ def test_register_a_mma_chain_bounds_an_iteration(hw):
     mma_s = hw.triton_loop.mma_wait_latency_s + 64 * 64 * 32 / (hw.sm.tensor_macs_per_cycle * hw.sm.clock_hz)
     no_issue = fused_gemm_timing(hw, small, 1, 8192, 8192).iteration_s - 40 / hw.sm.clock_hz
     assert fused_gemm_timing(hw, chained, 1, 8192, 8192).iteration_s == pytest.approx(no_issue + 8 * mma_s)
+    # two warpgroups (8 warps) share the SM's tensor cores: each one's chain takes twice the tensor cycles
+    tensor_s = 64 * 64 * 32 / (hw.sm.tensor_macs_per_cycle * hw.sm.clock_hz)
+    eight = dataclasses.replace(chained, warps=8, registers_per_thread=64)
+    no_issue8 = fused_gemm_timing(hw, dataclasses.replace(eight, register_a_mma_instructions=0.0), 1, 8192,
+                                  8192).iteration_s - 2 * 40 / hw.sm.clock_hz
+    assert fused_gemm_timing(hw, eight, 1, 8192, 8192).iteration_s == pytest.approx(
+        no_issue8 + 8 * (hw.triton_loop.mma_wait_latency_s + 2 * tensor_s))
     # a loop whose issue takes longer than the chain hides it
     busy = dataclasses.replace(chained, loop_instructions_per_thread=2000.0)
     assert fused_gemm_timing(hw, busy, 1, 8192, 8192).iteration_s == pytest.approx(
