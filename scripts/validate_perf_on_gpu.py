@@ -17,7 +17,7 @@ and per shape the crossover M where W4A8 stops beating FP8 (measured vs predicte
     python scripts/validate_perf_on_gpu.py results/gpu/bench_h200.csv [--profile h200] [--out results/gpu/]
         [--set dequant.ops_per_weight.fp8=20.5 --label h200_whatif]   # what-if overrides
     python scripts/validate_perf_on_gpu.py --predict v5 --profile h100 --kernel-commit bb65b87 --out results/gpu
-        # a kernel variant's time on the bench grid before it is measured (its heuristic configuration)
+        # a kernel variant's time on the bench grid from its structure alone (its heuristic configuration)
 """
 
 from __future__ import annotations
@@ -285,7 +285,7 @@ def heuristic_configs_at_commit(commit: str, variant: str, cases: list[tuple[int
 
 def predict_variant(variant: str, profile: str, kernel_commit: str, fused_profile: str | None = None) -> list[dict]:
     """Predicted rows (w4a8_fused at ``variant``'s heuristic configuration, and fp8 cuBLAS) for the shapes and M
-    grid of scripts/bench_gpu.py, before the variant is measured (no measured_s)."""
+    grid of scripts/bench_gpu.py from the structure and the profiles alone (no measured_s)."""
     import importlib.util
 
     from sim.perf.fused_kernel import fused_gemm_timing
@@ -366,10 +366,11 @@ def main(argv=None) -> int:
             ap.error("--predict needs --profile and --kernel-commit")
         pred = predict_variant(args.predict, args.profile, args.kernel_commit, args.fused_profile)
         cp = crossover(pred, "predicted_s")
-        lines = [f"# Prediction before measurement: kernel variant {args.predict} (dpq/kernels at "
+        lines = [f"# Prediction from structure: kernel variant {args.predict} (dpq/kernels at "
                  f"{args.kernel_commit}) on profile `{args.fused_profile or args.profile + '-triton-w4a8'}`", "",
                  "Heuristic configuration (default_config) of each shape and M of scripts/bench_gpu.py; FP8 cuBLAS "
-                 f"from profile `{args.profile}`. Written before the variant's bench CSV existed.", "",
+                 f"from profile `{args.profile}`. From the kernel's structure and the profiles alone: no measured row "
+                 "of the variant is read.", "",
                  "| model | layer | M | W4A8 us | FP8 us | W4A8 / FP8 | bound | config |",
                  "|---|---|---|---|---|---|---|---|"]
         for w, f in zip(pred[::2], pred[1::2]):
