@@ -7,8 +7,12 @@ M in 1, 4, 16, 64, 256, 1024, 4096 tokens, four ways to compute y = x @ W^T (bf1
 * ``fp8``           torch._scaled_mm, FP8 E4M3 weights and activations, per-tensor scales (cuBLAS, fast accum);
 * ``w4a8_fused``    the Triton kernel of dpq/kernels/w4a8_triton.py reading packed INT4 (groups of 128), its default
                     variant (DEFAULT_VARIANT);
+* ``w4a8_fused_default`` the default variant with the default configuration only (what ``w4a8_matmul`` runs
+                    when given no config: the tile heuristic with the card's SM limits);
 * ``w4a8_fused_v5`` variant "v5" (codes group-major + float32 scale and zero byte per group, the 16-entry tables
                     built in the loop: 0.539 byte per weight);
+* ``w4a8_fused_v5old`` variant "v5" with the split rule it had before the wave rule (``default_config`` without
+                    ``sm_limits``), that configuration only;
 * ``w4a8_fused_v4`` variant "v4" (codes group-major + a 16-byte FP8 table per group, 0.625 byte per weight);
 * ``w4a8_fused_v3`` its earlier variant "lut" (v3: the same bytes, codes row-major, 2-byte shared loads);
 * ``w4a8_fused_v2`` the variant "v2" (codes + float32 scale and uint8 zero per group, expanded with float32
@@ -27,7 +31,8 @@ fused kernel a few tile configurations are tried per (shape, M) and the fastest 
 tuning CSV); each tried configuration is first checked against a float64 reference of the same FP8 operands.
 
 Writes ``bench_<card>.csv`` and ``tuning_<card>.csv`` under ``--out``; every row carries card, driver, torch,
-triton, CUDA and the date. Prints a decode summary (speed-ups of w4a8_fused at M <= 16 on each shape) last.
+triton, CUDA and the date. Prints a decode summary (speed-ups of the tuned w4a8_fused and of its default
+configuration at M <= 64 on each shape and per decoder layer) last.
 
     python3 scripts/bench_gpu.py --out results/gpu/ [--models llama-2-70b] [--m 1,4,16] [--quick]
 """
@@ -58,16 +63,20 @@ SHAPES = [
     ("llama-2-70b", "gate_up_proj", 57344, 8192), ("llama-2-70b", "down_proj", 8192, 28672),
 ]
 M_VALUES = (1, 4, 16, 64, 256, 1024, 4096)
-SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_v5", "w4a8_fused_v4", "w4a8_fused_v3", "w4a8_fused_v2",
-           "fp8_triton", "w4a8_unfused")
-FUSED_VARIANTS = {"w4a8_fused": None, "w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut",
-                  "w4a8_fused_v2": "v2", "fp8_triton": "fp8"}  # None: the module's DEFAULT_VARIANT
+SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_default", "w4a8_fused_v5", "w4a8_fused_v5old", "w4a8_fused_v4",
+           "w4a8_fused_v3", "w4a8_fused_v2", "fp8_triton", "w4a8_unfused")
+FUSED_VARIANTS = {"w4a8_fused": None, "w4a8_fused_default": None, "w4a8_fused_v5": "v5", "w4a8_fused_v5old": "v5",
+                  "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2",
+                  "fp8_triton": "fp8"}  # None: the module's DEFAULT_VARIANT
+OLD_RULE_SCHEMES = ("w4a8_fused_v5old",)  # the split rule without the card's SM limits
+HEURISTIC_ONLY_SCHEMES = ("w4a8_fused_default", "w4a8_fused_v5old")
 GROUP_SIZE = 128
 FIELDS = ["card", "driver", "torch", "triton", "cuda", "sm_count", "date", "model", "layer", "scheme", "m", "n", "k",
           "latency_s", "spread_rel", "calls_per_graph", "weight_copies", "weight_bytes", "hbm_bytes",
           "achieved_tb_per_s", "achieved_tflop_per_s", "variant", "config", "block_n", "block_t", "split_k",
-          "num_warps", "num_stages", "groups_per_step", "registers", "shared_bytes"]
-CONFIG_FIELDS = ("block_n", "block_t", "split_k", "num_warps", "num_stages", "groups_per_step")
+          "num_warps", "num_stages", "groups_per_step", "reduce_in_kernel", "maxnreg", "registers", "shared_bytes"]
+CONFIG_FIELDS = ("block_n", "block_t", "split_k", "num_warps", "num_stages", "groups_per_step", "reduce_in_kernel",
+                 "maxnreg")
 
 
 def log(msg: str) -> None:
@@ -77,6 +86,8 @@ def log(msg: str) -> None:
 def device_info(torch) -> dict:
     import triton
 
+    from dpq.kernels.w4a8_triton import SMLimits
+
     props = torch.cuda.get_device_properties(0)
     try:
         driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -85,7 +96,7 @@ def device_info(torch) -> dict:
         driver = "unknown"
     return {"card": props.name, "driver": driver, "torch": torch.__version__, "triton": triton.__version__,
             "cuda": torch.version.cuda, "sm_count": props.multi_processor_count,
-            "l2_bytes": getattr(props, "L2_cache_size", 50 * 2**20),
+            "limits": SMLimits.of_device(0),
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
@@ -125,47 +136,35 @@ def make_weights(torch, n: int, k: int, gen):
     return codes, scales, zeros
 
 
-_RESIDENT_V5 = {16: 6, 32: 4, 64: 3}  # v5 programs per SM by token tile (registers 75 / 99 / 156 at 3 stages)
+V5_SWEEP_SPLITS = (1, 2, 3, 4, 5, 6, 8, 12, 16)  # split-K counts every v5 decode shape is also timed at
 
 
-def wave_splits(m: int, n: int, k: int, sms: int, base, count: int = 2) -> list[int]:
-    """The ``count`` split-K counts that minimise whole waves x program length, ceil(programs / (resident
-    programs per SM x SMs)) x (K steps per part + 2): candidates against the tail of a partial last wave."""
-    tiles = math.ceil(n / base.block_n) * math.ceil(m / base.block_t)
-    steps = k // GROUP_SIZE
-    slots = _RESIDENT_V5.get(base.block_t, 4) * sms
-    scored = []
-    for s in range(1, max(1, steps // 2) + 1):
-        per = math.ceil(steps / s)
-        parts = math.ceil(steps / per)
-        scored.append((math.ceil(tiles * parts / slots) * (per + 2), parts))
-    out = []
-    for _, parts in sorted(scored):
-        if parts not in out and parts != base.split_k:
-            out.append(parts)
-        if len(out) == count:
-            break
-    return out
-
-
-def fused_candidates(m: int, n: int, k: int, sms: int, quick: bool, variant: str):
-    """Tile configurations tried for the fused kernel at this shape (the heuristic first)."""
+def fused_candidates(m: int, n: int, k: int, limits, quick: bool, variant: str, old_rule: bool = False):
+    """Tile configurations tried for the fused kernel at this shape (the heuristic first). ``limits``: the card's
+    SMLimits; ``old_rule``: the heuristic without them (v5's split rule before the wave rule)."""
     from dpq.kernels.w4a8_triton import KernelConfig, default_config
 
-    base = default_config(m, n, k, sms, GROUP_SIZE, variant)
+    base = default_config(m, n, k, limits.num_sms, GROUP_SIZE, variant, sm_limits=None if old_rule else limits)
     cands = [base]
     if quick:
         return cands
     s = base.split_k
-    if m <= 64 and variant in ("v5", "v4", "fp8"):
+    if m <= 64 and variant == "v5":
+        # the split rules (this one and the one before), a sweep of split counts, the in-kernel split-K reduction
+        # (fewer parts now), pipeline depth, and register caps for more resident programs (maxnreg: 64 -> 8
+        # programs of 4 warps per SM, 56 -> 9; ptxas then serialises the wgmmas, C7512, and spills a few bytes)
+        old = default_config(m, n, k, limits.num_sms, GROUP_SIZE, variant)
+        steps = k // GROUP_SIZE
+        cands += [old] + [replace(base, split_k=v) for v in V5_SWEEP_SPLITS if v <= max(1, steps // 2)]
+        cands += [replace(base, reduce_in_kernel=True), replace(base, num_stages=4), replace(base, num_stages=2)]
+        if base.block_t == 16:
+            cands += [replace(base, maxnreg=64), replace(base, maxnreg=56), replace(base, maxnreg=56, num_stages=2)]
+    elif m <= 64 and variant in ("v5", "v4", "fp8"):
         # v4 (74 registers, 6 programs per SM at 3 stages): stages, split around the heuristic's, the in-kernel
         # split-K reduction, 8 warps (the rest of the earlier sweeps' candidates never won: results/gpu/README.md)
         cands += [replace(base, num_stages=4), replace(base, split_k=2 * s), replace(base, split_k=max(1, s // 2)),
                   replace(base, reduce_in_kernel=True), replace(base, num_warps=8),
                   replace(base, groups_per_step=2)]
-        if variant == "v5":  # no tables in shared memory: deeper pipelines fit; splits that fill whole waves
-            cands += [replace(base, num_stages=5), replace(base, num_stages=4, reduce_in_kernel=True)]
-            cands += [replace(base, split_k=w) for w in wave_splits(m, n, k, sms, base)]
     elif m <= 64 and variant == "lut":
         cands += [replace(base, split_k=2 * s), replace(base, split_k=max(1, s // 2)),
                   replace(base, block_n=64, num_stages=3)]
@@ -175,7 +174,10 @@ def fused_candidates(m: int, n: int, k: int, sms: int, quick: bool, variant: str
     else:
         cands += [KernelConfig(block_n=128, block_t=64, split_k=1, num_warps=4, num_stages=4)]
     seen, out = set(), []
+    steps = k // GROUP_SIZE
     for c in cands:
+        per = math.ceil(steps // c.groups_per_step / c.split_k)
+        c = replace(c, split_k=math.ceil(steps // c.groups_per_step / per))  # the parts the kernel really runs
         if (c not in seen and (k // GROUP_SIZE) % c.groups_per_step == 0
                 and (variant != "v5" or c.groups_per_step == 1)):
             seen.add(c)
@@ -194,7 +196,8 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
     table_bytes, packed_bytes = codes.numel() + scales.numel() * 16, codes.numel() + scales.numel() * 5
     variant_bytes = {"v5": packed_bytes, "v4": table_bytes, "lut": table_bytes, "v2": packed_bytes, "fp8": n * k}
     w_bytes = {"bf16": n * k * 2, "fp8": n * k, "w4a8_fused_v4": table_bytes, "w4a8_fused_v5": packed_bytes,
-               "w4a8_fused": variant_bytes[fused_variant],
+               "w4a8_fused": variant_bytes[fused_variant], "w4a8_fused_default": variant_bytes[fused_variant],
+               "w4a8_fused_v5old": packed_bytes,
                "w4a8_fused_v3": codes.numel() + scales.numel() * 16, "fp8_triton": n * k,
                "w4a8_fused_v2": codes.numel() + scales.numel() * 5, "w4a8_unfused": codes.numel() + scales.numel() * 5}
     fp8_max = 448.0
@@ -243,7 +246,9 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
                     best = None
                     quick = {"w4a8_fused_v2": args.quick_v2, "fp8_triton": args.quick_fp8_triton,
                              "w4a8_fused_v3": args.quick_v3}.get(scheme, args.quick)
-                    for cfg in fused_candidates(m, n, k, info["sm_count"], quick, variant):
+                    quick = quick or scheme in HEURISTIC_ONLY_SCHEMES or scheme in args.heuristic_only
+                    for cfg in fused_candidates(m, n, k, info["limits"], quick, variant,
+                                                old_rule=scheme in OLD_RULE_SCHEMES):
                         res = kernel_resources(x8, pw, cfg)
                         y = w4a8_matmul(x8, pw, 1.0, out_dtype="float32", config=cfg)
                         err = float((y.double() - ref).norm() / ref.norm())
@@ -303,6 +308,8 @@ def main(argv=None) -> int:
                     help="also tune w4a8_fused_v3 and fp8_triton (default: their heuristic configuration only)")
     ap.add_argument("--fused-variant", default=None,
                     help="kernel variant of the scheme w4a8_fused (default: the module's DEFAULT_VARIANT)")
+    ap.add_argument("--heuristic-only", default="",
+                    help="comma list of fused schemes to run at their heuristic configuration only")
     ap.add_argument("--tag", default="", help="suffix of the output file names (bench_<card><tag>.csv)")
     args = ap.parse_args(argv)
     import torch
@@ -313,6 +320,7 @@ def main(argv=None) -> int:
     args.fused_variant = args.fused_variant or DEFAULT_VARIANT
     if args.fused_variant not in VARIANTS:
         raise SystemExit(f"--fused-variant: {args.fused_variant!r} is not one of {VARIANTS}")
+    args.heuristic_only = [v for v in args.heuristic_only.split(",") if v]
     models = args.models.split(",")
     m_values = [int(v) for v in args.m.split(",")]
     schemes = args.schemes.split(",")
@@ -343,9 +351,10 @@ def main(argv=None) -> int:
     print(f"# {info['card']} driver {info['driver']} torch {info['torch']} triton {info['triton']}")
     nan = float("nan")
     print(f"# w4a8_fused = variant {args.fused_variant}")
-    cols = ("bf16", "fp8", "fp8_triton", "w4a8_fused_v4", "w4a8_fused_v5", "w4a8_fused")
+    cols = ("bf16", "fp8", "fp8_triton", "w4a8_fused_v4", "w4a8_fused_v5old", "w4a8_fused_default", "w4a8_fused")
     print(f"{'model':12s} {'layer':13s} {'m':>5s} {'bf16 us':>9s} {'fp8 us':>9s} {'fp8tri':>9s} {'v4 us':>9s} "
-          f"{'v5 us':>9s} {'fused us':>9s} {'x bf16':>7s} {'x fp8':>7s}")
+          f"{'v5old us':>9s} {'default':>9s} {'tuned us':>9s} {'x bf16':>7s} {'x fp8':>7s} {'dflt/bf16':>9s} "
+          f"{'dflt/fp8':>8s}")
     layer_sums = {}
     for (model, layer, m, scheme), t in summary.items():
         layer_sums.setdefault((model, m, scheme), []).append(t)
@@ -353,16 +362,16 @@ def main(argv=None) -> int:
             continue
         v = [summary.get((model, layer, m, sc), nan) for sc in cols]
         print(f"{model:12s} {layer:13s} {m:5d} " + " ".join(f"{x * 1e6:9.1f}" for x in v)
-              + f" {v[0] / t:7.2f} {v[1] / t:7.2f}")
+              + f" {v[0] / t:7.2f} {v[1] / t:7.2f} {v[0] / v[5]:9.2f} {v[1] / v[5]:8.2f}")
     print("# one decoder layer (the four GEMMs summed)")
     for (model, m, scheme), ts in layer_sums.items():
         if scheme != "w4a8_fused" or len(ts) != 4:
             continue
         tot = {sc: sum(layer_sums[(model, m, sc)]) if len(layer_sums.get((model, m, sc), [])) == 4 else nan
                for sc in cols}
-        t = tot["w4a8_fused"]
+        t, d = tot["w4a8_fused"], tot["w4a8_fused_default"]
         print(f"{model:12s} {'layer':13s} {m:5d} " + " ".join(f"{tot[sc] * 1e6:9.1f}" for sc in cols)
-              + f" {tot['bf16'] / t:7.2f} {tot['fp8'] / t:7.2f}")
+              + f" {tot['bf16'] / t:7.2f} {tot['fp8'] / t:7.2f} {tot['bf16'] / d:9.2f} {tot['fp8'] / d:8.2f}")
     return 0
 
 

@@ -136,6 +136,7 @@ PROBE_VARIANTS = {  # Triton configurations run on the crafted probe (M=16, N=25
     "v5_split3": {"variant": "v5", "split_k": 3},
     "v5_bn64_w8": {"variant": "v5", "block_n": 64, "num_warps": 8, "split_k": 2},
     "v5_split3_reduce_in_kernel": {"variant": "v5", "split_k": 3, "reduce_in_kernel": True},
+    "v5_split3_maxnreg64": {"variant": "v5", "split_k": 3, "maxnreg": 64},
     "v4_default": {"variant": "v4"},
     "lut_default": {"variant": "lut"},
     "fp8_default": {"variant": "fp8"},
@@ -167,6 +168,11 @@ TRITON_VARIANTS = {  # "variant" picks the kernel variant (default: the module's
     "reduce_in_kernel": {"reduce_in_kernel": True},
     "v5_default": {"variant": "v5"},
     "v5_reduce_in_kernel": {"variant": "v5", "reduce_in_kernel": True},
+    "v5_old_rule": {"variant": "v5", "old_rule": True},  # v5's split rule before the wave rule
+    "v5_split2": {"variant": "v5", "split_k": 2},
+    "v5_split3": {"variant": "v5", "split_k": 3},
+    "v5_split4": {"variant": "v5", "split_k": 4},
+    "v5_maxnreg64": {"variant": "v5", "maxnreg": 64},
     "v4_default": {"variant": "v4"},
     "lut_default": {"variant": "lut"},
     "fp8_default": {"variant": "fp8"},
@@ -174,13 +180,15 @@ TRITON_VARIANTS = {  # "variant" picks the kernel variant (default: the module's
 }
 
 
-def triton_setup(over, m, n, k, sms, group_size):
-    """(kernel variant, KernelConfig) of one named variant: the heuristic with the overrides applied."""
+def triton_setup(over, m, n, k, limits, group_size):
+    """(kernel variant, KernelConfig) of one named variant: the heuristic (with the card's SMLimits, as
+    ``w4a8_matmul`` runs it; without them for ``old_rule``) with the overrides applied."""
     from dpq.kernels.w4a8_triton import DEFAULT_VARIANT, KernelConfig, default_config
 
     over = dict(over or {})
     variant = over.pop("variant", DEFAULT_VARIANT)
-    base = default_config(m, n, k, sms, group_size, variant)
+    old_rule = over.pop("old_rule", False)
+    base = default_config(m, n, k, limits.num_sms, group_size, variant, sm_limits=None if old_rule else limits)
     return variant, KernelConfig(**(base.__dict__ | over))
 
 
@@ -188,11 +196,12 @@ def run(in_dir: Path, out_dir: Path, variants: list[str] | None = None) -> None:
     """variants: names of TRITON_VARIANTS to run (None = all); the probe always runs all of PROBE_VARIANTS."""
     import torch
 
-    from dpq.kernels.w4a8_triton import split_k_parts
+    from dpq.kernels.w4a8_triton import SMLimits, split_k_parts
     from dpq.torch_backend import TorchLinear, activation_fp8
 
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = torch.cuda.get_device_properties(0)
+    limits = SMLimits.of_device(0)
     results, meta = {}, {"device": dev.name, "sms": dev.multi_processor_count, "torch": torch.__version__,
                          "cuda": torch.version.cuda, "variants": {}}
     try:
@@ -210,8 +219,8 @@ def run(in_dir: Path, out_dir: Path, variants: list[str] | None = None) -> None:
             if variants is not None and vname not in variants:
                 continue
             try:
-                variant, cfg = triton_setup(over, x.shape[0], p.out_features, p.in_features,
-                                            dev.multi_processor_count, p.group_size)
+                variant, cfg = triton_setup(over, x.shape[0], p.out_features, p.in_features, limits,
+                                            p.group_size)
                 tl = TorchLinear(p, "cuda", kernel="triton", out_dtype="bfloat16", triton_config=cfg,
                                  triton_variant=variant)
                 y1 = tl.run(xt)
@@ -241,8 +250,7 @@ def run(in_dir: Path, out_dir: Path, variants: list[str] | None = None) -> None:
                                  use_fast_accum=fast)
             results[f"probe/cublas_fast{int(fast)}"] = y.view(torch.int16).cpu().numpy()
         for vname, over in PROBE_VARIANTS.items():
-            variant, cfg = triton_setup(over, x.shape[0], p.out_features, p.in_features, dev.multi_processor_count,
-                                        p.group_size)
+            variant, cfg = triton_setup(over, x.shape[0], p.out_features, p.in_features, limits, p.group_size)
             try:
                 y = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant=variant).run(xt)
             except Exception as exc:  # noqa: BLE001

@@ -5,7 +5,8 @@ and of its main loop (the largest backward branch's body), and the loop's instru
 (weights per loop iteration = BLOCK_N x group size, divided over the program's threads). ``--dump DIR`` writes the
 TTGIR, PTX and SASS.
 
-    python scripts/kernel_sass.py --variant v5 --block-n 128 --block-t 16 --split-k 4 --warps 4 --stages 3
+    python scripts/kernel_sass.py --variant v5 --block-n 128 --block-t 16 --split-k 4 --warps 4 --stages 3 \
+        [--maxnreg 64]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)[\s.;]")
 
 
 def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split_k: int, warps: int, stages: int,
-                   groups_per_step: int = 1, reduce_in_kernel: bool = False):
+                   groups_per_step: int = 1, reduce_in_kernel: bool = False, maxnreg: int | None = None):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -72,8 +73,11 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
         sig[c] = "constexpr"
     names = list(sig)
     attrs = {(names.index(d),): [["tt.divisibility", 16]] for d in div}
+    options = {"num_warps": warps, "num_stages": stages}
+    if maxnreg is not None:
+        options["maxnreg"] = maxnreg
     k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
-                       target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+                       target=GPUTarget("cuda", 90, 32), options=options)
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"w4a8_{variant}.cubin"
     tmp.write_bytes(k.asm["cubin"])
@@ -107,14 +111,15 @@ def main(argv=None) -> int:
     ap.add_argument("--split-k", type=int, default=4)
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--stages", type=int, default=4)
+    ap.add_argument("--maxnreg", type=int, default=None, help="register cap per thread (Triton launch option)")
     ap.add_argument("--dump", type=Path)
     a = ap.parse_args(argv)
     k, sass, usage = compile_kernel(a.variant, a.block_n, a.block_t, a.block_k, a.split_k, a.warps, a.stages,
-                                    a.groups_per_step, a.reduce_in_kernel)
+                                    a.groups_per_step, a.reduce_in_kernel, a.maxnreg)
     total, loop = loop_mix(sass)
     weights_per_thread = a.block_n * a.block_k * a.groups_per_step / (32 * a.warps)
-    print(f"{a.variant} BLOCK_N={a.block_n} BLOCK_T={a.block_t} BLOCK_K={a.block_k}x{a.groups_per_step} warps={a.warps} "
-          f"stages={a.stages}: {usage}")
+    print(f"{a.variant} BLOCK_N={a.block_n} BLOCK_T={a.block_t} BLOCK_K={a.block_k}x{a.groups_per_step} "
+          f"warps={a.warps} stages={a.stages} maxnreg={a.maxnreg}: {usage}")
     print(f"kernel: {sum(total.values())} instructions")
     n = sum(loop.values())
     print(f"main loop: {n} instructions per iteration per thread, {weights_per_thread:.0f} weights per thread "

@@ -40,7 +40,9 @@ back. Variants (``variant=``), all with the very same numerics:
 Layout ("swap AB"): the kernel computes the transposed product y^T = w8 @ x8^T, so that the weight rows fill the
 tensor core's M dimension (64 or 128) and the few tokens of a decode step fill its narrow N dimension (16 and up).
 Each program owns BLOCK_N weight rows x BLOCK_T tokens and one contiguous slice of K (split-K for small M * N);
-one group of the packed format per K step (v4/fp8: ``groups_per_step``).
+one group of the packed format per K step (v4/fp8: ``groups_per_step``). The "v5" split count at decode comes from
+the card (``SMLimits.of_device``): whole waves of the programs an SM holds at once, no short tail, few programs per
+SM (``wave_split_cost``; since 2026-11-27 11:00 UTC).
 
 Numerics (the data of hw_profiles/h100-triton-w4a8.yaml; see results/gpu/README.md for the measurement), all variants:
 
@@ -61,7 +63,8 @@ Public API::
     PackedW4A8Weight.from_packed(p, device, variant=) / .from_arrays(..., variant=)
     w4a8_matmul(x8, weight, act_scale, *, out_dtype="bfloat16", config=None) -> torch (M, N)
     kernel_resources(x8, weight, config) -> registers, shared bytes, spills of the launched kernel
-    KernelConfig, default_config(m, n, k, num_sms, group_size, variant), split_k_parts(k, config, group_size)
+    KernelConfig, default_config(m, n, k, num_sms, group_size, variant, sm_limits), split_k_parts(k, config, group_size)
+    SMLimits (.of_device), resident_programs, wave_split_cost, V5_KERNEL_RESOURCES: the "v5" decode split rule
     expansion_lut (torch, on the GPU) and expansion_lut_np; lut_expand_np, lut_expand_row_np, prmt_np, mulhi_np,
     table_build_np: plain twins of the kernels' inline asm (LUT_ASM, LUT_ASM_ROW, TABLE_WORD_ASM + QUAD_SHFL_ASM);
     v4_codes / v4_codes_np, v4_words_np: the v4 code layout; v5_zeros / v5_zeros_np: the v5 zero layout;
@@ -90,7 +93,9 @@ class KernelConfig:
     Triton launch options; groups_per_step: groups of the packed format per K step (the "v4" and "fp8" variants
     take 1, 2 or 4; "lut" and "v2" only 1); reduce_in_kernel: "v4"/"fp8" with split-K add the parts (in order)
     in the same launch (the last program of a tile to finish does it) instead of in a second kernel (same bits;
-    off by default: no faster on the H200, results/gpu/README.md).
+    off by default: no faster on the H200, results/gpu/README.md); maxnreg: Triton's register cap per thread (None:
+    none; more resident programs per SM, but below 75 ptxas serialises the v5 wgmmas (C7512) and spills: slower on an
+    H100, results/gpu/README.md).
     """
 
     block_n: int = 64
@@ -100,6 +105,7 @@ class KernelConfig:
     num_stages: int = 4
     groups_per_step: int = 1
     reduce_in_kernel: bool = False
+    maxnreg: int | None = None
 
     def __post_init__(self):
         for name in ("block_n", "block_t", "split_k", "num_warps", "num_stages", "groups_per_step"):
@@ -113,6 +119,56 @@ class KernelConfig:
             raise ValueError(f"KernelConfig.reduce_in_kernel={self.reduce_in_kernel!r}: expected a bool")
         if self.groups_per_step not in (1, 2, 4):
             raise ValueError(f"KernelConfig.groups_per_step={self.groups_per_step}: expected 1, 2 or 4")
+        if self.maxnreg is not None and (isinstance(self.maxnreg, bool) or not isinstance(self.maxnreg, int)
+                                         or not 24 <= self.maxnreg <= 255):
+            raise ValueError(f"KernelConfig.maxnreg={self.maxnreg!r}: expected None or an integer in 24..255")
+
+
+@dataclass(frozen=True)
+class SMLimits:
+    """The card's streaming multiprocessors as torch reports them (``torch.cuda.get_device_properties``): how many,
+    and what one of them holds - which decides how many programs of a kernel are resident on an SM at once."""
+
+    num_sms: int
+    registers_per_sm: int
+    shared_bytes_per_sm: int
+    max_threads_per_sm: int
+
+    def __post_init__(self):
+        for name in ("num_sms", "registers_per_sm", "shared_bytes_per_sm", "max_threads_per_sm"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"SMLimits.{name}={v!r}: expected a positive integer")
+
+    @classmethod
+    def of_device(cls, device=None) -> "SMLimits":
+        """The limits of a CUDA device (default: the current one)."""
+        import torch
+
+        p = torch.cuda.get_device_properties(device if device is not None else torch.cuda.current_device())
+        return cls(num_sms=p.multi_processor_count, registers_per_sm=p.regs_per_multiprocessor,
+                   shared_bytes_per_sm=p.shared_memory_per_multiprocessor,
+                   max_threads_per_sm=p.max_threads_per_multi_processor)
+
+
+# Registers per thread and shared bytes per program of the "v5" kernel at 128-row tiles and 4 warps, by (group size,
+# token tile, stages): what Triton 3.6 compiles for sm_90 (scripts/kernel_sass.py; the bench CSVs record the launched
+# kernels' numbers, which match). A property of the compiled code, not of the card: resident_programs combines it
+# with the card's SMLimits.
+V5_KERNEL_RESOURCES = {(128, 16, 2): (77, 13312), (128, 16, 3): (75, 24576), (128, 16, 4): (75, 35840),
+                       (128, 16, 5): (79, 47104), (128, 32, 3): (95, 30720), (128, 64, 3): (156, 43008),
+                       (128, 64, 4): (156, 60416), (64, 16, 3): (63, 13312), (64, 32, 3): (74, 16384),
+                       (64, 64, 3): (120, 22528), (32, 16, 3): (56, 8192), (32, 32, 3): (72, 16384),
+                       (32, 64, 3): (128, 16384)}
+
+
+def resident_programs(registers: int, shared_bytes: int, num_warps: int, limits: SMLimits) -> int:
+    """Programs of one kernel an SM holds at once: the fewest the register file, shared memory and thread slots
+    allow (register and shared-memory allocation granularities ignored: exact for the v5 tiles above)."""
+    threads = 32 * num_warps
+    return max(1, min(limits.registers_per_sm // (registers * threads),
+                      limits.shared_bytes_per_sm // max(1, shared_bytes),
+                      limits.max_threads_per_sm // threads))
 
 
 # Programs per SM the decode heuristic plans for, per variant (from the tuning runs, results/gpu/README.md).
@@ -123,13 +179,39 @@ _PROGRAMS_PER_SM = {"v5": 4, "v4": 4, "fp8": 4, "lut": 4, "v2": 2}
 _PROGRAM_OVERHEAD_STEPS = 2
 
 
+# The "v5" split rule at decode ("waves"), in K steps of one program (fitted to the H100 v5 tuning sweep,
+# results/gpu/tuning_h100_v5.csv; checked against a new sweep in tuning_h100_v6.csv):
+_PROGRAMS_IN_FLIGHT = 2  # programs an SM needs at once to stream at its share of the bandwidth (fewer: slower)
+_WAVE_FILL_STEPS = 8  # per wave of resident programs on the busiest SM (pipeline fill and drain)
+_PROGRAM_COST_STEPS = 1  # per program on the busiest SM (prologue, epilogue, split-K part store)
+
+
+def wave_split_cost(tiles: int, k_steps: int, split: int, resident: int, num_sms: int) -> tuple[float, int]:
+    """(cost in K steps, parts) of cutting K into ``split`` parts: the busiest SM runs ceil(programs / SMs) programs
+    in waves of ``resident``; each wave streams its programs' steps, at a slower rate when it holds fewer than
+    _PROGRAMS_IN_FLIGHT programs (a short last wave: the tail), plus a fill cost per wave and a cost per program."""
+    per = math.ceil(k_steps / split)
+    parts = math.ceil(k_steps / per)
+    per_sm = math.ceil(tiles * parts / num_sms)
+    waves = math.ceil(per_sm / resident)
+    cost = 0.0
+    for w in range(waves):
+        in_wave = min(resident, per_sm - w * resident)
+        cost += in_wave * per * max(1.0, _PROGRAMS_IN_FLIGHT / in_wave)
+    return cost + _WAVE_FILL_STEPS * waves + _PROGRAM_COST_STEPS * per_sm, parts
+
+
 def default_config(m: int, n: int, k: int, num_sms: int = 132, group_size: int = 128,
-                   variant: str = DEFAULT_VARIANT) -> KernelConfig:
+                   variant: str = DEFAULT_VARIANT, sm_limits: SMLimits | None = None) -> KernelConfig:
     """The tile heuristic: narrow token tiles and split-K at decode, 128 x 128 tiles for prefill.
 
     Decode: 128-row tiles for the table variants (the loop's fixed overhead spreads over 128 weights per thread).
-    "v5"/"v4"/"fp8": the split-K count minimises the busiest SM's work, (all steps + a fixed cost per program) / SMs
-    + one program's steps (the tail); "lut"/"v2": enough parts for about 4 (lut) or 2 (v2) programs per SM.
+    "v5" with ``sm_limits`` (what ``w4a8_matmul`` passes: ``SMLimits.of_device``; ``num_sms`` is then ignored): the
+    split-K count minimises ``wave_split_cost`` - whole waves of the programs an SM holds at once
+    (``resident_programs`` of the compiled kernel on this card), no tail of too few programs, few programs per SM.
+    "v5" without ``sm_limits`` (the rule before 2026-11-27 11:00 UTC), "v4"/"fp8": the split-K count minimises the
+    busiest SM's work, (all steps + a fixed cost per program) / SMs + one program's steps (the tail);
+    "lut"/"v2": enough parts for about 4 (lut) or 2 (v2) programs per SM.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r}: expected one of {VARIANTS}")
@@ -144,7 +226,13 @@ def default_config(m: int, n: int, k: int, num_sms: int = 132, group_size: int =
     tiles = math.ceil(n / block_n) * math.ceil(m / block_t)
     k_steps = k // (group_size * gps)
     split = 1
-    if variant in ("v5", "v4", "fp8"):
+    resources = V5_KERNEL_RESOURCES.get((group_size, block_t, stages)) if block_n == 128 and warps == 4 else None
+    if variant == "v5" and m <= 64 and sm_limits is not None and resources is not None:
+        resident = resident_programs(resources[0], resources[1], warps, sm_limits)
+        scored = [wave_split_cost(tiles, k_steps, s, resident, sm_limits.num_sms)
+                  for s in range(1, max(1, k_steps // 2) + 1)]
+        split = min(scored)[1]  # ties: fewer parts
+    elif variant in ("v5", "v4", "fp8"):
         if m <= 64:
             best = None
             for s in range(1, max(1, k_steps // 2) + 1):
@@ -919,8 +1007,8 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
         raise ValueError(f"out_dtype={out_dtype!r}: expected 'bfloat16' or 'float32'")
     m, k, n = x8.shape[0], weight.k, weight.n
     if config is None:
-        config = default_config(m, n, k, torch.cuda.get_device_properties(x8.device).multi_processor_count,
-                                weight.group_size, weight.variant)
+        limits = SMLimits.of_device(x8.device)
+        config = default_config(m, n, k, limits.num_sms, weight.group_size, weight.variant, sm_limits=limits)
     step = k_step(config, weight.group_size)
     if weight.variant in ("lut", "v2") and config.groups_per_step != 1:
         raise ValueError(f"variant {weight.variant!r} takes groups_per_step=1, got {config.groups_per_step}")
@@ -941,6 +1029,8 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
     grid = (triton_cdiv(n, config.block_n), triton_cdiv(m, config.block_t), split)
     launch = dict(BLOCK_N=config.block_n, BLOCK_T=config.block_t, OUT_BF16=out_dtype == "bfloat16",
                   num_warps=config.num_warps, num_stages=config.num_stages)
+    if config.maxnreg is not None:
+        launch["maxnreg"] = config.maxnreg
     # SPLIT_K is only tested against 1 in the lut/v4 kernels: 1 or 2 keeps one compilation for every split count
     reduce_in_kernel = split > 1 and config.reduce_in_kernel and weight.variant in ("v5", "v4", "fp8")
     if weight.variant == "v5":

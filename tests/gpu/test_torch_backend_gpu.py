@@ -16,9 +16,9 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() != (9, 0),
                                  reason="bit-exact numerics are modelled for Hopper (sm_90) only")]
 
-from dpq.kernels.w4a8_triton import (KernelConfig, PackedW4A8Weight, default_config, expansion_lut,  # noqa: E402
-                                     expansion_lut_np, fp8_weight_from_lut, split_k_parts, v4_codes, v4_codes_np,
-                                     w4a8_matmul)
+from dpq.kernels.w4a8_triton import (KernelConfig, PackedW4A8Weight, SMLimits, default_config,  # noqa: E402
+                                     expansion_lut, expansion_lut_np, fp8_weight_from_lut, split_k_parts, v4_codes,
+                                     v4_codes_np, w4a8_matmul)
 from dpq.torch_backend import weight_fp8  # noqa: E402
 from dpq.packed import PackedLinear, pack_nibbles  # noqa: E402
 from dpq.torch_backend import TorchLinear, emulator_inputs  # noqa: E402
@@ -61,7 +61,8 @@ def test_triton_path_bit_exact(m, n, k, gs, split, hi, variant):
     rng = np.random.default_rng(m * 7 + n)
     p = _layer(rng, n, k, gs, hi)
     x = (rng.standard_normal((m, k)) * np.exp2(rng.uniform(-4, 4, (m, k)))).astype(np.float32)
-    cfg = default_config(m, n, k, torch.cuda.get_device_properties(0).multi_processor_count, gs, variant)
+    limits = SMLimits.of_device(0)
+    cfg = default_config(m, n, k, limits.num_sms, gs, variant, sm_limits=limits)  # what w4a8_matmul picks
     if split is not None:
         cfg = KernelConfig(**(cfg.__dict__ | {"split_k": split}))
     got = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant=variant)(x)
@@ -152,9 +153,12 @@ def test_in_kernel_split_reduction_is_ordered_and_race_free(variant):
 
 @pytest.mark.parametrize("cfg", [KernelConfig(128, 16, 3, 4, 4), KernelConfig(64, 16, 2, 4, 3),
                                  KernelConfig(128, 16, 1, 8, 3), KernelConfig(128, 32, 5, 4, 3),
-                                 KernelConfig(128, 64, 2, 4, 3), KernelConfig(128, 128, 1, 8, 3)])
+                                 KernelConfig(128, 64, 2, 4, 3), KernelConfig(128, 128, 1, 8, 3),
+                                 KernelConfig(128, 16, 3, 4, 3, maxnreg=64), KernelConfig(128, 16, 4, 4, 2, maxnreg=56),
+                                 KernelConfig(128, 16, 4, 4, 3, reduce_in_kernel=True, maxnreg=64)])
 def test_v5_tiles_bit_exact(cfg):
-    """The in-loop table build (quad lanes share rows, row % 4 from the lane id) on every tile shape the bench tries."""
+    """The in-loop table build (quad lanes share rows, row % 4 from the lane id) on every tile shape and launch option
+    (register caps, 2 stages, the in-kernel reduction) the bench tries."""
     rng = np.random.default_rng(cfg.block_n + cfg.split_k + cfg.block_t)
     m = 100 if cfg.block_t > 16 else 5
     p = _layer(rng, 388, 4096, 128, 7)  # N = 388: not a multiple of the tile, nor of 8
@@ -195,3 +199,17 @@ def test_v5_layouts_match_their_numpy_twins():
     rng = np.random.default_rng(6)
     z = rng.integers(0, 16, (203, 9)).astype(np.uint8)
     assert np.array_equal(v5_zeros(torch.from_numpy(z).cuda()).cpu().numpy(), v5_zeros_np(z))
+
+
+def test_default_config_reads_the_card():
+    """w4a8_matmul's default (config=None) is the wave rule with this card's SM limits, and gives its bits."""
+    limits = SMLimits.of_device(0)
+    assert limits.num_sms == torch.cuda.get_device_properties(0).multi_processor_count
+    rng = np.random.default_rng(11)
+    p = _layer(rng, 1024, 8192, 128)
+    x = (rng.standard_normal((1, 8192)) * np.exp2(rng.uniform(-4, 4, (1, 8192)))).astype(np.float32)
+    cfg = default_config(1, 1024, 8192, limits.num_sms, 128, "v5", sm_limits=limits)
+    got = TorchLinear(p, "cuda", kernel="triton", triton_variant="v5")(x)
+    want = fp8_gemm(hw="h100-triton-w4a8", out_dtype="bfloat16", split_k=split_k_parts(8192, cfg, 128),
+                    **emulator_inputs(p, x))
+    assert np.array_equal(_bits(got), _bits(want))

@@ -7,7 +7,20 @@ import importlib
 import numpy as np
 import pytest
 
-from dpq.kernels.w4a8_triton import GROUP_SIZES, KernelConfig, default_config, output_scale, split_k_parts
+from dpq.kernels.w4a8_triton import (
+    GROUP_SIZES,
+    V5_KERNEL_RESOURCES,
+    KernelConfig,
+    SMLimits,
+    default_config,
+    output_scale,
+    resident_programs,
+    split_k_parts,
+    wave_split_cost,
+)
+
+# What torch reports for an H100 SXM (get_device_properties): a card table passed in, as w4a8_matmul does.
+H100_LIMITS = SMLimits(num_sms=132, registers_per_sm=65536, shared_bytes_per_sm=233472, max_threads_per_sm=2048)
 
 
 def test_split_k_parts_cover_k_in_whole_groups():
@@ -69,7 +82,7 @@ def test_v4_split_heuristic_balances_the_sms():
     assert [default_config(1, n, k, 132, 128, "v4").split_k for n, k in
             ((10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672))] == [8, 8, 3, 16]
     assert default_config(4096, 8192, 8192, 132, 128, "fp8").split_k == 1
-    # v5 (the default) takes v4's tiles and splits
+    # v5 without the card's SM limits (the rule before the wave rule) takes v4's tiles and splits
     for n, k in ((10240, 8192), (57344, 8192), (8192, 28672)):
         for m in (1, 16, 64, 512):
             assert default_config(m, n, k, 132, 128, "v5") == default_config(m, n, k, 132, 128, "v4")
@@ -80,3 +93,53 @@ def test_groups_per_step_sets_the_k_step():
     assert sum(parts) == 8192 and all(p % 256 == 0 for p in parts)
     with pytest.raises(ValueError, match="groups_per_step"):
         KernelConfig(groups_per_step=3)
+
+
+def test_resident_programs_from_registers_and_shared_memory():
+    regs, smem = V5_KERNEL_RESOURCES[(128, 16, 3)]
+    assert resident_programs(regs, smem, 4, H100_LIMITS) == 6  # 75 registers: the register file limits
+    assert resident_programs(64, smem, 4, H100_LIMITS) == 8  # maxnreg 64
+    assert resident_programs(64, V5_KERNEL_RESOURCES[(128, 16, 4)][1], 4, H100_LIMITS) == 6  # shared memory limits
+    assert resident_programs(32, 1024, 4, H100_LIMITS) == 16  # thread slots limit
+    assert resident_programs(*V5_KERNEL_RESOURCES[(128, 64, 3)], 4, H100_LIMITS) == 3
+
+
+def test_v5_wave_split_rule():
+    """v5 at decode with the card's limits: whole waves of resident programs, no short tail, few programs."""
+    picks = [default_config(1, n, k, 132, 128, "v5", sm_limits=H100_LIMITS).split_k
+             for n, k in ((10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672))]
+    assert picks == [8, 4, 4, 4]
+    for m in (1, 4, 16, 32, 64):
+        for n, k in ((10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672), (576, 1536), (192, 1536)):
+            c = default_config(m, n, k, 132, 128, "v5", sm_limits=H100_LIMITS)
+            tiles = -(-n // c.block_n) * -(-m // c.block_t)
+            steps = k // 128
+            resident = resident_programs(*V5_KERNEL_RESOURCES[(128, c.block_t, 3)], 4, H100_LIMITS)
+            assert resident == {16: 6, 32: 5, 64: 3}[c.block_t]
+            best = min(wave_split_cost(tiles, steps, s, resident, 132)[0] for s in range(1, max(1, steps // 2) + 1))
+            assert wave_split_cost(tiles, steps, c.split_k, resident, 132)[0] == best
+            assert (c.block_n, c.num_warps, c.num_stages, c.maxnreg) == (128, 4, 3, None)
+    # a program per SM alone pays for too few loads in flight; a tail of one program per SM is avoided
+    cost_one, _ = wave_split_cost(64, 64, 2, 6, 132)  # 128 programs: 1 per SM
+    cost_two, _ = wave_split_cost(64, 64, 4, 6, 132)  # 256 programs: 2 per SM, same steps on the busiest SM
+    assert cost_one > cost_two
+    # prefill and the other variants ignore the limits
+    assert default_config(4096, 8192, 8192, 132, 128, "v5", sm_limits=H100_LIMITS) == \
+        default_config(4096, 8192, 8192, 132, 128, "v5")
+    assert default_config(1, 8192, 8192, 132, 128, "v4", sm_limits=H100_LIMITS) == \
+        default_config(1, 8192, 8192, 132, 128, "v4")
+
+
+@pytest.mark.parametrize("bad", [{"num_sms": 0}, {"registers_per_sm": -1}, {"shared_bytes_per_sm": 1.5},
+                                 {"max_threads_per_sm": True}])
+def test_sm_limits_reject_bad_values(bad):
+    args = {"num_sms": 132, "registers_per_sm": 65536, "shared_bytes_per_sm": 233472, "max_threads_per_sm": 2048} | bad
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        SMLimits(**args)
+
+
+@pytest.mark.parametrize("bad", [16, 300, 64.0, True])
+def test_kernel_config_rejects_a_bad_register_cap(bad):
+    with pytest.raises(ValueError, match="maxnreg"):
+        KernelConfig(maxnreg=bad)
+    assert KernelConfig(maxnreg=64).maxnreg == 64
