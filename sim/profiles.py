@@ -194,7 +194,7 @@ class SmSpec:
 @dataclass(frozen=True)
 class TritonLoopSpec:
     iteration_fixed_s: float = _spec("SM time of one main-loop iteration beyond its loads and its instruction "
-                                     "issue (barrier, wgmma wait)", lo=0)
+                                     "issue (barriers, cp.async waits; a waited MMA is counted apart)", lo=0)
     sm_load_bandwidth_bytes_per_s: float = _spec(
         "bytes per second one SM's cp.async path stages into shared memory for a software-pipelined Triton loop",
         lo=0, lo_open=True)
