@@ -42,7 +42,7 @@ tensor core's M dimension (64 or 128) and the few tokens of a decode step fill i
 Each program owns BLOCK_N weight rows x BLOCK_T tokens and one contiguous slice of K (split-K for small M * N);
 one group of the packed format per K step (v4/fp8: ``groups_per_step``). The "v5" split count at decode comes from
 the card (``SMLimits.of_device``): whole waves of the programs an SM holds at once, no short tail, few programs per
-SM (``wave_split_cost``; since 2026-11-27 11:00 UTC).
+SM (``wave_split_cost``; since 2026-11-27 10:35 UTC).
 
 Numerics (the data of hw_profiles/h100-triton-w4a8.yaml; see results/gpu/README.md for the measurement), all variants:
 
@@ -209,7 +209,7 @@ def default_config(m: int, n: int, k: int, num_sms: int = 132, group_size: int =
     "v5" with ``sm_limits`` (what ``w4a8_matmul`` passes: ``SMLimits.of_device``; ``num_sms`` is then ignored): the
     split-K count minimises ``wave_split_cost`` - whole waves of the programs an SM holds at once
     (``resident_programs`` of the compiled kernel on this card), no tail of too few programs, few programs per SM.
-    "v5" without ``sm_limits`` (the rule before 2026-11-27 11:00 UTC), "v4"/"fp8": the split-K count minimises the
+    "v5" without ``sm_limits`` (the rule before 2026-11-27 10:35 UTC), "v4"/"fp8": the split-K count minimises the
     busiest SM's work, (all steps + a fixed cost per program) / SMs + one program's steps (the tail);
     "lut"/"v2": enough parts for about 4 (lut) or 2 (v2) programs per SM.
     """
