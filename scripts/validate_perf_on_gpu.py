@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:
 SCHEME_OF = {"bf16": ("bf16", None), "fp8": ("fp8", None), "w4a8_fused": ("w4a8", None),
              "w4a8_fused_v5": ("w4a8", None), "w4a8_fused_v4": ("w4a8", None), "w4a8_fused_v3": ("w4a8", None),
              "w4a8_fused_v2": ("w4a8", None), "fp8_triton": ("fp8", None),
+             "w4a8_fused_default": ("w4a8", None), "w4a8_fused_v5old": ("w4a8", None),
              "w4a8_unfused": ("fp8", None)}  # w4a8_unfused: the FP8 GEMM after the torch expansion chain (below)
 # The kernels scripts/bench_gpu.py's w4a8_unfused path launches per call before its torch._scaled_mm (the torch
 # profiler's list, results/gpu/probe_unfused_ops_h100.csv): dpq.torch_backend.expanded_weight_values on uint8
@@ -94,8 +95,9 @@ def variants_of(schemes: set[str], default_variant: str | None = None) -> dict[s
     DEFAULT_VARIANT at the measured commit, which plain ``w4a8_fused`` ran once the variants got their own schemes."""
     if "w4a8_fused_v5" in schemes or "w4a8_fused_v4" in schemes:
         out = {"w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2",
-               "fp8_triton": "fp8"}
+               "fp8_triton": "fp8", "w4a8_fused_v5old": "v5"}
         out["w4a8_fused"] = default_variant or "v4"
+        out["w4a8_fused_default"] = out["w4a8_fused"]
         return out
     if "w4a8_fused_v3" in schemes or "fp8_triton" in schemes:
         return {"w4a8_fused": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2", "fp8_triton": "fp8"}
