@@ -93,7 +93,7 @@ def variants_of(schemes: set[str], default_variant: str | None = None) -> dict[s
     """Which kernel variant each fused scheme of a bench CSV ran (the naming of scripts/bench_gpu.py by version;
     rows that carry a ``variant`` column override this per row). default_variant: the kernel module's
     DEFAULT_VARIANT at the measured commit, which plain ``w4a8_fused`` ran once the variants got their own schemes."""
-    if "w4a8_fused_v5" in schemes or "w4a8_fused_v4" in schemes:
+    if schemes & {"w4a8_fused_v5", "w4a8_fused_v4", "w4a8_fused_default", "w4a8_fused_v5old"}:
         out = {"w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2",
                "fp8_triton": "fp8", "w4a8_fused_v5old": "v5"}
         out["w4a8_fused"] = default_variant or "v4"
@@ -319,15 +319,17 @@ def predict_variant(variant: str, profile: str, kernel_commit: str, fused_profil
 
 
 def crossover(rows: list[dict], key: str) -> dict:
-    """Per (model, layer): the smallest M of the grid where w4a8_fused is no faster than fp8 (None: never)."""
+    """Per (model, layer): the smallest M of the grid where the default fused kernel (``w4a8_fused_default`` when
+    the bench ran it, else ``w4a8_fused``) is no faster than fp8 (None: never)."""
+    fused = "w4a8_fused_default" if any(r["scheme"] == "w4a8_fused_default" for r in rows) else "w4a8_fused"
     by = defaultdict(dict)
     for r in rows:
         by[(r["model"], r["layer"], r["m"])][r["scheme"]] = r[key]
     res = {}
     for (model, layer, m), v in sorted(by.items(), key=lambda kv: kv[0]):
-        if "w4a8_fused" in v and "fp8" in v:
+        if fused in v and "fp8" in v:
             res.setdefault((model, layer), None)
-            if res[(model, layer)] is None and v["w4a8_fused"] >= v["fp8"]:
+            if res[(model, layer)] is None and v[fused] >= v["fp8"]:
                 res[(model, layer)] = m
     return res
 

@@ -193,8 +193,12 @@ def test_validate_script_names_the_v5_variant_and_its_bytes():
     v = _script("validate_perf_on_gpu")
     schemes = {"fp8", "w4a8_fused", "w4a8_fused_v5", "w4a8_fused_v4", "fp8_triton"}
     assert v.variants_of(schemes, "v5") == {"w4a8_fused": "v5", "w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4",
-                                            "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2", "fp8_triton": "fp8"}
+                                            "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2", "fp8_triton": "fp8",
+                                            "w4a8_fused_v5old": "v5", "w4a8_fused_default": "v5"}
     assert v.variants_of(schemes, None)["w4a8_fused"] == "v4"
+    # a bench of the default kernel only (bench_h200_final.csv): its rows are fused rows of the measured default
+    final = v.variants_of({"bf16", "fp8", "fp8_triton", "w4a8_fused_default"}, "v5")
+    assert final["w4a8_fused_default"] == "v5" and final["fp8_triton"] == "fp8"
     assert v.WEIGHT_BYTES["v5"] == pytest.approx(0.5 + 5 / 128)  # codes + float32 scale + uint8 zero per group
 
 
