@@ -16,7 +16,8 @@ Kernels (``kernel=``):
 * ``cublas``: expand the whole weight to FP8 once when the layer is built, then ``torch._scaled_mm`` per call.
 * ``triton``: the fused W4A8 kernel of ``dpq.kernels.w4a8_triton`` (packed INT4 read per call, expanded in
   registers); its numerics are the profile ``h100-triton-w4a8`` (no promotion, split-K parts added in order).
-  ``triton_variant`` (else $DPQ_TRITON_VARIANT, else "v5"): "v5" (tables built in the loop from the group's scale
+  ``triton_variant`` (else $DPQ_TRITON_VARIANT, else the card's measured best, ``default_variant_for``: "v5" on an
+  H100, "v4" on an H200, "v5" on other cards): "v5" (tables built in the loop from the group's scale
   and zero), "v4" or "lut" (tables precomputed, read from memory), "v2" (float32 arithmetic per weight) or "fp8"
   (weights expanded once, the same loop); all give the same bits.
 * on HPU: ``torch.ops.hpu.cast_to_fp8_v2`` and ``torch.ops.hpu.fp8_gemm_v2`` (Gaudi 2 takes its FP8 values in
@@ -193,9 +194,10 @@ class TorchLinear:
                 raise ValueError(f"kernel='triton' needs device 'cuda', got {self.device!r}")
             if p.weight_encoding != "int_asym":
                 raise ValueError(f"kernel='triton' runs packed INT weights; layer {p.name!r} has FP8 weights")
-            from dpq.kernels.w4a8_triton import DEFAULT_VARIANT, PackedW4A8Weight
+            from dpq.kernels.w4a8_triton import PackedW4A8Weight, default_variant_for
 
-            variant = triton_variant or os.environ.get("DPQ_TRITON_VARIANT") or DEFAULT_VARIANT
+            variant = (triton_variant or os.environ.get("DPQ_TRITON_VARIANT")
+                       or default_variant_for(torch.cuda.get_device_name(self.device)))
             self._triton_weight = PackedW4A8Weight.from_packed(p, self.device, variant)
             self._triton_config = triton_config
         else:

@@ -307,7 +307,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tune-aux", action="store_true",
                     help="also tune w4a8_fused_v3 and fp8_triton (default: their heuristic configuration only)")
     ap.add_argument("--fused-variant", default=None,
-                    help="kernel variant of the scheme w4a8_fused (default: the module's DEFAULT_VARIANT)")
+                    help="kernel variant of the scheme w4a8_fused (default: the card's, default_variant_for)")
     ap.add_argument("--heuristic-only", default="",
                     help="comma list of fused schemes to run at their heuristic configuration only")
     ap.add_argument("--tag", default="", help="suffix of the output file names (bench_<card><tag>.csv)")
@@ -315,9 +315,9 @@ def main(argv=None) -> int:
     import torch
 
     info = device_info(torch)
-    from dpq.kernels.w4a8_triton import DEFAULT_VARIANT, VARIANTS
+    from dpq.kernels.w4a8_triton import VARIANTS, default_variant_for
 
-    args.fused_variant = args.fused_variant or DEFAULT_VARIANT
+    args.fused_variant = args.fused_variant or default_variant_for(torch.cuda.get_device_name())
     if args.fused_variant not in VARIANTS:
         raise SystemExit(f"--fused-variant: {args.fused_variant!r} is not one of {VARIANTS}")
     args.heuristic_only = [v for v in args.heuristic_only.split(",") if v]

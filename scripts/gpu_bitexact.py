@@ -162,7 +162,7 @@ def make_probe(seed: int = 7):
     return p, x
 
 # Variants of the Triton kernel run on every linear: name -> KernelConfig overrides (None = the default heuristic).
-TRITON_VARIANTS = {  # "variant" picks the kernel variant (default: the module's DEFAULT_VARIANT)
+TRITON_VARIANTS = {  # "variant" picks the kernel variant (default: the card's, default_variant_for)
     "default": None,
     "split1": {"split_k": 1},
     "reduce_in_kernel": {"reduce_in_kernel": True},
@@ -183,10 +183,12 @@ TRITON_VARIANTS = {  # "variant" picks the kernel variant (default: the module's
 def triton_setup(over, m, n, k, limits, group_size):
     """(kernel variant, KernelConfig) of one named variant: the heuristic (with the card's SMLimits, as
     ``w4a8_matmul`` runs it; without them for ``old_rule``) with the overrides applied."""
-    from dpq.kernels.w4a8_triton import DEFAULT_VARIANT, KernelConfig, default_config
+    import torch
+
+    from dpq.kernels.w4a8_triton import KernelConfig, default_config, default_variant_for
 
     over = dict(over or {})
-    variant = over.pop("variant", DEFAULT_VARIANT)
+    variant = over.pop("variant", None) or default_variant_for(torch.cuda.get_device_name())
     old_rule = over.pop("old_rule", False)
     base = default_config(m, n, k, limits.num_sms, group_size, variant, sm_limits=None if old_rule else limits)
     return variant, KernelConfig(**(base.__dict__ | over))

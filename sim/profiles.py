@@ -221,6 +221,11 @@ class TritonLoopSpec:
 
 @dataclass(frozen=True)
 class FusedKernelSpec:
+    kernel_variant: str = _spec("the variant of the fused kernel (dpq/kernels/w4a8_triton.py) this section describes, "
+                                "which is also the one dpq's torch backend runs by default on a card whose name "
+                                "contains device_name_contains")
+    device_name_contains: str = _spec("a substring of the CUDA device name (torch.cuda.get_device_name) that "
+                                      "identifies this card")
     block_k: int = _spec("K per main-loop iteration (one quantization group)", lo=1)
     weight_bytes_per_weight: float = _spec("bytes the kernel streams from HBM per weight (codes and expansion "
                                            "metadata)", lo=0, lo_open=True)

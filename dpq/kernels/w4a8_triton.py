@@ -84,6 +84,43 @@ DEFAULT_VARIANT = "v5"
 TABLE_VARIANTS = ("v4", "lut")  # the variants that read the 16-byte expansion tables from HBM
 
 
+def default_variant_for(device_name: str) -> str:
+    """The variant to run by default on the CUDA card named ``device_name`` (``torch.cuda.get_device_name``).
+
+    Which variant is fastest depends on the card (v5 builds its tables in the loop: fewer bytes, more instructions;
+    on an H100 it beats v4, on an H200 v4 wins): the choice is a measured fact kept with the card's hardware profile,
+    ``fused_kernel.kernel_variant`` of the profile whose ``fused_kernel.device_name_contains`` occurs in the name
+    (hw_profiles/*-triton-w4a8.yaml). Cards without such a profile get ``DEFAULT_VARIANT``.
+    """
+    if not isinstance(device_name, str):
+        raise TypeError(f"device_name={device_name!r}: expected the CUDA device name as a string")
+    for profile, contains, variant in _variants_by_card():
+        if contains in device_name:
+            if variant not in VARIANTS:
+                raise ValueError(f"hw_profiles/{profile}.yaml: fused_kernel.kernel_variant {variant!r}: expected one "
+                                 f"of {VARIANTS}")
+            return variant
+    return DEFAULT_VARIANT
+
+
+_VARIANTS_BY_CARD: list | None = None
+
+
+def _variants_by_card() -> list[tuple[str, str, str]]:
+    """(profile, device_name_contains, kernel_variant) of every shipped profile with a fused_kernel section."""
+    global _VARIANTS_BY_CARD
+    if _VARIANTS_BY_CARD is None:
+        from sim.profiles import list_profiles, load_profile
+
+        rows = []
+        for name in list_profiles():
+            fk = load_profile(name).fused_kernel
+            if fk is not None:
+                rows.append((name, fk.device_name_contains, fk.kernel_variant))
+        _VARIANTS_BY_CARD = rows
+    return _VARIANTS_BY_CARD
+
+
 @dataclass(frozen=True)
 class KernelConfig:
     """Tile shape and launch parameters of one w4a8_matmul call.

@@ -143,3 +143,23 @@ def test_kernel_config_rejects_a_bad_register_cap(bad):
     with pytest.raises(ValueError, match="maxnreg"):
         KernelConfig(maxnreg=bad)
     assert KernelConfig(maxnreg=64).maxnreg == 64
+
+
+def test_default_variant_follows_the_cards_profile():
+    from dpq.kernels import w4a8_triton as W
+    from sim.profiles import load_profile
+
+    # the measured best per card lives in hw_profiles/*-triton-w4a8.yaml (fused_kernel.kernel_variant)
+    assert W.default_variant_for("NVIDIA H100 80GB HBM3") == load_profile("h100-triton-w4a8").fused_kernel.kernel_variant
+    assert W.default_variant_for("NVIDIA H200") == load_profile("h200-triton-w4a8").fused_kernel.kernel_variant
+    assert W.default_variant_for("NVIDIA A100-SXM4-80GB") == W.DEFAULT_VARIANT  # no profile for it
+    with pytest.raises(TypeError, match="device_name"):
+        W.default_variant_for(None)
+
+
+def test_default_variant_rejects_an_unknown_variant_naming_the_profile(monkeypatch):
+    from dpq.kernels import w4a8_triton as W
+
+    monkeypatch.setattr(W, "_VARIANTS_BY_CARD", [("x100-triton-w4a8", "X100", "v9")])
+    with pytest.raises(ValueError, match=r"x100-triton-w4a8\.yaml.*kernel_variant 'v9'"):
+        W.default_variant_for("NVIDIA X100")
