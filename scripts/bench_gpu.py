@@ -5,9 +5,9 @@ M in 1, 4, 16, 64, 256, 1024, 4096 tokens, four ways to compute y = x @ W^T (bf1
 
 * ``bf16``          torch.matmul, BF16 weights (cuBLAS);
 * ``fp8``           torch._scaled_mm, FP8 E4M3 weights and activations, per-tensor scales (cuBLAS, fast accum);
-* ``w4a8_fused``    the Triton kernel of dpq/kernels/w4a8_triton.py reading packed INT4 (groups of 128), its default
-                    variant (DEFAULT_VARIANT);
-* ``w4a8_fused_default`` the default variant with the default configuration only (what ``w4a8_matmul`` runs
+* ``w4a8_fused``    the Triton kernel of dpq/kernels/w4a8_triton.py reading packed INT4 (groups of 128), variant
+                    ``--fused-variant`` (default: the card's, ``default_variant_for``);
+* ``w4a8_fused_default`` that variant with the default configuration only (what ``w4a8_matmul`` runs
                     when given no config: the tile heuristic with the card's SM limits);
 * ``w4a8_fused_v5`` variant "v5" (codes group-major + float32 scale and zero byte per group, the 16-entry tables
                     built in the loop: 0.539 byte per weight);
@@ -67,7 +67,7 @@ SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_default", "w4a8_fused_v5", "
            "w4a8_fused_v3", "w4a8_fused_v2", "fp8_triton", "w4a8_unfused")
 FUSED_VARIANTS = {"w4a8_fused": None, "w4a8_fused_default": None, "w4a8_fused_v5": "v5", "w4a8_fused_v5old": "v5",
                   "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2",
-                  "fp8_triton": "fp8"}  # None: the module's DEFAULT_VARIANT
+                  "fp8_triton": "fp8"}  # None: --fused-variant (the card's)
 OLD_RULE_SCHEMES = ("w4a8_fused_v5old",)  # the split rule without the card's SM limits
 HEURISTIC_ONLY_SCHEMES = ("w4a8_fused_default", "w4a8_fused_v5old")
 GROUP_SIZE = 128

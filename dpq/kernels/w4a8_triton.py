@@ -4,7 +4,8 @@ The packed INT4 codes are read from HBM once per tile and expanded to FP8 E4M3 i
 accumulates in float32 registers; the per-tensor scales are applied in the epilogue. Nothing of full size is written
 back. Variants (``variant=``), all with the very same numerics:
 
-* ``"v5"`` (the default since 2026-11-27: faster than v4 at decode on an H100, results/gpu/README.md): v4's loop
+* ``"v5"`` (``DEFAULT_VARIANT``, and the default on an H100, where it is faster than v4 at decode; the torch
+  backend picks the variant per card with ``default_variant_for``, results/gpu/README.md): v4's loop
   (codes group-major, 16-byte loads, ``LUT_ASM_ROW`` look-ups) with the tables built in the loop
   instead of streamed: per K step each program reads the group's float32 scales (G, N) and zero bytes (G, N4) -
   0.539 byte per weight at groups of 128 instead of 0.625 - and the 4 lanes of each quad of the tensor-core layout
@@ -13,11 +14,11 @@ back. Variants (``variant=``), all with the very same numerics:
   4 words (``QUAD_SHFL_ASM``). The row's byte in the 4-row zero word is row % 4 = (laneid / 4) % 4 in that layout;
   the launch checks on the TTGIR that Triton kept the build in that layout (``v5_layout_problem``). About 2.8 SASS
   instructions per weight (FADD/FMUL 32, F2FP 8, SHFL 16 added), 75 registers, no table in shared memory.
-* ``"v4"`` (the default before v5; still faster than v5 at M >= 256, where every 128 x 128 tile builds its tables
-  again): table look-up expansion as "lut" below, in a loop rebuilt for latency. When the weight
-  is put on the GPU, the 16 possible expanded values of every (row, group), FP8(s_g (j - z)) for j = 0..15, are
-  computed once with torch (the exact float32 multiply and the saturating RNE cast of the packed format) into a
-  16-byte table per group (0.625 byte per weight streamed at groups of 128), and the codes are laid out
+* ``"v4"`` (the default on an H200, where it is faster than v5 at decode, ``default_variant_for``; on an H100
+  still faster than v5 at M >= 256, where every 128 x 128 tile builds its tables again): table look-up expansion
+  as "lut" below, in a loop rebuilt for latency. When the weight is put on the GPU, the 16 possible expanded
+  values of every (row, group), FP8(s_g (j - z)) for j = 0..15, are computed once with torch (the exact float32
+  multiply and the saturating RNE cast of the packed format) into a 16-byte table per group (0.625 byte per weight streamed at groups of 128), and the codes are laid out
   group-major (all rows of a group contiguous: one stretch of HBM per program and K step) with the 16-bit words of
   a row reordered so that the 16 bytes one thread needs are adjacent (``v4_codes_np``). In the loop each thread
   reads its codes and its rows' tables with 16-byte shared-memory loads and expands 8 codes of one row per inline
@@ -61,6 +62,7 @@ Numerics (the data of hw_profiles/h100-triton-w4a8.yaml; see results/gpu/README.
 Public API::
 
     PackedW4A8Weight.from_packed(p, device, variant=) / .from_arrays(..., variant=)
+    default_variant_for(device_name): the card's variant (the *-triton-w4a8 profile's fused_kernel.kernel_variant)
     w4a8_matmul(x8, weight, act_scale, *, out_dtype="bfloat16", config=None) -> torch (M, N)
     kernel_resources(x8, weight, config) -> registers, shared bytes, spills of the launched kernel
     KernelConfig, default_config(m, n, k, num_sms, group_size, variant, sm_limits), split_k_parts(k, config, group_size)
