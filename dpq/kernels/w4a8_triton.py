@@ -14,19 +14,19 @@ back. Variants (``variant=``), all with the very same numerics:
   4 words (``QUAD_SHFL_ASM``). The row's byte in the 4-row zero word is row % 4 = (laneid / 4) % 4 in that layout;
   the launch checks on the TTGIR that Triton kept the build in that layout (``v5_layout_problem``). About 2.8 SASS
   instructions per weight (FADD/FMUL 32, F2FP 8, SHFL 16 added), 75 registers, no table in shared memory.
-* ``"v4"`` (the default on an H200, where it is faster than v5 at decode, ``default_variant_for``; on an H100
-  still faster than v5 at M >= 256, where every 128 x 128 tile builds its tables again): table look-up expansion
-  as "lut" below, in a loop rebuilt for latency. When the weight is put on the GPU, the 16 possible expanded
-  values of every (row, group), FP8(s_g (j - z)) for j = 0..15, are computed once with torch (the exact float32
-  multiply and the saturating RNE cast of the packed format) into a 16-byte table per group (0.625 byte per weight streamed at groups of 128), and the codes are laid out
-  group-major (all rows of a group contiguous: one stretch of HBM per program and K step) with the 16-bit words of
-  a row reordered so that the 16 bytes one thread needs are adjacent (``v4_codes_np``). In the loop each thread
-  reads its codes and its rows' tables with 16-byte shared-memory loads and expands 8 codes of one row per inline
-  PTX block (``LUT_ASM_ROW``: 6 ``prmt``, 2 ``lop3``, 3 ``mul.hi`` that do the shifts on the otherwise idle FMA
-  pipe); ``tl.assume`` keeps the zero-trip path out of the loop so that ptxas keeps the wgmma pipeline (else it
-  serialises every wgmma, C7515). About 2.2 SASS instructions per weight (1.0 on the integer ALU pipe), 74-75
-  registers at 128 x 16 tiles and 3 stages (scripts/kernel_sass.py). Optional: several groups per K step, and
-  the split-K parts added in the same launch (``KernelConfig.reduce_in_kernel``).
+* ``"v4"`` (the default on an H200, where it is faster than v5 at decode, ``default_variant_for``; on an H100 still
+  faster than v5 at M >= 256, where every 128 x 128 tile builds its tables again): table look-up expansion as "lut"
+  below, in a loop rebuilt for latency. When the weight is put on the GPU, the 16 possible expanded values of every
+  (row, group), FP8(s_g (j - z)) for j = 0..15, are computed once with torch (the exact float32 multiply and the
+  saturating RNE cast of the packed format) into a 16-byte table per group (0.625 byte per weight streamed at groups
+  of 128), and the codes are laid out group-major (all rows of a group contiguous: one stretch of HBM per program
+  and K step) with the 16-bit words of a row reordered so that the 16 bytes one thread needs are adjacent
+  (``v4_codes_np``). In the loop each thread reads its codes and its rows' tables with 16-byte shared-memory loads
+  and expands 8 codes of one row per inline PTX block (``LUT_ASM_ROW``: 6 ``prmt``, 2 ``lop3``, 3 ``mul.hi`` that do
+  the shifts on the otherwise idle FMA pipe); ``tl.assume`` keeps the zero-trip path out of the loop so that ptxas
+  keeps the wgmma pipeline (else it serialises every wgmma, C7515). About 2.2 SASS instructions per weight (1.0 on
+  the integer ALU pipe), 74-75 registers at 128 x 16 tiles and 3 stages (scripts/kernel_sass.py). Optional: several
+  groups per K step, and the split-K parts added in the same launch (``KernelConfig.reduce_in_kernel``).
 * ``"fp8"``: the v4 loop with the weight already expanded to FP8 (1 byte per weight, group-major): no expansion;
   for measuring the loop's own cost (results/gpu/README.md, scheme ``fp8_triton`` of scripts/bench_gpu.py).
 * ``"lut"`` (v3): the same tables; codes row-major as packed, read as 16-bit words (4 columns each) and expanded
