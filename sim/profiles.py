@@ -544,6 +544,10 @@ def _check_tile_configs(value: Any, source: str, key: str) -> tuple:
             raise ConfigError(source, f"{key}[{i}][0] (max_m)", f"value {row[0]}: expected max_m increasing")
         if row[4] < 2:
             raise ConfigError(source, f"{key}[{i}][4] (stages)", f"value {row[4]}: expected >= 2")
+        if row[8] + row[9] + row[10] > row[7]:
+            raise ConfigError(source, f"{key}[{i}][8:11] (fp32, int, conversion instructions)",
+                              f"values {row[8]}, {row[9]}, {row[10]}: expected their sum <= "
+                              f"loop_instructions_per_thread {row[7]} (they are a part of it)")
         out.append(tuple(row))
     return tuple(out)
 

@@ -102,6 +102,19 @@ class LoopStructure:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
                 raise ValueError(f"LoopStructure.{name}={v!r}: expected a non-negative number")
+        by_pipe = 0.0
+        for name in ("fp32_instructions", "int_instructions", "conversion_instructions"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                raise ValueError(f"LoopStructure.{name}={v!r}: expected None or a non-negative number")
+            by_pipe += v
+        if by_pipe > self.loop_instructions_per_thread:
+            # the rest is issued at sm.other_issue_cycles: it cannot be negative
+            raise ValueError(f"LoopStructure: fp32_instructions + int_instructions + conversion_instructions = "
+                             f"{by_pipe:g} exceeds loop_instructions_per_thread={self.loop_instructions_per_thread:g}"
+                             " (they are a part of it)")
         if self.stages < 2:
             raise ValueError(f"LoopStructure.stages={self.stages}: a pipelined loop needs at least 2 stages")
 

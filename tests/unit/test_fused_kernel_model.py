@@ -39,6 +39,15 @@ def test_resident_programs_follow_registers_shared_memory_and_warps(hw):
         resident_programs(hw, lut_decode(shared_bytes_per_program=300000))
 
 
+def test_loop_structure_rejects_pipe_counts_beyond_the_loop():
+    with pytest.raises(ValueError, match="exceeds loop_instructions_per_thread"):
+        lut_decode(loop_instructions_per_thread=200.0)  # 243 integer instructions of 200
+    with pytest.raises(ValueError, match=r"LoopStructure\.int_instructions=-1\.0"):
+        lut_decode(int_instructions=-1.0)
+    assert lut_decode(fp32_instructions=None, int_instructions=None, conversion_instructions=None).int_instructions \
+        is None
+
+
 def test_time_follows_structure(hw):
     t = fused_gemm_timing(hw, lut_decode(), 1, 57344, 8192)
     more_instr = fused_gemm_timing(hw, lut_decode(loop_instructions_per_thread=700.0, int_instructions=581.0),
@@ -118,6 +127,10 @@ def test_profile_sections_are_validated(tmp_path):
     bad["fused_kernel"]["tile_configs"][1][0] = 8
     with pytest.raises(ConfigError, match="max_m increasing"):
         load_profile(write(bad, "b"))
+    bad = yaml.safe_load(yaml.safe_dump(raw))
+    bad["fused_kernel"]["tile_configs"][0][9] = bad["fused_kernel"]["tile_configs"][0][7] + 1
+    with pytest.raises(ConfigError, match=r"fused_kernel\.tile_configs\[0\]\[8:11\].*sum <= loop_instructions"):
+        load_profile(write(bad, "f"))
     bad = yaml.safe_load(yaml.safe_dump(raw))
     del bad["sm"]
     with pytest.raises(ConfigError, match="needs the 'sm' and 'triton_loop'"):
