@@ -257,7 +257,7 @@ def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStruct
     (``fused_kernel.split_policy``)."""
     fk = hw.fused_kernel
     if fk is None or hw.sm is None:
-        raise ValueError(f"profile {hw.name!r} has no 'fused_kernel' section")
+        raise ValueError(f"profile {hw.name!r} has no 'fused_kernel' section (see hw_profiles/h200-triton-w4a8.yaml)")
     row = next((r for r in fk.tile_configs if m <= r[0]), fk.tile_configs[-1])
     _, block_n, block_t, warps, stages, regs, smem, instr, fp32, integer, conversion, register_a, macs = row
     tiles = math.ceil(n / block_n) * math.ceil(m / block_t)
@@ -298,6 +298,8 @@ def fused_gemm_plan(hw: HardwareProfile, m: int, n: int, k: int, name: str = "ge
     from sim.perf.kernels import Chunk, KernelPlan
 
     fk = hw.fused_kernel
+    if fk is None:
+        raise ValueError(f"profile {hw.name!r} has no 'fused_kernel' section (see hw_profiles/h200-triton-w4a8.yaml)")
     k_eff = math.ceil(k / fk.block_k) * fk.block_k  # the packed format pads K to whole groups
     s = structure or default_structure(hw, m, n, k_eff)
     expansion = fk.expansion_instructions_per_weight * s.block_n * s.block_k / (32 * s.warps)

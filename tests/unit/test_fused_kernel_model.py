@@ -39,6 +39,13 @@ def test_resident_programs_follow_registers_shared_memory_and_warps(hw):
         resident_programs(hw, lut_decode(shared_bytes_per_program=300000))
 
 
+def test_a_profile_without_the_fused_kernel_section_is_named():
+    with pytest.raises(ValueError, match=r"profile 'h200' has no 'fused_kernel' section"):
+        fused_gemm_plan(load_profile("h200"), 1, 8192, 8192, structure=lut_decode())
+    with pytest.raises(ValueError, match=r"profile 'h200' has no 'fused_kernel' section"):
+        default_structure(load_profile("h200"), 1, 8192, 8192)
+
+
 def test_loop_structure_rejects_pipe_counts_beyond_the_loop():
     with pytest.raises(ValueError, match="exceeds loop_instructions_per_thread"):
         lut_decode(loop_instructions_per_thread=200.0)  # 243 integer instructions of 200
