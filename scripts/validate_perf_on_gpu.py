@@ -106,6 +106,18 @@ def variants_of(schemes: set[str], default_variant: str | None = None) -> dict[s
     return {"w4a8_fused": "v2"}  # bench_h200.csv, before the lut kernel
 
 
+def variants_used(rows: list[dict], default_variant: str | None = None) -> dict[str, str]:
+    """Fused scheme -> the kernel variant(s) its rows are predicted with ('/'-joined if several): each row's
+    ``variant`` column where the bench wrote one (since the per-card default, plain ``w4a8_fused`` and
+    ``w4a8_fused_default`` run the card's variant, not DEFAULT_VARIANT), else ``variants_of``."""
+    base = variants_of({r["scheme"] for r in rows}, default_variant)
+    used: dict[str, set[str]] = {}
+    for r in rows:
+        if r["scheme"] in base:
+            used.setdefault(r["scheme"], set()).add(r.get("variant") or base[r["scheme"]])
+    return {scheme: "/".join(sorted(v)) for scheme, v in used.items()}
+
+
 def row_config(r: dict) -> dict:
     """block_n, block_t, split_k, num_warps, num_stages, groups_per_step, reduce_in_kernel (split-K parts summed
     inside the kernel, no second kernel) of the configuration a row ran."""
@@ -414,7 +426,7 @@ def main(argv=None) -> int:
              f"`sim.perf.gemm_timing` (profile `{tag}`); fused Triton rows `sim.perf.fused_kernel.fused_gemm_timing` "
              f"(profile `{args.fused_profile or profile + '-triton-w4a8'}`) with the structure of the configuration "
              f"each row ran (kernel variants: "
-             f"{variants_of({r['scheme'] for r in rows}, default_variant_at(kernel_commit))}; SASS of dpq/kernels at "
+             f"{variants_used(rows, default_variant_at(kernel_commit))}; SASS of dpq/kernels at "
              f"commit {kernel_commit}). Nothing fitted here; "
              f"the W4A8 rows are held out of every calibration"
              + (" (the fp8_triton rows, the W4A8 kernel's loop with FP8 weights, are part of the loop calibration "

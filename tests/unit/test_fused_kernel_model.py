@@ -219,6 +219,10 @@ def test_validate_script_names_the_v5_variant_and_its_bytes():
     # a bench of the default kernel only (bench_h200_final.csv): its rows are fused rows of the measured default
     final = v.variants_of({"bf16", "fp8", "fp8_triton", "w4a8_fused_default"}, "v5")
     assert final["w4a8_fused_default"] == "v5" and final["fp8_triton"] == "fp8"
+    # the report names what each row ran: an H200 runs v4 as its default whatever DEFAULT_VARIANT says
+    rows = [{"scheme": "w4a8_fused_default", "variant": "v4"}, {"scheme": "w4a8_fused_v5", "variant": "v5"},
+            {"scheme": "fp8_triton", "variant": ""}, {"scheme": "bf16"}]
+    assert v.variants_used(rows, "v5") == {"w4a8_fused_default": "v4", "w4a8_fused_v5": "v5", "fp8_triton": "fp8"}
     assert v.WEIGHT_BYTES["v5"] == pytest.approx(0.5 + 5 / 128)  # codes + float32 scale + uint8 zero per group
 
 
