@@ -585,8 +585,9 @@ def _validate_section(cls, value: Any, source: str, prefix: str):
                 raise ConfigError(source, key, f"value {describe_value(v)}: expected true or false")
             kwargs[f.name] = v
         elif f.type in ("str", str):
-            if not isinstance(v, str):
-                raise ConfigError(source, key, f"value {describe_value(v)}: expected a string")
+            if not isinstance(v, str) or not v.strip():
+                # an empty device_name_contains would match every card's name
+                raise ConfigError(source, key, f"value {describe_value(v)}: expected a non-empty string")
             if meta.get("choices") and v not in meta["choices"]:
                 raise ConfigError(source, key, f"value {describe_value(v)}: expected one of {list(meta['choices'])}")
             kwargs[f.name] = v

@@ -139,6 +139,10 @@ def test_profile_sections_are_validated(tmp_path):
     with pytest.raises(ConfigError, match=r"fused_kernel\.tile_configs\[0\]\[8:11\].*sum <= loop_instructions"):
         load_profile(write(bad, "f"))
     bad = yaml.safe_load(yaml.safe_dump(raw))
+    bad["fused_kernel"]["device_name_contains"] = ""  # would claim every card
+    with pytest.raises(ConfigError, match=r"fused_kernel\.device_name_contains.*non-empty string"):
+        load_profile(write(bad, "g"))
+    bad = yaml.safe_load(yaml.safe_dump(raw))
     del bad["sm"]
     with pytest.raises(ConfigError, match="needs the 'sm' and 'triton_loop'"):
         load_profile(write(bad, "c"))
