@@ -92,7 +92,9 @@ def default_variant_at(commit: str | None) -> str | None:
 def variants_of(schemes: set[str], default_variant: str | None = None) -> dict[str, str]:
     """Which kernel variant each fused scheme of a bench CSV ran (the naming of scripts/bench_gpu.py by version;
     rows that carry a ``variant`` column override this per row). default_variant: the kernel module's
-    DEFAULT_VARIANT at the measured commit, which plain ``w4a8_fused`` ran once the variants got their own schemes."""
+    DEFAULT_VARIANT at the measured commit, which plain ``w4a8_fused`` ran once the variants got their own schemes
+    and until the default became per card (``default_variant_for``, 637039f); benches since then write the variant
+    each row ran, which ``variants_used`` and the predictions take."""
     if schemes & {"w4a8_fused_v5", "w4a8_fused_v4", "w4a8_fused_default", "w4a8_fused_v5old"}:
         out = {"w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2",
                "fp8_triton": "fp8", "w4a8_fused_v5old": "v5"}
