@@ -603,14 +603,17 @@ class PackedW4A8Weight:
 
     @classmethod
     def from_arrays(cls, codes, group_scales, zeros, group_size: int, tensor_scale: float, fp8_max: float,
-                    device: str = "cuda", variant: str = DEFAULT_VARIANT) -> "PackedW4A8Weight":
+                    device: str = "cuda", variant: str | None = None) -> "PackedW4A8Weight":
         """From numpy (or torch) arrays of the packed format; checks shapes and the group size.
 
+        variant: one of VARIANTS, or None for the card's own (``default_variant_for`` of ``device``'s name).
         For the table variants the tables are computed here on ``device`` (float32 s_g * (j - z), clamped to
         +-fp8_max, cast to float8_e4m3fn with round to nearest even: the packed format's expansion).
         """
         import torch
 
+        if variant is None:
+            variant = default_variant_for(torch.cuda.get_device_name(device))
         if variant not in VARIANTS:
             raise ValueError(f"variant={variant!r}: expected one of {VARIANTS}")
 
@@ -641,8 +644,8 @@ class PackedW4A8Weight:
         return cls(v4_codes(c, group_size), None, None, lut=lut, **common)
 
     @classmethod
-    def from_packed(cls, p, device: str = "cuda", variant: str = DEFAULT_VARIANT) -> "PackedW4A8Weight":
-        """From a ``dpq.packed.PackedLinear`` with int_asym weights and FP8 expansion."""
+    def from_packed(cls, p, device: str = "cuda", variant: str | None = None) -> "PackedW4A8Weight":
+        """From a ``dpq.packed.PackedLinear`` with int_asym weights and FP8 expansion (variant: as ``from_arrays``)."""
         from sim.formats import get_format
 
         if p.weight_encoding != "int_asym" or p.expansion != "fp8":
