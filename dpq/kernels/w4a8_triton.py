@@ -240,7 +240,7 @@ def wave_split_cost(tiles: int, k_steps: int, split: int, resident: int, num_sms
     return cost + _WAVE_FILL_STEPS * waves + _PROGRAM_COST_STEPS * per_sm, parts
 
 
-def default_config(m: int, n: int, k: int, num_sms: int = 132, group_size: int = 128,
+def default_config(m: int, n: int, k: int, num_sms: int, group_size: int = 128,
                    variant: str = DEFAULT_VARIANT, sm_limits: SMLimits | None = None) -> KernelConfig:
     """The tile heuristic: narrow token tiles and split-K at decode, 128 x 128 tiles for prefill.
 
@@ -254,6 +254,9 @@ def default_config(m: int, n: int, k: int, num_sms: int = 132, group_size: int =
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r}: expected one of {VARIANTS}")
+    if isinstance(num_sms, bool) or not isinstance(num_sms, int) or num_sms < 1:
+        raise ValueError(f"num_sms={num_sms!r}: expected the card's SM count, a positive integer "
+                         f"(torch.cuda.get_device_properties(d).multi_processor_count)")
     gps = 1
     if m <= 64:
         block_t = 16 if m <= 16 else 32 if m <= 32 else 64

@@ -163,3 +163,10 @@ def test_default_variant_rejects_an_unknown_variant_naming_the_profile(monkeypat
     monkeypatch.setattr(W, "_VARIANTS_BY_CARD", [("x100-triton-w4a8", "X100", "v9")])
     with pytest.raises(ValueError, match=r"x100-triton-w4a8\.yaml.*kernel_variant 'v9'"):
         W.default_variant_for("NVIDIA X100")
+
+
+def test_default_config_needs_the_cards_sm_count():
+    with pytest.raises(TypeError):
+        default_config(1, 8192, 8192)  # no built-in SM count: the card's comes from torch
+    with pytest.raises(ValueError, match="num_sms=0"):
+        default_config(1, 8192, 8192, 0)
