@@ -75,6 +75,7 @@ Public API::
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -105,22 +106,13 @@ def default_variant_for(device_name: str) -> str:
     return DEFAULT_VARIANT
 
 
-_VARIANTS_BY_CARD: list | None = None
-
-
-def _variants_by_card() -> list[tuple[str, str, str]]:
+@functools.lru_cache(maxsize=1)
+def _variants_by_card() -> tuple[tuple[str, str, str], ...]:
     """(profile, device_name_contains, kernel_variant) of every shipped profile with a fused_kernel section."""
-    global _VARIANTS_BY_CARD
-    if _VARIANTS_BY_CARD is None:
-        from sim.profiles import list_profiles, load_profile
+    from sim.profiles import list_profiles, load_profile
 
-        rows = []
-        for name in list_profiles():
-            fk = load_profile(name).fused_kernel
-            if fk is not None:
-                rows.append((name, fk.device_name_contains, fk.kernel_variant))
-        _VARIANTS_BY_CARD = rows
-    return _VARIANTS_BY_CARD
+    rows = ((name, load_profile(name).fused_kernel) for name in list_profiles())
+    return tuple((name, fk.device_name_contains, fk.kernel_variant) for name, fk in rows if fk is not None)
 
 
 @dataclass(frozen=True)

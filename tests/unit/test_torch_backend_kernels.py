@@ -160,7 +160,7 @@ def test_default_variant_follows_the_cards_profile():
 def test_default_variant_rejects_an_unknown_variant_naming_the_profile(monkeypatch):
     from dpq.kernels import w4a8_triton as W
 
-    monkeypatch.setattr(W, "_VARIANTS_BY_CARD", [("x100-triton-w4a8", "X100", "v9")])
+    monkeypatch.setattr(W, "_variants_by_card", lambda: (("x100-triton-w4a8", "X100", "v9"),))
     with pytest.raises(ValueError, match=r"x100-triton-w4a8\.yaml.*kernel_variant 'v9'"):
         W.default_variant_for("NVIDIA X100")
 
