@@ -235,11 +235,18 @@ class FusedKernelSpec:
     split_policy: str = _spec("the launch heuristic's split-K choice at M <= 64: 'programs_per_sm' (split while "
                               "fewer output tiles than programs_per_sm_target x SMs, keeping min_iterations_per_part "
                               "K steps per part) or 'busiest_sm' (the split minimising (all K steps + "
-                              "program_overhead_steps per program) / SMs + one program's steps)",
-                              choices=("programs_per_sm", "busiest_sm"))
+                              "program_overhead_steps per program) / SMs + one program's steps) or 'waves' (the "
+                              "split minimising the busiest SM's waves of resident programs: each wave's K steps, "
+                              "slowed when it holds fewer than wave_programs_in_flight programs, + wave_fill_steps "
+                              "per wave + wave_program_steps per program)",
+                              choices=("programs_per_sm", "busiest_sm", "waves"))
     programs_per_sm_target: int = _spec("'programs_per_sm' policy: programs per SM the split aims at", lo=1)
     min_iterations_per_part: int = _spec("'programs_per_sm' policy: fewest K steps per split part", lo=1)
     program_overhead_steps: float = _spec("'busiest_sm' policy: a program's fixed cost in K steps", lo=0)
+    wave_programs_in_flight: float = _spec("'waves' policy: programs an SM needs at once to stream at its full "
+                                           "rate (a wave holding fewer runs slower in proportion)", lo=0, lo_open=True)
+    wave_fill_steps: float = _spec("'waves' policy: pipeline fill and drain per wave, in K steps", lo=0)
+    wave_program_steps: float = _spec("'waves' policy: a program's fixed cost (prologue, epilogue), in K steps", lo=0)
     split_reduction: bool = _spec("split-K parts are summed by a second kernel (float32 partials through HBM)")
     tile_configs: tuple[tuple[float, ...], ...] = _spec(
         "launch configurations by token count: [max_m, block_n, block_t, warps, stages, registers_per_thread, "

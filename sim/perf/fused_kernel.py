@@ -251,6 +251,22 @@ def fused_gemm_timing(hw: HardwareProfile, s: LoopStructure, m: int, n: int, k: 
                        expansion_share=share, hbm_bytes=hbm_bytes)
 
 
+def wave_split_cost(fk, tiles: int, k_steps: int, split: int, resident: int, sms: int) -> tuple[float, int]:
+    """(cost in K steps, parts) of cutting K into ``split`` parts under the 'waves' launch heuristic: the busiest
+    SM runs ceil(programs / sms) programs in waves of ``resident``; a wave costs its programs' K steps, at a rate
+    slowed by wave_programs_in_flight / (programs in the wave) when it holds fewer, plus ``wave_fill_steps``; each
+    program adds ``wave_program_steps``. fk: the profile's FusedKernelSpec."""
+    per = math.ceil(k_steps / split)
+    parts = math.ceil(k_steps / per)
+    per_sm = math.ceil(tiles * parts / sms)
+    waves = math.ceil(per_sm / resident)
+    cost = 0.0
+    for w in range(waves):
+        in_wave = min(resident, per_sm - w * resident)
+        cost += in_wave * per * max(1.0, fk.wave_programs_in_flight / in_wave)
+    return cost + fk.wave_fill_steps * waves + fk.wave_program_steps * per_sm, parts
+
+
 def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStructure:
     """The structure the profile's fused kernel launches for an m x n x k GEMM: the tile row of
     ``fused_kernel.tile_configs`` for M, and the split-K parts of the kernel's launch heuristic
@@ -267,6 +283,14 @@ def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStruct
         target = fk.programs_per_sm_target * hw.sm.count
         if tiles < target:
             split = max(1, min(math.ceil(target / tiles), k_steps // fk.min_iterations_per_part or 1))
+    elif m <= 64 and fk.split_policy == "waves":
+        probe = LoopStructure(block_n=int(block_n), block_t=int(block_t), block_k=fk.block_k, split_k=1,
+                              warps=int(warps), stages=int(stages), registers_per_thread=int(regs),
+                              shared_bytes_per_program=int(smem), loop_instructions_per_thread=float(instr),
+                              weight_bytes_per_weight=fk.weight_bytes_per_weight, split_reduction=fk.split_reduction)
+        resident = resident_programs(hw, probe)
+        split = min(wave_split_cost(fk, tiles, k_steps, parts, resident, hw.sm.count)
+                    for parts in range(1, max(1, k_steps // 2) + 1))[1]  # ties: fewer parts
     elif m <= 64:  # busiest_sm
         best = None
         for parts in range(1, max(1, k_steps // 2) + 1):

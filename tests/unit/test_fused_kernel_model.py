@@ -319,3 +319,23 @@ def test_validate_script_takes_bytes_per_weight_from_the_row():
     s = v.fused_structure(row, "v5", cache, "c0")
     assert s.weight_bytes_per_weight == pytest.approx(0.5 + 5 / 128)
     assert (s.register_a_mma_instructions, s.mma_macs_per_instruction) == (8.0, 32768.0)
+
+
+def test_waves_split_policy_follows_the_kernels_launch_heuristic():
+    # the H100 profile describes v5, whose launch heuristic cuts K by the wave rule (dpq/kernels/w4a8_triton.py);
+    # the model's 'waves' policy must pick the same split for every decode shape (measured picks on the 70B layer,
+    # results/gpu/bench_h100_v6.csv: qkv / o / gate_up / down = 8 / 4 / 4 / 4 at M <= 16, 3 / 4 / 4 / 4 at M = 64)
+    from dpq.kernels.w4a8_triton import SMLimits, default_config
+
+    hw = load_profile("h100-triton-w4a8")
+    assert hw.fused_kernel.split_policy == "waves"
+    h100 = SMLimits(num_sms=132, registers_per_sm=65536, shared_bytes_per_sm=233472, max_threads_per_sm=2048)
+    shapes = [(10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672), (12288, 4096), (4096, 4096),
+              (22016, 4096), (4096, 11008), (6144, 4096), (28672, 4096), (4096, 14336)]
+    for m in (1, 4, 16, 32, 64):
+        for n, k in shapes:
+            model = default_structure(hw, m, n, k)
+            kernel = default_config(m, n, k, 132, 128, "v5", sm_limits=h100)
+            assert (model.block_t, model.split_k) == (kernel.block_t, kernel.split_k), (m, n, k)
+    assert [default_structure(hw, 1, n, k).split_k for n, k in shapes[:4]] == [8, 4, 4, 4]
+    assert [default_structure(hw, 64, n, k).split_k for n, k in shapes[:4]] == [3, 4, 4, 4]
