@@ -81,6 +81,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim.perf.fused_kernel import wave_split_cost as _wave_split_cost
+
 GROUP_SIZES = (32, 64, 128)  # whole groups of the packed format per K step of the kernel
 VARIANTS = ("v5", "v4", "lut", "v2", "fp8")
 DEFAULT_VARIANT = "v5"
@@ -221,15 +223,8 @@ def wave_split_cost(tiles: int, k_steps: int, split: int, resident: int, num_sms
     """(cost in K steps, parts) of cutting K into ``split`` parts: the busiest SM runs ceil(programs / SMs) programs
     in waves of ``resident``; each wave streams its programs' steps, at a slower rate when it holds fewer than
     _PROGRAMS_IN_FLIGHT programs (a short last wave: the tail), plus a fill cost per wave and a cost per program."""
-    per = math.ceil(k_steps / split)
-    parts = math.ceil(k_steps / per)
-    per_sm = math.ceil(tiles * parts / num_sms)
-    waves = math.ceil(per_sm / resident)
-    cost = 0.0
-    for w in range(waves):
-        in_wave = min(resident, per_sm - w * resident)
-        cost += in_wave * per * max(1.0, _PROGRAMS_IN_FLIGHT / in_wave)
-    return cost + _WAVE_FILL_STEPS * waves + _PROGRAM_COST_STEPS * per_sm, parts
+    return _wave_split_cost(tiles, k_steps, split, resident, num_sms, programs_in_flight=_PROGRAMS_IN_FLIGHT,
+                fill_steps=_WAVE_FILL_STEPS, program_steps=_PROGRAM_COST_STEPS)
 
 
 def default_config(m: int, n: int, k: int, num_sms: int, group_size: int = 128,

@@ -251,11 +251,13 @@ def fused_gemm_timing(hw: HardwareProfile, s: LoopStructure, m: int, n: int, k: 
                        expansion_share=share, hbm_bytes=hbm_bytes)
 
 
-def wave_split_cost(fk, tiles: int, k_steps: int, split: int, resident: int, sms: int) -> tuple[float, int]:
+def wave_split_cost(tiles: int, k_steps: int, split: int, resident: int, sms: int, *,
+                    programs_in_flight: float, fill_steps: float, program_steps: float) -> tuple[float, int]:
     """(cost in K steps, parts) of cutting K into ``split`` parts under the 'waves' launch heuristic: the busiest
     SM runs ceil(programs / sms) programs in waves of ``resident``; a wave costs its programs' K steps, at a rate
-    slowed by wave_programs_in_flight / (programs in the wave) when it holds fewer, plus ``wave_fill_steps``; each
-    program adds ``wave_program_steps``. fk: the profile's FusedKernelSpec."""
+    slowed by programs_in_flight / (programs in the wave) when it holds fewer, plus ``fill_steps``; each program
+    adds ``program_steps``. The profile's fused_kernel.wave_* values give the constants (and dpq's v5 launch
+    heuristic calls this with its own)."""
     per = math.ceil(k_steps / split)
     parts = math.ceil(k_steps / per)
     per_sm = math.ceil(tiles * parts / sms)
@@ -263,8 +265,8 @@ def wave_split_cost(fk, tiles: int, k_steps: int, split: int, resident: int, sms
     cost = 0.0
     for w in range(waves):
         in_wave = min(resident, per_sm - w * resident)
-        cost += in_wave * per * max(1.0, fk.wave_programs_in_flight / in_wave)
-    return cost + fk.wave_fill_steps * waves + fk.wave_program_steps * per_sm, parts
+        cost += in_wave * per * max(1.0, programs_in_flight / in_wave)
+    return cost + fill_steps * waves + program_steps * per_sm, parts
 
 
 def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStructure:
@@ -289,7 +291,9 @@ def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStruct
                               shared_bytes_per_program=int(smem), loop_instructions_per_thread=float(instr),
                               weight_bytes_per_weight=fk.weight_bytes_per_weight, split_reduction=fk.split_reduction)
         resident = resident_programs(hw, probe)
-        split = min(wave_split_cost(fk, tiles, k_steps, parts, resident, hw.sm.count)
+        split = min(wave_split_cost(tiles, k_steps, parts, resident, hw.sm.count,
+                                    programs_in_flight=fk.wave_programs_in_flight, fill_steps=fk.wave_fill_steps,
+                                    program_steps=fk.wave_program_steps)
                     for parts in range(1, max(1, k_steps // 2) + 1))[1]  # ties: fewer parts
     elif m <= 64:  # busiest_sm
         best = None
