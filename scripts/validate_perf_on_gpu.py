@@ -18,6 +18,10 @@ and per shape the crossover M where W4A8 stops beating FP8 (measured vs predicte
         [--set dequant.ops_per_weight.fp8=20.5 --label h200_whatif]   # what-if overrides
     python scripts/validate_perf_on_gpu.py --predict v5 --profile h100 --kernel-commit bb65b87 --out results/gpu
         # a kernel variant's time on the bench grid from its structure alone (its heuristic configuration)
+    python scripts/validate_perf_on_gpu.py --layer-csv results/gpu/layer_h100_pdl1.csv --kernel-commit 4e90782
+        # whole decoder layers (bench_gpu.py --layer-chain): each the sum of its four GEMMs' predictions, a GEMM
+        # predicted as a bench row of its scheme and configuration (pdl rows as without pdl: not in the model);
+        # writes validation_<stem>_layer.csv/.md next to the CSV (or to --out); combines with a bench CSV
 """
 
 from __future__ import annotations
@@ -162,7 +166,9 @@ def compile_at_commit(commit: str, variant: str, cfg: dict) -> dict:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "archive", commit, "dpq"], capture_output=True, cwd=ROOT, check=True).stdout
+        # sim too: dpq of a later commit imports it (one wave_split_cost, 4e90782)
+        archive = subprocess.run(["git", "archive", commit, "dpq", "sim"], capture_output=True, cwd=ROOT,
+                                 check=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         (Path(tmp) / "scripts").mkdir()
         sass_tool = subprocess.run(["git", "show", f"{commit}:scripts/kernel_sass.py"], capture_output=True,
@@ -285,7 +291,9 @@ def heuristic_configs_at_commit(commit: str, variant: str, cases: list[tuple[int
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "archive", commit, "dpq"], capture_output=True, cwd=ROOT, check=True).stdout
+        # sim too: dpq of a later commit imports it (one wave_split_cost, 4e90782)
+        archive = subprocess.run(["git", "archive", commit, "dpq", "sim"], capture_output=True, cwd=ROOT,
+                                 check=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         code = ("import dataclasses, json, sys; sys.path.insert(0, sys.argv[1]); "
                 "from dpq.kernels.w4a8_triton import default_config; a = json.loads(sys.argv[2]); "
@@ -332,6 +340,181 @@ def predict_variant(variant: str, profile: str, kernel_commit: str, fused_profil
     return out
 
 
+# --layer-csv: a whole decoder layer (scripts/bench_gpu.py --layer-chain) is its four GEMMs in this order
+LAYER_GEMMS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+# the per-GEMM bench scheme whose prediction path a fused layer row's kernel variant takes
+FUSED_SCHEME_OF_VARIANT = {"v5": "w4a8_fused_v5", "v4": "w4a8_fused_v4", "lut": "w4a8_fused_v3",
+                           "v2": "w4a8_fused_v2", "fp8": "fp8_triton"}
+KERNEL_CONFIG_TILE_KEYS = ("block_n", "block_t", "split_k", "num_warps", "num_stages")
+PDL_NOTE = "pdl: the model has no dependent-launch overlap"
+
+
+def parse_kernel_config(text: str) -> dict:
+    """Keyword arguments of a ``KernelConfig(...)`` repr (dpq.kernels.w4a8_triton), as a dict of Python literals
+    (int, bool, str, None), read with ``ast`` (never evaluated). The tile keys block_n, block_t, split_k,
+    num_warps and num_stages must be there as positive ints; other keys (pdl, l2_prefetch_steps, ...) are kept
+    as they are, so reprs of older and newer KernelConfig layouts both parse. ValueError on anything else."""
+    import ast
+    import re
+
+    hit = re.fullmatch(r"\s*KernelConfig\((.*)\)\s*", text or "", re.S)
+    if not hit:
+        raise ValueError(f"kernel config {text!r}: expected a 'KernelConfig(key=value, ...)' repr")
+    try:
+        call = ast.parse(f"KernelConfig({hit.group(1)})", mode="eval").body
+    except SyntaxError as exc:
+        raise ValueError(f"kernel config {text!r}: not a keyword argument list ({exc.msg})") from None
+    if not isinstance(call, ast.Call) or call.args or any(kw.arg is None for kw in call.keywords):
+        raise ValueError(f"kernel config {text!r}: expected keyword arguments only")
+    out = {}
+    for kw in call.keywords:
+        try:
+            value = ast.literal_eval(kw.value)
+        except ValueError:
+            raise ValueError(f"kernel config {text!r}: {kw.arg}= is not a literal") from None
+        if not (value is None or isinstance(value, (bool, int, str))) or kw.arg in out:
+            raise ValueError(f"kernel config {text!r}: {kw.arg}= must be given once, as an int, bool, str or None")
+        out[kw.arg] = value
+    for key in KERNEL_CONFIG_TILE_KEYS:
+        v = out.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"kernel config {text!r}: {key} must be a positive int, got {v!r}")
+    return out
+
+
+def bench_shapes() -> dict[str, list[tuple[str, int, int]]]:
+    """model -> [(layer, n, k)] of the GEMMs of scripts/bench_gpu.py's SHAPES, in its order."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "scripts" / "bench_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shapes: dict[str, list[tuple[str, int, int]]] = {}
+    for model, layer, n, k in bench.SHAPES:
+        shapes.setdefault(model, []).append((layer, n, k))
+    return shapes
+
+
+def layer_gemm_rows(r: dict, shapes: dict) -> tuple[list[dict], list[str]]:
+    """The four per-GEMM bench rows (the dicts ``predict_rows`` reads) a layer-chain row ``r`` is made of, and its
+    notes. cuBLAS rows (bf16, fp8) keep their scheme; fused rows take the bench scheme of their kernel variant and
+    the configuration each GEMM ran (``configs``, " | "-joined KernelConfig reprs) with pdl off, since the model has
+    no term for dependent launch; each GEMM's packed weight bytes are the layer's bytes per weight times n*k.
+    latency_s of these rows is NaN: only the layer is measured."""
+    where = f"layer row model={r.get('model')} m={r.get('m')} scheme={r.get('scheme')}"
+    gemms = shapes.get(r["model"])
+    if gemms is None:
+        raise ValueError(f"{where}: no GEMM shapes for model {r['model']!r} (known: {sorted(shapes)})")
+    if tuple(layer for layer, _, _ in gemms) != LAYER_GEMMS:
+        raise ValueError(f"{where}: the model's GEMMs are {[g[0] for g in gemms]}, expected {list(LAYER_GEMMS)}")
+    texts = [t.strip() for t in (r.get("configs") or "").split(" | ") if t.strip()]
+    weights = sum(n * k for _, n, k in gemms)
+    base = {"card": r.get("card", ""), "model": r["model"], "m": r["m"], "latency_s": "nan"}
+    if not texts:
+        if r["scheme"] not in ("bf16", "fp8"):
+            raise ValueError(f"{where}: no configs; only the cuBLAS schemes bf16 and fp8 run without one")
+        return [dict(base, layer=layer, scheme=r["scheme"], n=n, k=k) for layer, n, k in gemms], []
+    variant = r.get("variant") or ""
+    if variant not in FUSED_SCHEME_OF_VARIANT:
+        raise ValueError(f"{where}: variant {variant!r}, expected one of {sorted(FUSED_SCHEME_OF_VARIANT)}")
+    if len(texts) != len(gemms):
+        raise ValueError(f"{where}: {len(texts)} KernelConfig reprs in configs, expected {len(gemms)}")
+    bytes_per_weight = float(r["layer_weight_bytes"]) / weights if r.get("layer_weight_bytes") else None
+    out, pdl, prefetch = [], False, set()
+    for (layer, n, k), text in zip(gemms, texts):
+        cfg = parse_kernel_config(text)
+        pdl = pdl or bool(cfg.get("pdl"))
+        if cfg.get("l2_prefetch_steps"):
+            prefetch.add(cfg["l2_prefetch_steps"])
+        cfg["pdl"] = False
+        row = dict(base, layer=layer, scheme=FUSED_SCHEME_OF_VARIANT[variant], variant=variant, n=n, k=k,
+                   config="KernelConfig(" + ", ".join(f"{key}={v!r}" for key, v in cfg.items()) + ")")
+        if bytes_per_weight is not None:
+            row["weight_bytes"] = str(round(bytes_per_weight * n * k))
+        out.append(row)
+    notes = [PDL_NOTE] if pdl else []
+    if prefetch:
+        notes.append(f"l2_prefetch_steps={'/'.join(map(str, sorted(prefetch)))}: not in the model either")
+    return out, notes
+
+
+def predict_layer_rows(rows: list[dict], shapes: dict, profile: str, overrides: dict,
+                       fused_profile: str | None = None, kernel_commit: str | None = None) -> list[dict]:
+    """Predicted time of each layer-chain row: the sum of ``predict_rows``' predictions of its four GEMMs
+    (``layer_gemm_rows``), next to the measured layer time."""
+    parts, notes = [], []
+    for r in rows:
+        gemm_rows, note = layer_gemm_rows(r, shapes)
+        parts.append(gemm_rows)
+        if r.get("bit_equal_outputs") and r["bit_equal_outputs"] != f"{len(gemm_rows)}/{len(gemm_rows)}":
+            note = note + [f"outputs bit-equal {r['bit_equal_outputs']} only"]
+        notes.append(note)
+    flat = predict_rows([g for p in parts for g in p], profile, overrides, fused_profile, kernel_commit)
+    out, i = [], 0
+    for r, p, note in zip(rows, parts, notes):
+        gemms, i = flat[i:i + len(p)], i + len(p)
+        measured, predicted = float(r["latency_s"]), sum(g["predicted_s"] for g in gemms)
+        out.append({"model": r["model"], "m": int(r["m"]), "scheme": r["scheme"], "variant": r.get("variant") or "",
+                    "measured_s": measured, "predicted_s": predicted, "error": predicted / measured - 1.0,
+                    "gemm_predicted_s": [g["predicted_s"] for g in gemms], "bounds": [g["bound"] for g in gemms],
+                    "note": "; ".join(note)})
+    return out
+
+
+def validate_layers(layer_csv: Path, args, overrides: dict) -> int:
+    """--layer-csv: table, CSV and markdown (validation_<stem>_layer.*, in --out or next to the input) of the
+    layer-chain rows against the sum of their GEMMs' predictions; prints the mean abs error per scheme."""
+    rows = load_rows(layer_csv)
+    profile = args.profile or profile_for_card(rows[0]["card"])
+    kernel_commit = args.kernel_commit or kernel_commit_of(layer_csv)
+    try:
+        pred = predict_layer_rows(rows, bench_shapes(), profile, overrides, args.fused_profile, kernel_commit)
+    except ValueError as exc:
+        raise SystemExit(f"{layer_csv}: {exc}") from None
+    tag = profile + ("+" + "+".join(args.set) if args.set else "")
+    per_scheme: dict[str, list[float]] = {}
+    for p in pred:
+        per_scheme.setdefault(p["scheme"], []).append(p["error"])
+    lines = [f"# sim.perf vs GPU measurements, whole decoder layers: {rows[0]['card']} (driver {rows[0]['driver']}, "
+             f"torch {rows[0]['torch']}, triton {rows[0]['triton']}), profile `{tag}`", "",
+             f"Measurements: `{layer_csv}` ({len(rows)} rows, {rows[0]['date']}): the four GEMMs of a layer ("
+             f"{', '.join(LAYER_GEMMS)}) back to back in one CUDA graph (scripts/bench_gpu.py --layer-chain). "
+             f"Prediction: the sum of the four GEMMs' predictions, each as a bench row of the same scheme with the "
+             f"configuration that GEMM ran: cuBLAS `sim.perf.gemm_timing` (profile `{tag}`), fused Triton "
+             f"`sim.perf.fused_kernel.fused_gemm_timing` (profile `{args.fused_profile or profile + '-triton-w4a8'}`, "
+             f"SASS of dpq/kernels at commit {kernel_commit}). Rows with pdl=True are predicted as the same "
+             f"configuration without pdl (the model has no dependent-launch overlap, nor an L2 prefetch term). "
+             f"Nothing fitted here. error = predicted / measured - 1.", "",
+             "| scheme | rows | mean signed error | mean abs error | max abs error |", "|---|---|---|---|---|"]
+    for scheme, errs in per_scheme.items():
+        lines.append(f"| {scheme} | {len(errs)} | {sum(errs) / len(errs):+.1%} | "
+                     f"{sum(abs(e) for e in errs) / len(errs):.1%} | {max(abs(e) for e in errs):.1%} |")
+    lines += ["", "| model | M | scheme | variant | measured us | predicted us | error | " +
+              " | ".join(f"{g} us" for g in LAYER_GEMMS) + " | note |", "|---|---|---|---|---|---|---|" +
+              "---|" * len(LAYER_GEMMS) + "---|"]
+    for p in pred:
+        lines.append(f"| {p['model']} | {p['m']} | {p['scheme']} | {p['variant']} | {p['measured_s'] * 1e6:.1f} | "
+                     f"{p['predicted_s'] * 1e6:.1f} | {p['error']:+.1%} | " +
+                     " | ".join(f"{t * 1e6:.1f}" for t in p["gemm_predicted_s"]) + f" | {p['note']} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    for scheme, errs in per_scheme.items():
+        print(f"{scheme}: mean abs error {sum(abs(e) for e in errs) / len(errs):.1%} over {len(errs)} rows")
+    out_dir = args.out or layer_csv.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"validation_{layer_csv.stem}_layer"
+    with open(out_dir / f"{stem}.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "m", "scheme", "variant", "measured_us", "predicted_us", "error",
+                    *(f"{g}_predicted_us" for g in LAYER_GEMMS), "bounds", "note"])
+        for p in pred:
+            w.writerow([p["model"], p["m"], p["scheme"], p["variant"], f"{p['measured_s'] * 1e6:.3f}",
+                        f"{p['predicted_s'] * 1e6:.3f}", f"{p['error']:.6e}",
+                        *(f"{t * 1e6:.3f}" for t in p["gemm_predicted_s"]), " | ".join(p["bounds"]), p["note"]])
+    (out_dir / f"{stem}.md").write_text(text)
+    return 0
+
+
 def crossover(rows: list[dict], key: str) -> dict:
     """Per (model, layer): the smallest M of the grid where the default fused kernel (``w4a8_fused_default`` when
     the bench ran it, else ``w4a8_fused``) is no faster than fp8 (None: never)."""
@@ -374,6 +557,10 @@ def main(argv=None) -> int:
     ap.add_argument("--kernel-commit", default=None,
                     help="commit of dpq/kernels whose SASS the fused rows are predicted with (default: the commit "
                          "that added the bench CSV)")
+    ap.add_argument("--layer-csv", type=Path, default=None,
+                    help="also (or only) validate a layer-chain CSV (scripts/bench_gpu.py --layer-chain): each layer "
+                         "predicted as the sum of its four GEMMs; writes validation_<stem>_layer.csv/.md to --out, "
+                         "else next to it")
     ap.add_argument("--fused-profile", default=None,
                     help="profile of the fused Triton kernels (default: <profile>-triton-w4a8)")
     args = ap.parse_args(argv)
@@ -408,11 +595,13 @@ def main(argv=None) -> int:
                     w.writerow({k: (f"{v:.6e}" if isinstance(v, float) else v) for k, v in p.items()})
             (args.out / f"validation_{label}.md").write_text(text)
         return 0
+    overrides = parse_overrides(args.set) if args.set else {}
     if args.bench_csv is None:
-        ap.error("a bench CSV is required (or --predict)")
+        if args.layer_csv is None:
+            ap.error("a bench CSV is required (or --predict, or --layer-csv)")
+        return validate_layers(args.layer_csv, args, overrides)
     rows = load_rows(args.bench_csv)
     profile = args.profile or profile_for_card(rows[0]["card"])
-    overrides = parse_overrides(args.set) if args.set else {}
     kernel_commit = args.kernel_commit or kernel_commit_of(args.bench_csv)
     pred = predict_rows(rows, profile, overrides, args.fused_profile, kernel_commit)
     summary = summarize(pred)
@@ -475,6 +664,8 @@ def main(argv=None) -> int:
             for p in pred:
                 w.writerow({k: (f"{v:.6e}" if isinstance(v, float) else v) for k, v in p.items()})
         (args.out / f"validation_{safe}.md").write_text(text)
+    if args.layer_csv is not None:
+        validate_layers(args.layer_csv, args, overrides)
     return 0
 
 

@@ -339,3 +339,68 @@ def test_waves_split_policy_follows_the_kernels_launch_heuristic():
             assert (model.block_t, model.split_k) == (kernel.block_t, kernel.split_k), (m, n, k)
     assert [default_structure(hw, 1, n, k).split_k for n, k in shapes[:4]] == [8, 4, 4, 4]
     assert [default_structure(hw, 64, n, k).split_k for n, k in shapes[:4]] == [3, 4, 4, 4]
+
+
+def test_validate_script_parses_kernel_config_reprs():
+    from dpq.kernels.w4a8_triton import KernelConfig
+
+    v = _script("validate_perf_on_gpu")
+    new_fields = {f.name for f in dataclasses.fields(KernelConfig)} >= {"pdl", "l2_prefetch_steps"}
+    extra = {"pdl": True, "l2_prefetch_steps": 2} if new_fields else {}
+    cfg = KernelConfig(block_n=128, block_t=16, split_k=8, num_warps=4, num_stages=3, **extra)
+    assert KernelConfig(**v.parse_kernel_config(repr(cfg))) == cfg
+    # a repr as scripts/bench_gpu.py --layer-chain writes it (results/gpu/layer_h100_pdl2.csv), whatever the
+    # KernelConfig of this checkout has
+    text = ("KernelConfig(block_n=128, block_t=16, split_k=4, num_warps=4, num_stages=3, groups_per_step=1, "
+            "reduce_in_kernel=False, maxnreg=None, pdl=True, l2_prefetch_steps=2, pdl_trigger='after_loop')")
+    assert v.parse_kernel_config(text) == {
+        "block_n": 128, "block_t": 16, "split_k": 4, "num_warps": 4, "num_stages": 3, "groups_per_step": 1,
+        "reduce_in_kernel": False, "maxnreg": None, "pdl": True, "l2_prefetch_steps": 2, "pdl_trigger": "after_loop"}
+    for bad, what in [("garbage", "expected a 'KernelConfig"), ("KernelConfig(128, block_t=16)", "keyword"),
+                      ("KernelConfig(block_n=__import__('os').getcwd(), block_t=16)", "not a literal"),
+                      ("KernelConfig(block_n=128, block_t=16, split_k=1, num_warps=4)", "num_stages"),
+                      ("KernelConfig(block_n=128, block_t=16, split_k=0, num_warps=4, num_stages=3)", "split_k"),
+                      ("KernelConfig(block_n=1), f(block_t=2)", "keyword"), ("KernelConfig(block_n=", "expected a")]:
+        with pytest.raises(ValueError, match=what):
+            v.parse_kernel_config(bad)
+
+
+def test_validate_script_predicts_a_layer_as_the_sum_of_its_gemms(monkeypatch):
+    v = _script("validate_perf_on_gpu")
+    structure = {"registers_per_thread": "75", "shared_bytes_per_program": "24576",
+                 "loop_instructions_per_thread": "363", "fp32_instructions": "99", "int_instructions": "156",
+                 "conversion_instructions": "8", "waited_mma_instructions": "0", "register_a_mma_instructions": "8",
+                 "mma_macs_per_instruction": "32768"}
+    monkeypatch.setattr(v, "load_structures", lambda: {("c0", "v5", "128", "16", "4", "3", "1"): structure})
+    shapes = {"tiny": [("qkv_proj", 3072, 1024), ("o_proj", 1024, 1024), ("gate_up_proj", 5632, 1024),
+                       ("down_proj", 1024, 2816)]}
+    splits = (1, 2, 4, 8)
+
+    def config(split, pdl):
+        return (f"KernelConfig(block_n=128, block_t=16, split_k={split}, num_warps=4, num_stages=3, groups_per_step=1, "
+                f"reduce_in_kernel=False, maxnreg=None, pdl={pdl}, l2_prefetch_steps={2 if pdl else 0})")
+
+    weights = sum(n * k for _, n, k in shapes["tiny"])
+    layer = {"card": "NVIDIA H100 80GB HBM3", "model": "tiny", "m": "4", "scheme": "default", "variant": "v5",
+             "latency_s": "2e-5", "layer_weight_bytes": str(weights // 2 + weights // 128 * 5),
+             "bit_equal_outputs": "4/4", "configs": " | ".join(config(s, False) for s in splits)}
+    pdl = dict(layer, scheme="pdl_pf2", configs=" | ".join(config(s, True) for s in splits))
+    fp8 = dict(layer, scheme="fp8", variant="", configs="", layer_weight_bytes=str(weights))
+    got = v.predict_layer_rows([layer, pdl, fp8], shapes, "h100", {}, kernel_commit="c0")
+
+    gemms = [{"model": "tiny", "layer": name, "scheme": "w4a8_fused_v5", "variant": "v5", "m": "4", "n": n, "k": k,
+              "latency_s": "1e-5", "config": config(s, False), "weight_bytes": str(n * k // 2 + n * k // 128 * 5)}
+             for (name, n, k), s in zip(shapes["tiny"], splits)]
+    per_gemm = v.predict_rows(gemms, "h100", {}, kernel_commit="c0")
+    cublas = v.predict_rows([dict(g, scheme="fp8", variant="", config="") for g in gemms], "h100", {},
+                            kernel_commit="c0")
+    assert len({p["predicted_s"] for p in per_gemm}) == 4  # four different GEMMs, not one repeated
+    assert got[0]["predicted_s"] == pytest.approx(sum(p["predicted_s"] for p in per_gemm), rel=1e-12)
+    assert got[0]["gemm_predicted_s"] == pytest.approx([p["predicted_s"] for p in per_gemm], rel=1e-12)
+    assert got[0]["error"] == pytest.approx(got[0]["predicted_s"] / 2e-5 - 1) and got[0]["note"] == ""
+    # pdl: predicted as the same configuration without it, and said so
+    assert got[1]["predicted_s"] == got[0]["predicted_s"] and got[1]["note"].startswith(v.PDL_NOTE)
+    assert got[2]["predicted_s"] == pytest.approx(sum(p["predicted_s"] for p in cublas), rel=1e-12)
+    with pytest.raises(ValueError, match="3 KernelConfig reprs"):
+        v.predict_layer_rows([dict(layer, configs=" | ".join(config(s, False) for s in splits[:3]))], shapes,
+                             "h100", {}, kernel_commit="c0")
