@@ -9,6 +9,8 @@ M in 1, 4, 16, 64, 256, 1024, 4096 tokens, four ways to compute y = x @ W^T (bf1
                     ``--fused-variant`` (default: the card's, ``default_variant_for``);
 * ``w4a8_fused_default`` that variant with the default configuration only (what ``w4a8_matmul`` runs
                     when given no config: the tile heuristic with the card's SM limits);
+* ``w4a8_fused_pdl`` that configuration launched with programmatic dependent launch and 2 K steps of L2
+                    prefetch (``KernelConfig.pdl``): back-to-back calls overlap one's tail with the next one's start;
 * ``w4a8_fused_v5`` variant "v5" (codes group-major + float32 scale and zero byte per group, the 16-entry tables
                     built in the loop: 0.539 byte per weight);
 * ``w4a8_fused_v5old`` variant "v5" with the split rule it had before the wave rule (``default_config`` without
@@ -29,6 +31,12 @@ call reads its weights from HBM, as a decode step does); each timing replays a C
 timed with CUDA events; the median of ``--repeats`` replays divided by the calls per graph is reported. For the
 fused kernel a few tile configurations are tried per (shape, M) and the fastest is kept (all are listed in the
 tuning CSV); each tried configuration is first checked against a float64 reference of the same FP8 operands.
+
+``--layer-chain`` also times whole decoder layers: one CUDA graph runs the layer's four GEMMs in order (QKV, O,
+gate/up, down), layer after layer over enough weight copies, for BF16 and FP8 cuBLAS and the fused kernels with and
+without programmatic dependent launch (``--chain-schemes``: ``KernelConfig.pdl``, where each kernel's start
+overlaps the tail of the one before); the last layer's outputs are compared bit for bit with the same GEMMs run one
+at a time (a race between overlapping kernels would show there). Written to ``layer_<card>.csv``.
 
 Writes ``bench_<card>.csv`` and ``tuning_<card>.csv`` under ``--out``; every row carries card, driver, torch,
 triton, CUDA and the date. Prints a decode summary (speed-ups of the tuned w4a8_fused and of its default
@@ -63,20 +71,24 @@ SHAPES = [
     ("llama-2-70b", "gate_up_proj", 57344, 8192), ("llama-2-70b", "down_proj", 8192, 28672),
 ]
 M_VALUES = (1, 4, 16, 64, 256, 1024, 4096)
-SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_default", "w4a8_fused_v5", "w4a8_fused_v5old", "w4a8_fused_v4",
+SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_default", "w4a8_fused_pdl", "w4a8_fused_pdl_late", "w4a8_fused_v5", "w4a8_fused_v5old", "w4a8_fused_v4",
            "w4a8_fused_v3", "w4a8_fused_v2", "fp8_triton", "w4a8_unfused")
-FUSED_VARIANTS = {"w4a8_fused": None, "w4a8_fused_default": None, "w4a8_fused_v5": "v5", "w4a8_fused_v5old": "v5",
+FUSED_VARIANTS = {"w4a8_fused": None, "w4a8_fused_default": None, "w4a8_fused_pdl": None,
+                  "w4a8_fused_pdl_late": None, "w4a8_fused_v5": "v5", "w4a8_fused_v5old": "v5",
                   "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2",
                   "fp8_triton": "fp8"}  # None: --fused-variant (the card's)
 OLD_RULE_SCHEMES = ("w4a8_fused_v5old",)  # the split rule without the card's SM limits
-HEURISTIC_ONLY_SCHEMES = ("w4a8_fused_default", "w4a8_fused_v5old")
+HEURISTIC_ONLY_SCHEMES = ("w4a8_fused_default", "w4a8_fused_v5old", "w4a8_fused_pdl", "w4a8_fused_pdl_late")
+PDL_SCHEMES = {"w4a8_fused_pdl": {"pdl": True, "l2_prefetch_steps": 2},
+               "w4a8_fused_pdl_late": {"pdl": True, "l2_prefetch_steps": 2, "pdl_trigger": "after_loop"}}  # default configuration with these changes
 GROUP_SIZE = 128
 FIELDS = ["card", "driver", "torch", "triton", "cuda", "sm_count", "date", "model", "layer", "scheme", "m", "n", "k",
           "latency_s", "spread_rel", "calls_per_graph", "weight_copies", "weight_bytes", "hbm_bytes",
           "achieved_tb_per_s", "achieved_tflop_per_s", "variant", "config", "block_n", "block_t", "split_k",
-          "num_warps", "num_stages", "groups_per_step", "reduce_in_kernel", "maxnreg", "registers", "shared_bytes"]
+          "num_warps", "num_stages", "groups_per_step", "reduce_in_kernel", "maxnreg", "registers", "shared_bytes",
+          "pdl", "l2_prefetch_steps", "pdl_trigger"]
 CONFIG_FIELDS = ("block_n", "block_t", "split_k", "num_warps", "num_stages", "groups_per_step", "reduce_in_kernel",
-                 "maxnreg")
+                 "maxnreg", "pdl", "l2_prefetch_steps", "pdl_trigger")
 
 
 def log(msg: str) -> None:
@@ -139,12 +151,16 @@ def make_weights(torch, n: int, k: int, gen):
 V5_SWEEP_SPLITS = (1, 2, 3, 4, 5, 6, 8, 12, 16)  # split-K counts every v5 decode shape is also timed at
 
 
-def fused_candidates(m: int, n: int, k: int, limits, quick: bool, variant: str, old_rule: bool = False):
+def fused_candidates(m: int, n: int, k: int, limits, quick: bool, variant: str, old_rule: bool = False,
+                     pdl: dict | None = None):
     """Tile configurations tried for the fused kernel at this shape (the heuristic first). ``limits``: the card's
-    SMLimits; ``old_rule``: the heuristic without them (v5's split rule before the wave rule)."""
+    SMLimits; ``old_rule``: the heuristic without them (v5's split rule before the wave rule); ``pdl``: KernelConfig
+    changes applied to the heuristic's configuration."""
     from dpq.kernels.w4a8_triton import KernelConfig, default_config
 
     base = default_config(m, n, k, limits.num_sms, GROUP_SIZE, variant, sm_limits=None if old_rule else limits)
+    if pdl:
+        base = replace(base, **pdl)
     cands = [base]
     if quick:
         return cands
@@ -197,6 +213,7 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
     variant_bytes = {"v5": packed_bytes, "v4": table_bytes, "lut": table_bytes, "v2": packed_bytes, "fp8": n * k}
     w_bytes = {"bf16": n * k * 2, "fp8": n * k, "w4a8_fused_v4": table_bytes, "w4a8_fused_v5": packed_bytes,
                "w4a8_fused": variant_bytes[fused_variant], "w4a8_fused_default": variant_bytes[fused_variant],
+               "w4a8_fused_pdl": variant_bytes[fused_variant], "w4a8_fused_pdl_late": variant_bytes[fused_variant],
                "w4a8_fused_v5old": packed_bytes,
                "w4a8_fused_v3": codes.numel() + scales.numel() * 16, "fp8_triton": n * k,
                "w4a8_fused_v2": codes.numel() + scales.numel() * 5, "w4a8_unfused": codes.numel() + scales.numel() * 5}
@@ -248,7 +265,7 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
                              "w4a8_fused_v3": args.quick_v3}.get(scheme, args.quick)
                     quick = quick or scheme in HEURISTIC_ONLY_SCHEMES or scheme in args.heuristic_only
                     for cfg in fused_candidates(m, n, k, info["limits"], quick, variant,
-                                                old_rule=scheme in OLD_RULE_SCHEMES):
+                                                old_rule=scheme in OLD_RULE_SCHEMES, pdl=PDL_SCHEMES.get(scheme)):
                         res = kernel_resources(x8, pw, cfg)
                         y = w4a8_matmul(x8, pw, 1.0, out_dtype="float32", config=cfg)
                         err = float((y.double() - ref).norm() / ref.norm())
@@ -289,6 +306,140 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
         torch.cuda.empty_cache()
 
 
+# Layer-chain schemes: cuBLAS, or the fused kernel (variant; None = the card's) at its default configuration with
+# these KernelConfig changes.
+CHAIN_SCHEMES = {
+    "bf16": None, "fp8": None,
+    "fp8_triton": ("fp8", {}), "fp8_triton_pdl": ("fp8", {"pdl": True}),
+    "default": (None, {}), "pdl": (None, {"pdl": True}),
+    "pdl_pf1": (None, {"pdl": True, "l2_prefetch_steps": 1}),
+    "pdl_pf2": (None, {"pdl": True, "l2_prefetch_steps": 2}),
+    "pdl_pf4": (None, {"pdl": True, "l2_prefetch_steps": 4}),
+    "pdl_reduce": (None, {"pdl": True, "reduce_in_kernel": True}),
+    "pdl_pf2_reduce": (None, {"pdl": True, "l2_prefetch_steps": 2, "reduce_in_kernel": True}),
+    "v4": ("v4", {}), "v4_pdl": ("v4", {"pdl": True}), "v4_pdl_pf2": ("v4", {"pdl": True, "l2_prefetch_steps": 2}),
+    "v5": ("v5", {}), "v5_pdl": ("v5", {"pdl": True}), "v5_pdl_pf2": ("v5", {"pdl": True, "l2_prefetch_steps": 2}),
+    "pdl_late": (None, {"pdl": True, "pdl_trigger": "after_loop"}),
+    "pdl_late_pf2": (None, {"pdl": True, "pdl_trigger": "after_loop", "l2_prefetch_steps": 2}),
+}
+LAYER_FIELDS = ["card", "driver", "torch", "triton", "cuda", "sm_count", "date", "model", "m", "scheme", "variant",
+                "pdl", "l2_prefetch_steps", "reduce_in_kernel", "latency_s", "spread_rel", "layers_per_graph",
+                "weight_copies", "layer_weight_bytes", "achieved_tb_per_s", "bit_equal_outputs", "configs"]
+
+
+def bench_layer_chain(torch, info, model, m_values, chain_schemes, args, writer, summary):
+    """Time one decoder layer's four GEMMs run back to back in one CUDA graph (per scheme and M); check the
+    graph's last layer against the same calls run one by one, bit for bit."""
+    from dpq.kernels.w4a8_triton import PackedW4A8Weight, SMLimits, default_config, w4a8_matmul
+    from dpq.torch_backend import expanded_weight_values
+
+    shapes = [(layer, n, k) for mdl, layer, n, k in SHAPES if mdl == model]
+    gen = torch.Generator(device="cuda")
+    gen.manual_seed(4321)
+    packed = [make_weights(torch, n, k, gen) for _, n, k in shapes]
+    w8s = [expanded_weight_values(c, s_, z, GROUP_SIZE, "float8_e4m3fn").to(torch.float8_e4m3fn)
+           for c, s_, z in packed]
+    one = torch.tensor(1.0, device="cuda")
+    sc = torch.tensor(0.01, device="cuda")
+    limits = SMLimits.of_device(0)
+    for m in m_values:
+        xs = [torch.randn((m, k), device="cuda", generator=gen) for _, _, k in shapes]
+        x8s = [(x * 32).clamp(-448, 448).to(torch.float8_e4m3fn) for x in xs]
+        xbfs = [x.to(torch.bfloat16) for x in xs]
+        for scheme in chain_schemes:
+            try:
+                spec = CHAIN_SCHEMES[scheme]
+                variant, cfgs = "", [None] * 4
+                if scheme == "bf16":
+                    wbf = [(w.to(torch.float32) * 0.01).to(torch.bfloat16) for w in w8s]
+                    layer_bytes = sum(w.numel() * 2 for w in wbf)
+                    copies = max(1, math.ceil(args.rotate_bytes / layer_bytes))
+                    ws = [wbf] + [[w.clone() for w in wbf] for _ in range(copies - 1)]
+
+                    def gemm(c, i):
+                        return torch.matmul(xbfs[i], ws[c][i].t())
+                elif scheme == "fp8":
+                    layer_bytes = sum(w.numel() for w in w8s)
+                    copies = max(1, math.ceil(args.rotate_bytes / layer_bytes))
+                    ws = [w8s] + [[w.clone() for w in w8s] for _ in range(copies - 1)]
+
+                    def gemm(c, i):
+                        return torch._scaled_mm(x8s[i], ws[c][i].t(), scale_a=one, scale_b=sc,
+                                                out_dtype=torch.bfloat16, use_fast_accum=True)
+                else:
+                    variant = spec[0] or args.fused_variant
+                    first = [PackedW4A8Weight.from_arrays(c, s_, z, GROUP_SIZE, 0.01, 448.0, "cuda", variant)
+                             for c, s_, z in packed]
+                    layer_bytes = sum(w.hbm_bytes for w in first)
+                    copies = max(1, math.ceil(args.rotate_bytes / layer_bytes))
+                    ws = [first] + [[PackedW4A8Weight.from_arrays(c.clone(), s_.clone(), z.clone(), GROUP_SIZE, 0.01,
+                                                                  448.0, "cuda", variant) for c, s_, z in packed]
+                                    for _ in range(copies - 1)]
+                    cfgs = [replace(default_config(m, n, k, limits.num_sms, GROUP_SIZE, variant, sm_limits=limits),
+                                    **spec[1]) for _, n, k in shapes]
+
+                    def gemm(c, i):
+                        return w4a8_matmul(x8s[i], ws[c][i], 1.0, config=cfgs[i])
+                n_layers = max(copies, min(args.max_calls, math.ceil(2e-3 / max(layer_bytes / 3e12, 5e-6))))
+                # reference: the graph's last layer's calls one at a time, synchronised in between (no overlap)
+                ref = []
+                for i in range(4):
+                    ref.append(gemm((n_layers - 1) % copies, i))
+                    torch.cuda.synchronize()
+                t, spread, last = time_graph_outputs(
+                    torch, [(lambda c=j % copies: [gemm(c, i) for i in range(4)]) for j in range(n_layers)],
+                    args.repeats)
+                equal = sum(int(torch.equal(a.view(torch.int16), b.view(torch.int16))) for a, b in zip(last, ref))
+                row = dict(info, model=model, m=m, scheme=scheme, variant=variant,
+                           pdl=bool(cfgs[0] and cfgs[0].pdl), l2_prefetch_steps=cfgs[0].l2_prefetch_steps if cfgs[0]
+                           else "", reduce_in_kernel=bool(cfgs[0] and cfgs[0].reduce_in_kernel),
+                           latency_s=f"{t:.6e}", spread_rel=f"{spread:.4f}", layers_per_graph=n_layers,
+                           weight_copies=copies, layer_weight_bytes=layer_bytes,
+                           achieved_tb_per_s=f"{layer_bytes / t / 1e12:.3f}", bit_equal_outputs=f"{equal}/4",
+                           configs=" | ".join(repr(c) for c in cfgs) if cfgs[0] else "")
+                writer.writerow({f: row[f] for f in LAYER_FIELDS})
+                summary[(model, m, scheme)] = t
+                log(f"  {model} layer m={m} {scheme}: {t * 1e6:.1f} us  {row['achieved_tb_per_s']} TB/s  "
+                    f"bit-equal {equal}/4")
+                if equal != 4:
+                    log(f"  {model} layer m={m} {scheme}: OUTPUTS DIFFER from the one-at-a-time run")
+                del ws
+            except Exception as exc:  # noqa: BLE001 - record, keep measuring the other schemes
+                torch.cuda.synchronize()
+                log(f"  {model} layer m={m} {scheme}: FAILED {type(exc).__name__}: {exc}")
+        torch.cuda.empty_cache()
+
+
+def time_graph_outputs(torch, calls, repeats: int):
+    """As time_graph, for thunks that return outputs: (median seconds per call, spread, the last call's outputs
+    after the final replay)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for fn in calls[:3]:
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        outs = [fn() for fn in calls]
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e-3 / len(calls))
+    torch.cuda.synchronize()
+    last = [o.clone() for o in outs[-1]]
+    del g, outs
+    med = statistics.median(times)
+    return med, (max(times) - min(times)) / med, last
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -311,6 +462,12 @@ def main(argv=None) -> int:
     ap.add_argument("--heuristic-only", default="",
                     help="comma list of fused schemes to run at their heuristic configuration only")
     ap.add_argument("--tag", default="", help="suffix of the output file names (bench_<card><tag>.csv)")
+    ap.add_argument("--layer-chain", action="store_true",
+                    help="also time whole decoder layers (the four GEMMs back to back in one graph): layer_<card>.csv")
+    ap.add_argument("--chain-schemes", default="bf16,fp8,default,pdl,pdl_pf2",
+                    help=f"comma list of layer-chain schemes, of {tuple(CHAIN_SCHEMES)}")
+    ap.add_argument("--chain-m", default="1,4,16,64", help="M values of the layer chain")
+    ap.add_argument("--skip-gemms", action="store_true", help="only the layer chain (no per-GEMM rows)")
     args = ap.parse_args(argv)
     import torch
 
@@ -327,9 +484,36 @@ def main(argv=None) -> int:
     for s in schemes:
         if s not in SCHEMES:
             raise SystemExit(f"--schemes: unknown scheme {s!r} (expected {SCHEMES})")
+    chain_schemes = [v for v in args.chain_schemes.split(",") if v]
+    for s in chain_schemes:
+        if s not in CHAIN_SCHEMES:
+            raise SystemExit(f"--chain-schemes: unknown scheme {s!r} (expected {tuple(CHAIN_SCHEMES)})")
+    chain_m = [int(v) for v in args.chain_m.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     tag = info["card"].replace("NVIDIA ", "").split()[0].lower()
     summary = {}
+    if args.layer_chain:
+        chain_summary = {}
+        with open(args.out / f"layer_{tag}{args.tag}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=LAYER_FIELDS)
+            writer.writeheader()
+            for model in models:
+                bench_layer_chain(torch, info, model, chain_m, chain_schemes, args, writer, chain_summary)
+                f.flush()
+        print(f"# one decoder layer, four GEMMs back to back in one graph ({info['card']}; w4a8 variant "
+              f"{args.fused_variant} unless named); microseconds, then speed-up over BF16 / FP8 cuBLAS")
+        for model in models:
+            for m in chain_m:
+                bf, f8 = chain_summary.get((model, m, "bf16")), chain_summary.get((model, m, "fp8"))
+                cells = []
+                for sch in chain_schemes:
+                    t = chain_summary.get((model, m, sch))
+                    if t is None:
+                        continue
+                    cells.append(f"{sch} {t * 1e6:.1f}" + (f" ({bf / t:.2f}x/{f8 / t:.2f}x)" if bf and f8 else ""))
+                print(f"{model:12s} m={m:<4d} " + "; ".join(cells))
+    if args.skip_gemms:
+        return 0
     with open(args.out / f"bench_{tag}{args.tag}.csv", "w", newline="") as f, \
             open(args.out / f"tuning_{tag}{args.tag}.csv", "w", newline="") as ft:
         writer = csv.DictWriter(f, fieldnames=FIELDS)

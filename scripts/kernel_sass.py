@@ -6,7 +6,7 @@ and of its main loop (the largest backward branch's body), and the loop's instru
 TTGIR, PTX and SASS.
 
     python scripts/kernel_sass.py --variant v5 --block-n 128 --block-t 16 --split-k 4 --warps 4 --stages 3 \
-        [--maxnreg 64]
+        [--maxnreg 64] [--pdl --prefetch-steps 2]
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ _INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)[\s.;]")
 
 
 def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split_k: int, warps: int, stages: int,
-                   groups_per_step: int = 1, reduce_in_kernel: bool = False, maxnreg: int | None = None):
+                   groups_per_step: int = 1, reduce_in_kernel: bool = False, maxnreg: int | None = None,
+                   pdl: bool = False, prefetch_steps: int = 0):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -69,6 +70,10 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
                       OUT_BF16=True)
         div = ["x_ptr", "codes_ptr", "scales_ptr", "zeros_ptr", "out_ptr", "part_ptr", "K", "N", "stride_xm",
                "stride_cn", "stride_om"]
+    if pdl:
+        if variant not in ("v5", "v4", "fp8"):
+            raise SystemExit(f"--pdl: variant {variant!r} has no dependent-launch support")
+        consts.update(PDL=True, PREFETCH=prefetch_steps)
     for c in consts:
         sig[c] = "constexpr"
     names = list(sig)
@@ -76,6 +81,8 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
     options = {"num_warps": warps, "num_stages": stages}
     if maxnreg is not None:
         options["maxnreg"] = maxnreg
+    if pdl:
+        options["launch_pdl"] = True
     k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
                        target=GPUTarget("cuda", 90, 32), options=options)
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
@@ -112,14 +119,16 @@ def main(argv=None) -> int:
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--stages", type=int, default=4)
     ap.add_argument("--maxnreg", type=int, default=None, help="register cap per thread (Triton launch option)")
+    ap.add_argument("--pdl", action="store_true", help="v5/v4/fp8: programmatic dependent launch (KernelConfig.pdl)")
+    ap.add_argument("--prefetch-steps", type=int, default=0, help="with --pdl: K steps prefetched to L2 before the wait")
     ap.add_argument("--dump", type=Path)
     a = ap.parse_args(argv)
     k, sass, usage = compile_kernel(a.variant, a.block_n, a.block_t, a.block_k, a.split_k, a.warps, a.stages,
-                                    a.groups_per_step, a.reduce_in_kernel, a.maxnreg)
+                                    a.groups_per_step, a.reduce_in_kernel, a.maxnreg, a.pdl, a.prefetch_steps)
     total, loop = loop_mix(sass)
     weights_per_thread = a.block_n * a.block_k * a.groups_per_step / (32 * a.warps)
     print(f"{a.variant} BLOCK_N={a.block_n} BLOCK_T={a.block_t} BLOCK_K={a.block_k}x{a.groups_per_step} "
-          f"warps={a.warps} stages={a.stages} maxnreg={a.maxnreg}: {usage}")
+          f"warps={a.warps} stages={a.stages} maxnreg={a.maxnreg} pdl={a.pdl} prefetch={a.prefetch_steps}: {usage}")
     print(f"kernel: {sum(total.values())} instructions")
     n = sum(loop.values())
     print(f"main loop: {n} instructions per iteration per thread, {weights_per_thread:.0f} weights per thread "

@@ -128,7 +128,15 @@ class KernelConfig:
     in the same launch (the last program of a tile to finish does it) instead of in a second kernel (same bits;
     off by default: no faster on the H200, results/gpu/README.md); maxnreg: Triton's register cap per thread (None:
     none; more resident programs per SM, but below 75 ptxas serialises the v5 wgmmas (C7512) and spills: slower on an
-    H100, results/gpu/README.md).
+    H100, results/gpu/README.md); pdl: "v5"/"v4"/"fp8" (and their split-K reduction kernel) are launched with
+    programmatic dependent launch (sm_90+): each program lets the next kernel of the stream be scheduled at once
+    (``griddepcontrol.launch_dependents``) and waits for the kernel before it to finish (``griddepcontrol.wait``)
+    before it reads any operand or writes anything, so a chain of such launches overlaps one kernel's tail and the
+    next one's start (same bits; off by default: on an H100 the decode layer got 17-50% slower with it - grids of
+    fewer programs than the GPU holds start packed onto the SMs the kernel before frees first - results/gpu/README.md);
+    l2_prefetch_steps: with pdl, each program first asks the L2 for the weight bytes of its first that many K steps
+    (``cp.async.bulk.prefetch.L2``, a hint: the loads proper come after the wait; an L2 prefetch cannot return stale
+    data); pdl_trigger: where a program lets the next kernel start, "start" or "after_loop" (before its epilogue).
     """
 
     block_n: int = 64
@@ -139,6 +147,9 @@ class KernelConfig:
     groups_per_step: int = 1
     reduce_in_kernel: bool = False
     maxnreg: int | None = None
+    pdl: bool = False
+    l2_prefetch_steps: int = 0
+    pdl_trigger: str = "start"
 
     def __post_init__(self):
         for name in ("block_n", "block_t", "split_k", "num_warps", "num_stages", "groups_per_step"):
@@ -148,8 +159,17 @@ class KernelConfig:
         if self.block_n not in (64, 128, 256) or self.block_t not in (16, 32, 64, 128, 256):
             raise ValueError(f"KernelConfig: block_n {self.block_n} must be 64/128/256 and block_t {self.block_t} "
                              f"16/32/64/128/256 (tensor-core tile sizes)")
-        if not isinstance(self.reduce_in_kernel, bool):
-            raise ValueError(f"KernelConfig.reduce_in_kernel={self.reduce_in_kernel!r}: expected a bool")
+        for name in ("reduce_in_kernel", "pdl"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"KernelConfig.{name}={getattr(self, name)!r}: expected a bool")
+        if isinstance(self.l2_prefetch_steps, bool) or not isinstance(self.l2_prefetch_steps, int) \
+                or not 0 <= self.l2_prefetch_steps <= 8:
+            raise ValueError(f"KernelConfig.l2_prefetch_steps={self.l2_prefetch_steps!r}: expected an integer in 0..8")
+        if self.pdl_trigger not in ("start", "after_loop"):
+            raise ValueError(f"KernelConfig.pdl_trigger={self.pdl_trigger!r}: expected 'start' or 'after_loop'")
+        if self.l2_prefetch_steps and not self.pdl:
+            raise ValueError("KernelConfig.l2_prefetch_steps > 0 needs pdl=True (the prefetch is what a program does "
+                             "while it waits for the kernel before it)")
         if self.groups_per_step not in (1, 2, 4):
             raise ValueError(f"KernelConfig.groups_per_step={self.groups_per_step}: expected 1, 2 or 4")
         if self.maxnreg is not None and (isinstance(self.maxnreg, bool) or not isinstance(self.maxnreg, int)
@@ -664,6 +684,15 @@ def expansion_lut(group_scales, zeros, fp8_max: float, rows_per_chunk: int = 409
     return out.view(torch.int32).contiguous()  # (G, N, 4)
 
 
+# Programmatic dependent launch (KernelConfig.pdl): L2 prefetches a program issues before it waits for the kernel
+# before it. Both are hints (nothing reaches the program's registers); the bulk form is only given 16-byte aligned
+# stretches of whole rows inside the weight buffers, the line form the first and last byte of a row stretch.
+# Every thread of the program runs the asm; only thread 0 issues the request.
+L2_BULK_PREFETCH_ASM = ("{ .reg .pred first; .reg .b32 t; mov.u32 t, %tid.x; setp.eq.u32 first, t, 0; "
+                        "@first cp.async.bulk.prefetch.L2.global [$1], $2; } // dummy $0")
+L2_LINE_PREFETCH_ASM = ("{ .reg .pred first; .reg .b32 t; mov.u32 t, %tid.x; setp.eq.u32 first, t, 0; "
+                        "@first prefetch.global.L2 [$1]; } // dummy $0")
+
 _KERNELS = {}
 
 
@@ -677,6 +706,21 @@ def _kernels():
     except ImportError as exc:
         raise ImportError("the fused W4A8 kernel needs Triton (installed with CUDA builds of torch): "
                           'pip install -e ".[torch]"') from exc
+
+    bulk_prefetch_asm = tl.constexpr(L2_BULK_PREFETCH_ASM)
+    line_prefetch_asm = tl.constexpr(L2_LINE_PREFETCH_ASM)
+
+    @triton.jit
+    def l2_prefetch(byte_ptr, nbytes):
+        # byte_ptr 16-byte aligned, nbytes a multiple of 16 (whole rows of a 128-row tile)
+        tl.inline_asm_elementwise(bulk_prefetch_asm, "=r,l,r", [byte_ptr, nbytes], dtype=tl.int32, is_pure=False,
+                                  pack=1)
+
+    @triton.jit
+    def l2_prefetch_lines(first_byte_ptr, last_byte_ptr):
+        # any alignment: the (at most two) 128-byte lines a short stretch touches
+        tl.inline_asm_elementwise(line_prefetch_asm, "=r,l", [first_byte_ptr], dtype=tl.int32, is_pure=False, pack=1)
+        tl.inline_asm_elementwise(line_prefetch_asm, "=r,l", [last_byte_ptr], dtype=tl.int32, is_pure=False, pack=1)
 
     @triton.jit
     def w4a8_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, out_ptr, part_ptr,
@@ -795,7 +839,8 @@ def _kernels():
                        M, N, K, stride_xm, stride_om, out_scale, k_steps_per_split, n_parts,
                        BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, GROUP: tl.constexpr, GPS: tl.constexpr,
                        SPLIT_K: tl.constexpr, OUT_BF16: tl.constexpr, EVEN_N: tl.constexpr, FP8_W: tl.constexpr,
-                       REDUCE: tl.constexpr):
+                       REDUCE: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
+                       PDL_LATE: tl.constexpr = False):
         # v4 (and, with FP8_W, the same loop on 1-byte FP8 weights): GPS groups per K step; weights group-major
         # (one contiguous block of HBM per group and program); codes read 16 bytes per thread (words reordered
         # at load time, see v4_codes_np); tables read as one (BLOCK_N, 4) tile.
@@ -828,6 +873,20 @@ def _kernels():
                       + offs_i[None, None, :])                                      # (BLOCK_N, 4, W / 8)
             w_base = w_ptr.to(tl.pointer_type(tl.uint32))
             lut_tile = offs_n[:, None] * 4 + tl.arange(0, 4)[None, :]              # (BLOCK_N, 4) words
+        if PDL:
+            if not PDL_LATE:
+                tl.extra.cuda.gdc_launch_dependents()
+            if EVEN_N:
+                for p in tl.static_range(PREFETCH * GPS):
+                    if ks_begin * GPS + p < ks_end * GPS:
+                        rows = (ks_begin * GPS + p).to(tl.int64) * N + pid_n * BLOCK_N
+                        if FP8_W:
+                            l2_prefetch(w_ptr.to(tl.pointer_type(tl.uint8)) + rows * GROUP, BLOCK_N * GROUP)
+                        else:
+                            l2_prefetch(w_ptr.to(tl.pointer_type(tl.uint8)) + rows * (GROUP // 2),
+                                        BLOCK_N * (GROUP // 2))
+                            l2_prefetch(lut_ptr.to(tl.pointer_type(tl.uint8)) + rows * 16, BLOCK_N * 16)
+            tl.extra.cuda.gdc_wait()  # from here on the kernel before this one has finished
         acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
         for ks in range(ks_begin, ks_end):
             for gi in tl.static_range(GPS):
@@ -859,6 +918,8 @@ def _kernels():
                     w8 = w8.to(tl.float8e4nv, bitcast=True)
                 x8 = tl.load(x_rows + (g * GROUP + offs_g)[None, :], mask=t_mask[:, None], other=0.0)
                 acc = tl.dot(w8, tl.trans(x8), acc)
+        if PDL and PDL_LATE:
+            tl.extra.cuda.gdc_launch_dependents()
         out_offs = offs_t[None, :].to(tl.int64) * stride_om + offs_n[:, None]
         out_mask = n_mask[:, None] & t_mask[None, :]
         if SPLIT_K == 1:
@@ -898,7 +959,8 @@ def _kernels():
                        M, N, K, stride_xm, stride_om, stride_zg, out_scale, k_steps_per_split, n_parts,
                        BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, GROUP: tl.constexpr,
                        SPLIT_K: tl.constexpr, OUT_BF16: tl.constexpr, EVEN_N: tl.constexpr, REDUCE: tl.constexpr,
-                       FP8_MAX: tl.constexpr):
+                       FP8_MAX: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
+                       PDL_LATE: tl.constexpr = False):
         # v5: v4's loop (codes group-major, 16-byte loads, LUT_ASM_ROW look-ups) with the tables built in the loop
         # from the group's float32 scales (G, N) and zero bytes (G, N4, read 4 rows to a word): each lane of a quad
         # builds one word of its 4 rows' tables (TABLE_WORD_ASM), shuffles within the quad hand out the other 3.
@@ -923,6 +985,19 @@ def _kernels():
         w_tile = (offs_n[:, None, None] * (W // 2) + offs_a[None, :, None] * (W // 8) + offs_i[None, None, :])
         w_base = w_ptr.to(tl.pointer_type(tl.uint32))
         z_words = z_ptr.to(tl.pointer_type(tl.int32))
+        if PDL:
+            if not PDL_LATE:
+                tl.extra.cuda.gdc_launch_dependents()
+            if EVEN_N:
+                for p in tl.static_range(PREFETCH):
+                    if ks_begin + p < ks_end:
+                        gp = (ks_begin + p).to(tl.int64)
+                        rows = gp * N + pid_n * BLOCK_N
+                        l2_prefetch(w_ptr.to(tl.pointer_type(tl.uint8)) + rows * (GROUP // 2), BLOCK_N * (GROUP // 2))
+                        l2_prefetch(s_ptr.to(tl.pointer_type(tl.uint8)) + rows * 4, BLOCK_N * 4)
+                        z_first = z_ptr.to(tl.pointer_type(tl.uint8)) + gp * stride_zg + pid_n * BLOCK_N
+                        l2_prefetch_lines(z_first, z_first + (BLOCK_N - 1))
+            tl.extra.cuda.gdc_wait()  # from here on the kernel before this one has finished
         acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
         for ks in range(ks_begin, ks_end):
             g = ks.to(tl.int64)
@@ -957,6 +1032,8 @@ def _kernels():
             w8 = w8.to(tl.float8e4nv, bitcast=True)
             x8 = tl.load(x_rows + (g * GROUP + offs_g)[None, :], mask=t_mask[:, None], other=0.0)
             acc = tl.dot(w8, tl.trans(x8), acc)
+        if PDL and PDL_LATE:
+            tl.extra.cuda.gdc_launch_dependents()
         out_offs = offs_t[None, :].to(tl.int64) * stride_om + offs_n[:, None]
         out_mask = n_mask[:, None] & t_mask[None, :]
         if SPLIT_K == 1:
@@ -985,7 +1062,10 @@ def _kernels():
 
     @triton.jit
     def splitk_reduce_kernel(part_ptr, out_ptr, MN, out_scale, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
-                             OUT_BF16: tl.constexpr):
+                             OUT_BF16: tl.constexpr, PDL: tl.constexpr = False):
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < MN
         total = tl.load(part_ptr + offs, mask=mask, other=0.0)
@@ -1063,6 +1143,13 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
                   num_warps=config.num_warps, num_stages=config.num_stages)
     if config.maxnreg is not None:
         launch["maxnreg"] = config.maxnreg
+    if config.pdl and weight.variant not in ("v5", "v4", "fp8"):
+        raise ValueError(f"KernelConfig.pdl: variant {weight.variant!r} has no dependent-launch support "
+                         f"(only 'v5', 'v4' and 'fp8')")
+    pdl = config.pdl
+    if pdl:
+        launch.update(launch_pdl=True, PDL=True, PREFETCH=config.l2_prefetch_steps,
+                      PDL_LATE=config.pdl_trigger == "after_loop")
     # SPLIT_K is only tested against 1 in the lut/v4 kernels: 1 or 2 keeps one compilation for every split count
     reduce_in_kernel = split > 1 and config.reduce_in_kernel and weight.variant in ("v5", "v4", "fp8")
     if weight.variant == "v5":
@@ -1092,8 +1179,9 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
                             BLOCK_K=weight.group_size, **launch)
     if split > 1 and not reduce_in_kernel:
         block = 1024
+        extra = dict(launch_pdl=True, PDL=True) if pdl else {}
         kernels["reduce"][(triton_cdiv(m * n, block),)](part, out, m * n, scale, SPLIT_K=split, BLOCK=block,
-                                                        OUT_BF16=out_dtype == "bfloat16", num_warps=4)
+                                                        OUT_BF16=out_dtype == "bfloat16", num_warps=4, **extra)
     return out, compiled
 
 

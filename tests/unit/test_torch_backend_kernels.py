@@ -145,6 +145,17 @@ def test_kernel_config_rejects_a_bad_register_cap(bad):
     assert KernelConfig(maxnreg=64).maxnreg == 64
 
 
+@pytest.mark.parametrize("bad,match", [({"pdl": 1}, "pdl"), ({"pdl": True, "l2_prefetch_steps": 9}, "l2_prefetch"),
+                                       ({"pdl": True, "l2_prefetch_steps": -1}, "l2_prefetch"),
+                                       ({"l2_prefetch_steps": 2}, "needs pdl"),
+                                       ({"pdl": True, "pdl_trigger": "end"}, "pdl_trigger")])
+def test_kernel_config_rejects_bad_dependent_launch_options(bad, match):
+    with pytest.raises(ValueError, match=match):
+        KernelConfig(**bad)
+    c = KernelConfig(pdl=True, l2_prefetch_steps=2, pdl_trigger="after_loop")
+    assert (c.pdl, c.l2_prefetch_steps, c.pdl_trigger) == (True, 2, "after_loop")
+
+
 def test_default_variant_follows_the_cards_profile():
     from dpq.kernels import w4a8_triton as W
     from sim.profiles import load_profile
