@@ -11,6 +11,8 @@ M in 1, 4, 16, 64, 256, 1024, 4096 tokens, four ways to compute y = x @ W^T (bf1
                     when given no config: the tile heuristic with the card's SM limits);
 * ``w4a8_fused_pdl`` that configuration launched with programmatic dependent launch and 2 K steps of L2
                     prefetch (``KernelConfig.pdl``): back-to-back calls overlap one's tail with the next one's start;
+* ``w4a8_fused_nowait`` that configuration without the wait for each K step's wgmmas (``mma_wait_each_step``:
+                    Triton's own pipelining, which has a register hazard; only to measure what the wait costs);
 * ``w4a8_fused_v5`` variant "v5" (codes group-major + float32 scale and zero byte per group, the 16-entry tables
                     built in the loop: 0.539 byte per weight);
 * ``w4a8_fused_v5old`` variant "v5" with the split rule it had before the wave rule (``default_config`` without
@@ -71,24 +73,28 @@ SHAPES = [
     ("llama-2-70b", "gate_up_proj", 57344, 8192), ("llama-2-70b", "down_proj", 8192, 28672),
 ]
 M_VALUES = (1, 4, 16, 64, 256, 1024, 4096)
-SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_default", "w4a8_fused_pdl", "w4a8_fused_pdl_late", "w4a8_fused_v5", "w4a8_fused_v5old", "w4a8_fused_v4",
+SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_default", "w4a8_fused_pdl", "w4a8_fused_pdl_late",
+           "w4a8_fused_nowait", "w4a8_fused_v5", "w4a8_fused_v5old", "w4a8_fused_v4",
            "w4a8_fused_v3", "w4a8_fused_v2", "fp8_triton", "w4a8_unfused")
 FUSED_VARIANTS = {"w4a8_fused": None, "w4a8_fused_default": None, "w4a8_fused_pdl": None,
-                  "w4a8_fused_pdl_late": None, "w4a8_fused_v5": "v5", "w4a8_fused_v5old": "v5",
+                  "w4a8_fused_pdl_late": None, "w4a8_fused_nowait": None, "w4a8_fused_v5": "v5", "w4a8_fused_v5old": "v5",
                   "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2",
                   "fp8_triton": "fp8"}  # None: --fused-variant (the card's)
 OLD_RULE_SCHEMES = ("w4a8_fused_v5old",)  # the split rule without the card's SM limits
-HEURISTIC_ONLY_SCHEMES = ("w4a8_fused_default", "w4a8_fused_v5old", "w4a8_fused_pdl", "w4a8_fused_pdl_late")
-PDL_SCHEMES = {"w4a8_fused_pdl": {"pdl": True, "l2_prefetch_steps": 2},
-               "w4a8_fused_pdl_late": {"pdl": True, "l2_prefetch_steps": 2, "pdl_trigger": "after_loop"}}  # default configuration with these changes
+HEURISTIC_ONLY_SCHEMES = ("w4a8_fused_default", "w4a8_fused_v5old", "w4a8_fused_pdl", "w4a8_fused_pdl_late",
+                          "w4a8_fused_nowait")
+# the default configuration with these KernelConfig changes
+CONFIG_SCHEMES = {"w4a8_fused_pdl": {"pdl": True, "l2_prefetch_steps": 2},
+                  "w4a8_fused_pdl_late": {"pdl": True, "l2_prefetch_steps": 2, "pdl_trigger": "after_loop"},
+                  "w4a8_fused_nowait": {"mma_wait_each_step": False}}  # default configuration with these changes
 GROUP_SIZE = 128
 FIELDS = ["card", "driver", "torch", "triton", "cuda", "sm_count", "date", "model", "layer", "scheme", "m", "n", "k",
           "latency_s", "spread_rel", "calls_per_graph", "weight_copies", "weight_bytes", "hbm_bytes",
           "achieved_tb_per_s", "achieved_tflop_per_s", "variant", "config", "block_n", "block_t", "split_k",
           "num_warps", "num_stages", "groups_per_step", "reduce_in_kernel", "maxnreg", "registers", "shared_bytes",
-          "pdl", "l2_prefetch_steps", "pdl_trigger"]
+          "pdl", "l2_prefetch_steps", "pdl_trigger", "mma_wait_each_step"]
 CONFIG_FIELDS = ("block_n", "block_t", "split_k", "num_warps", "num_stages", "groups_per_step", "reduce_in_kernel",
-                 "maxnreg", "pdl", "l2_prefetch_steps", "pdl_trigger")
+                 "maxnreg", "pdl", "l2_prefetch_steps", "pdl_trigger", "mma_wait_each_step")
 
 
 def log(msg: str) -> None:
@@ -152,15 +158,15 @@ V5_SWEEP_SPLITS = (1, 2, 3, 4, 5, 6, 8, 12, 16)  # split-K counts every v5 decod
 
 
 def fused_candidates(m: int, n: int, k: int, limits, quick: bool, variant: str, old_rule: bool = False,
-                     pdl: dict | None = None):
+                     changes: dict | None = None):
     """Tile configurations tried for the fused kernel at this shape (the heuristic first). ``limits``: the card's
-    SMLimits; ``old_rule``: the heuristic without them (v5's split rule before the wave rule); ``pdl``: KernelConfig
-    changes applied to the heuristic's configuration."""
+    SMLimits; ``old_rule``: the heuristic without them (v5's split rule before the wave rule); ``changes``:
+    KernelConfig changes applied to the heuristic's configuration."""
     from dpq.kernels.w4a8_triton import KernelConfig, default_config
 
     base = default_config(m, n, k, limits.num_sms, GROUP_SIZE, variant, sm_limits=None if old_rule else limits)
-    if pdl:
-        base = replace(base, **pdl)
+    if changes:
+        base = replace(base, **changes)
     cands = [base]
     if quick:
         return cands
@@ -214,6 +220,7 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
     w_bytes = {"bf16": n * k * 2, "fp8": n * k, "w4a8_fused_v4": table_bytes, "w4a8_fused_v5": packed_bytes,
                "w4a8_fused": variant_bytes[fused_variant], "w4a8_fused_default": variant_bytes[fused_variant],
                "w4a8_fused_pdl": variant_bytes[fused_variant], "w4a8_fused_pdl_late": variant_bytes[fused_variant],
+               "w4a8_fused_nowait": variant_bytes[fused_variant],
                "w4a8_fused_v5old": packed_bytes,
                "w4a8_fused_v3": codes.numel() + scales.numel() * 16, "fp8_triton": n * k,
                "w4a8_fused_v2": codes.numel() + scales.numel() * 5, "w4a8_unfused": codes.numel() + scales.numel() * 5}
@@ -265,7 +272,7 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
                              "w4a8_fused_v3": args.quick_v3}.get(scheme, args.quick)
                     quick = quick or scheme in HEURISTIC_ONLY_SCHEMES or scheme in args.heuristic_only
                     for cfg in fused_candidates(m, n, k, info["limits"], quick, variant,
-                                                old_rule=scheme in OLD_RULE_SCHEMES, pdl=PDL_SCHEMES.get(scheme)):
+                                                old_rule=scheme in OLD_RULE_SCHEMES, changes=CONFIG_SCHEMES.get(scheme)):
                         res = kernel_resources(x8, pw, cfg)
                         y = w4a8_matmul(x8, pw, 1.0, out_dtype="float32", config=cfg)
                         err = float((y.double() - ref).norm() / ref.norm())
@@ -321,6 +328,8 @@ CHAIN_SCHEMES = {
     "v5": ("v5", {}), "v5_pdl": ("v5", {"pdl": True}), "v5_pdl_pf2": ("v5", {"pdl": True, "l2_prefetch_steps": 2}),
     "pdl_late": (None, {"pdl": True, "pdl_trigger": "after_loop"}),
     "pdl_late_pf2": (None, {"pdl": True, "pdl_trigger": "after_loop", "l2_prefetch_steps": 2}),
+    "nowait": (None, {"mma_wait_each_step": False}), "v4_nowait": ("v4", {"mma_wait_each_step": False}),
+    "v5_nowait": ("v5", {"mma_wait_each_step": False}),
 }
 LAYER_FIELDS = ["card", "driver", "torch", "triton", "cuda", "sm_count", "date", "model", "m", "scheme", "variant",
                 "pdl", "l2_prefetch_steps", "reduce_in_kernel", "latency_s", "spread_rel", "layers_per_graph",

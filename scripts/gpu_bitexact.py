@@ -177,6 +177,7 @@ TRITON_VARIANTS = {  # "variant" picks the kernel variant (default: the card's, 
     "v5_split4": {"variant": "v5", "split_k": 4},
     "v5_maxnreg64": {"variant": "v5", "maxnreg": 64},
     "pdl": {"pdl": True},  # programmatic dependent launch (main and reduction kernels)
+    "nowait": {"mma_wait_each_step": False},  # Triton's wgmma pipelining as is (register hazard: issue 9433)
     "pdl_pf2": {"pdl": True, "l2_prefetch_steps": 2},
     "pdl_pf2_reduce_in_kernel": {"pdl": True, "l2_prefetch_steps": 2, "reduce_in_kernel": True},
     "v4_pdl_pf2": {"variant": "v4", "pdl": True, "l2_prefetch_steps": 2},

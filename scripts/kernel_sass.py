@@ -2,11 +2,12 @@
 
 Uses Triton's own ptxas and cuobjdump (shipped in the triton wheel). Prints the instruction mix of the whole kernel
 and of its main loop (the largest backward branch's body), and the loop's instructions per weight element
-(weights per loop iteration = BLOCK_N x group size, divided over the program's threads). ``--dump DIR`` writes the
-TTGIR, PTX and SASS.
+(weights per loop iteration = BLOCK_N x group size, divided over the program's threads), and the main loop's writes
+to registers that a register-A warpgroup MMA may still be reading (``wgmma_register_hazards``: Triton 3.6's wgmma
+pipelining allows them, triton-lang/triton issue 9433). ``--dump DIR`` writes the TTGIR, PTX and SASS.
 
     python scripts/kernel_sass.py --variant v5 --block-n 128 --block-t 16 --split-k 4 --warps 4 --stages 3 \
-        [--maxnreg 64] [--pdl --prefetch-steps 2]
+        [--maxnreg 64] [--pdl --prefetch-steps 2] [--no-mma-wait]
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)[\s.;]")
 
 def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split_k: int, warps: int, stages: int,
                    groups_per_step: int = 1, reduce_in_kernel: bool = False, maxnreg: int | None = None,
-                   pdl: bool = False, prefetch_steps: int = 0):
+                   pdl: bool = False, prefetch_steps: int = 0, mma_wait: bool = True):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -43,7 +44,8 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
                "k_steps_per_split": "i32",
                "n_parts": "i32"}
         consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, GROUP=block_k, SPLIT_K=min(split_k, 2),
-                      OUT_BF16=True, EVEN_N=True, REDUCE=split_k > 1 and reduce_in_kernel, FP8_MAX=448.0)
+                      OUT_BF16=True, EVEN_N=True, REDUCE=split_k > 1 and reduce_in_kernel, FP8_MAX=448.0,
+                      MMA_WAIT=mma_wait)
         div = ["x_ptr", "w_ptr", "s_ptr", "z_ptr", "out_ptr", "part_ptr", "K", "N", "stride_xm", "stride_om",
                "stride_zg"]
     elif variant in ("v4", "fp8"):
@@ -53,13 +55,14 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
                "n_parts": "i32"}
         consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, GROUP=block_k, GPS=groups_per_step, SPLIT_K=min(split_k, 2),
                       OUT_BF16=True, EVEN_N=True, FP8_W=variant == "fp8",
-                      REDUCE=split_k > 1 and reduce_in_kernel)
+                      REDUCE=split_k > 1 and reduce_in_kernel, MMA_WAIT=mma_wait)
         div = ["x_ptr", "w_ptr", "lut_ptr", "out_ptr", "part_ptr", "K", "N", "stride_xm", "stride_om"]
     elif variant == "lut":
         sig = {"x_ptr": "*fp8e4nv", "codes_ptr": "*u8", "lut_ptr": "*i32", "out_ptr": "*bf16", "part_ptr": "*fp32",
                "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_cw": "i32", "stride_om": "i32",
                "out_scale": "fp32", "k_tiles_per_split": "i32"}
-        consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_K=block_k, SPLIT_K=split_k, OUT_BF16=True, EVEN_N=True)
+        consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_K=block_k, SPLIT_K=split_k, OUT_BF16=True, EVEN_N=True,
+                      MMA_WAIT=mma_wait)
         div = ["x_ptr", "codes_ptr", "lut_ptr", "out_ptr", "part_ptr", "K", "N", "stride_xm", "stride_cw", "stride_om"]
     else:
         sig = {"x_ptr": "*fp8e4nv", "codes_ptr": "*u8", "scales_ptr": "*fp32", "zeros_ptr": "*u8", "out_ptr": "*bf16",
@@ -94,6 +97,59 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
     return k, sass, usage.group(0) if usage else "?"
 
 
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)\s*([^;]*);")
+# opcodes whose first operand is not a general register they write
+_NO_REGISTER_DEST = {"ST", "STS", "STG", "STL", "LDGSTS", "BAR", "BRA", "WARPGROUP", "DEPBAR", "LDGDEPBAR", "EXIT",
+                     "UBLKPF", "CCTL", "RED", "ATOM", "MEMBAR", "NOP", "ACQBULK", "QGMMA", "HGMMA", "IGMMA"}
+
+
+def _written_registers(opcode: str, dest: str) -> set:
+    m = re.fullmatch(r"R(\d+)", dest)
+    if not m or opcode.split(".")[0] in _NO_REGISTER_DEST:
+        return set()
+    width = 4 if ".128" in opcode else 2 if (".WIDE" in opcode or ".64" in opcode) else 1
+    return set(range(int(m.group(1)), int(m.group(1)) + width))
+
+
+def wgmma_register_hazards(sass: str) -> list[tuple[str, str, str, str]]:
+    """Writes, in the main loop, to a register holding the A operand (the expanded FP8 weights) of a warpgroup MMA
+    that may still be in flight: (address, opcode, register written, address of that MMA).
+
+    A register-A ``QGMMA`` reads its 4 A registers asynchronously until a ``WARPGROUP.DEPBAR.LE gsb0, n`` leaves at
+    most n newer MMA groups in flight (a group ends at the MMA marked ``gsb0``); writing them before that is undefined
+    (PTX ISA, wgmma.wait_group). The loop body is scanned twice, since groups stay in flight across the back edge.
+    """
+    ins = [(int(a, 16), op, [o.strip() for o in ops.split(",")] if ops.strip() else [])
+           for a, op, ops in _SASS_LINE.findall(sass)]
+    loop = None
+    for a, op, ops in ins:
+        m = re.search(r"0x([0-9a-f]+)", " ".join(ops)) if op.startswith("BRA") else None
+        if m and int(m.group(1), 16) < a and (loop is None or a - int(m.group(1), 16) > loop[1] - loop[0]):
+            loop = (int(m.group(1), 16), a)
+    if loop is None:
+        return []
+    body = [x for x in ins if loop[0] <= x[0] <= loop[1]]
+    found, pending, group_regs = set(), [], set()
+    for _ in range(2):
+        for a, op, ops in body:
+            if op.startswith(("QGMMA", "HGMMA", "IGMMA")):
+                m = re.fullmatch(r"R(\d+)", ops[1]) if len(ops) > 1 else None
+                if m:
+                    group_regs |= set(range(int(m.group(1)), int(m.group(1)) + 4))
+                if "gsb0" in ops:
+                    pending.append((group_regs, a))
+                    group_regs = set()
+            elif op.startswith("WARPGROUP.DEPBAR"):
+                keep = int(ops[-1], 16)
+                pending = pending[len(pending) - keep:] if keep else []
+            elif ops:
+                written = _written_registers(op, ops[0])
+                for regs, mma in pending:
+                    if written & regs:
+                        found.add((hex(a), op, ops[0], hex(mma)))
+    return sorted(found)
+
+
 def loop_mix(sass: str):
     """(all instructions, main-loop instructions) as Counters; the main loop = the largest backward branch."""
     insns = [(int(a, 16), op) for a, op in _INSN.findall(sass)]
@@ -121,10 +177,13 @@ def main(argv=None) -> int:
     ap.add_argument("--maxnreg", type=int, default=None, help="register cap per thread (Triton launch option)")
     ap.add_argument("--pdl", action="store_true", help="v5/v4/fp8: programmatic dependent launch (KernelConfig.pdl)")
     ap.add_argument("--prefetch-steps", type=int, default=0, help="with --pdl: K steps prefetched to L2 before the wait")
+    ap.add_argument("--no-mma-wait", action="store_true",
+                    help="v5/v4/fp8: without the wait for each K step's wgmmas (KernelConfig.mma_wait_each_step=False)")
     ap.add_argument("--dump", type=Path)
     a = ap.parse_args(argv)
     k, sass, usage = compile_kernel(a.variant, a.block_n, a.block_t, a.block_k, a.split_k, a.warps, a.stages,
-                                    a.groups_per_step, a.reduce_in_kernel, a.maxnreg, a.pdl, a.prefetch_steps)
+                                    a.groups_per_step, a.reduce_in_kernel, a.maxnreg, a.pdl, a.prefetch_steps,
+                                    not a.no_mma_wait)
     total, loop = loop_mix(sass)
     weights_per_thread = a.block_n * a.block_k * a.groups_per_step / (32 * a.warps)
     print(f"{a.variant} BLOCK_N={a.block_n} BLOCK_T={a.block_t} BLOCK_K={a.block_k}x{a.groups_per_step} "
@@ -134,6 +193,9 @@ def main(argv=None) -> int:
     print(f"main loop: {n} instructions per iteration per thread, {weights_per_thread:.0f} weights per thread "
           f"-> {n / weights_per_thread:.2f} instructions per weight")
     print("loop mix:", ", ".join(f"{op} {c}" for op, c in loop.most_common(30)))
+    hazards = wgmma_register_hazards(sass)
+    print(f"writes to A registers of wgmmas possibly in flight: {len(hazards)}"
+          + (f" (first: {hazards[0][1]} {hazards[0][2]} at {hazards[0][0]}, MMA at {hazards[0][3]})" if hazards else ""))
     if a.dump:
         a.dump.mkdir(parents=True, exist_ok=True)
         (a.dump / f"{a.variant}.ttgir").write_text(k.asm["ttgir"])

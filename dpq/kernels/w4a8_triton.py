@@ -136,7 +136,12 @@ class KernelConfig:
     fewer programs than the GPU holds start packed onto the SMs the kernel before frees first - results/gpu/README.md);
     l2_prefetch_steps: with pdl, each program first asks the L2 for the weight bytes of its first that many K steps
     (``cp.async.bulk.prefetch.L2``, a hint: the loads proper come after the wait; an L2 prefetch cannot return stale
-    data); pdl_trigger: where a program lets the next kernel start, "start" or "after_loop" (before its epilogue).
+    data); pdl_trigger: where a program lets the next kernel start, "start" or "after_loop" (before its epilogue);
+    mma_wait_each_step: "v5"/"v4"/"fp8"/"lut" wait for all of a K step's wgmmas at the end of the step. Triton 3.6 leaves
+    up to 3 register-A wgmmas in flight into the next step, whose code may then overwrite the expanded weights they
+    still read (triton-lang/triton issue 9433; ``scripts/kernel_sass.py`` finds such writes in the SASS: 38 in v5,
+    24 in v4 at 128 x 16 tiles without the wait, none with it); measured as run-to-run differences of v4 at 128 x 128
+    tiles with 8 warps on an H200 (results/gpu/race_v4_h200*.log). False only to measure what the wait costs.
     """
 
     block_n: int = 64
@@ -150,6 +155,7 @@ class KernelConfig:
     pdl: bool = False
     l2_prefetch_steps: int = 0
     pdl_trigger: str = "start"
+    mma_wait_each_step: bool = True
 
     def __post_init__(self):
         for name in ("block_n", "block_t", "split_k", "num_warps", "num_stages", "groups_per_step"):
@@ -159,7 +165,7 @@ class KernelConfig:
         if self.block_n not in (64, 128, 256) or self.block_t not in (16, 32, 64, 128, 256):
             raise ValueError(f"KernelConfig: block_n {self.block_n} must be 64/128/256 and block_t {self.block_t} "
                              f"16/32/64/128/256 (tensor-core tile sizes)")
-        for name in ("reduce_in_kernel", "pdl"):
+        for name in ("reduce_in_kernel", "pdl", "mma_wait_each_step"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"KernelConfig.{name}={getattr(self, name)!r}: expected a bool")
         if isinstance(self.l2_prefetch_steps, bool) or not isinstance(self.l2_prefetch_steps, int) \
@@ -693,6 +699,12 @@ L2_BULK_PREFETCH_ASM = ("{ .reg .pred first; .reg .b32 t; mov.u32 t, %tid.x; set
 L2_LINE_PREFETCH_ASM = ("{ .reg .pred first; .reg .b32 t; mov.u32 t, %tid.x; setp.eq.u32 first, t, 0; "
                         "@first prefetch.global.L2 [$1]; } // dummy $0")
 
+# Triton 3.6 pipelines register-A wgmmas with up to 3 left in flight across loop iterations; the next iteration's
+# code may then overwrite registers an in-flight wgmma still reads (triton-lang/triton issue 9433, fixed after 3.6).
+# Measured here as run-to-run differences of v4 at 128x128 tiles with 8 warps (results/gpu/race_v4_h200*.log). The
+# kernels therefore wait for all of a step's wgmmas at the end of the step (KernelConfig.mma_wait_each_step).
+WGMMA_WAIT_ALL_ASM = "wgmma.wait_group.sync.aligned 0; // dummy $0"
+
 _KERNELS = {}
 
 
@@ -707,8 +719,13 @@ def _kernels():
         raise ImportError("the fused W4A8 kernel needs Triton (installed with CUDA builds of torch): "
                           'pip install -e ".[torch]"') from exc
 
+    wgmma_wait_all_asm = tl.constexpr(WGMMA_WAIT_ALL_ASM)
     bulk_prefetch_asm = tl.constexpr(L2_BULK_PREFETCH_ASM)
     line_prefetch_asm = tl.constexpr(L2_LINE_PREFETCH_ASM)
+
+    @triton.jit
+    def wgmma_wait_all():
+        tl.inline_asm_elementwise(wgmma_wait_all_asm, "=r", [], dtype=tl.int32, is_pure=False, pack=1)
 
     @triton.jit
     def l2_prefetch(byte_ptr, nbytes):
@@ -780,7 +797,7 @@ def _kernels():
     def w4a8_lut_kernel(x_ptr, codes_ptr, lut_ptr, out_ptr, part_ptr,
                         M, N, K, stride_xm, stride_cw, stride_om, out_scale, k_tiles_per_split,
                         BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                        OUT_BF16: tl.constexpr, EVEN_N: tl.constexpr):
+                        OUT_BF16: tl.constexpr, EVEN_N: tl.constexpr, MMA_WAIT: tl.constexpr = True):
         pid_n = tl.program_id(0)
         pid_t = tl.program_id(1)
         pid_s = tl.program_id(2)
@@ -823,6 +840,8 @@ def _kernels():
             w8 = w8.to(tl.float8e4nv, bitcast=True)
             x8 = tl.load(x_rows + (kt * BLOCK_K + offs_k)[None, :], mask=t_mask[:, None], other=0.0)
             acc = tl.dot(w8, tl.trans(x8), acc)
+            if MMA_WAIT:
+                wgmma_wait_all()
         out_offs = offs_t[None, :].to(tl.int64) * stride_om + offs_n[:, None]
         out_mask = n_mask[:, None] & t_mask[None, :]
         if SPLIT_K == 1:
@@ -840,7 +859,7 @@ def _kernels():
                        BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, GROUP: tl.constexpr, GPS: tl.constexpr,
                        SPLIT_K: tl.constexpr, OUT_BF16: tl.constexpr, EVEN_N: tl.constexpr, FP8_W: tl.constexpr,
                        REDUCE: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
-                       PDL_LATE: tl.constexpr = False):
+                       PDL_LATE: tl.constexpr = False, MMA_WAIT: tl.constexpr = True):
         # v4 (and, with FP8_W, the same loop on 1-byte FP8 weights): GPS groups per K step; weights group-major
         # (one contiguous block of HBM per group and program); codes read 16 bytes per thread (words reordered
         # at load time, see v4_codes_np); tables read as one (BLOCK_N, 4) tile.
@@ -918,6 +937,8 @@ def _kernels():
                     w8 = w8.to(tl.float8e4nv, bitcast=True)
                 x8 = tl.load(x_rows + (g * GROUP + offs_g)[None, :], mask=t_mask[:, None], other=0.0)
                 acc = tl.dot(w8, tl.trans(x8), acc)
+            if MMA_WAIT:
+                wgmma_wait_all()
         if PDL and PDL_LATE:
             tl.extra.cuda.gdc_launch_dependents()
         out_offs = offs_t[None, :].to(tl.int64) * stride_om + offs_n[:, None]
@@ -960,7 +981,7 @@ def _kernels():
                        BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, GROUP: tl.constexpr,
                        SPLIT_K: tl.constexpr, OUT_BF16: tl.constexpr, EVEN_N: tl.constexpr, REDUCE: tl.constexpr,
                        FP8_MAX: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
-                       PDL_LATE: tl.constexpr = False):
+                       PDL_LATE: tl.constexpr = False, MMA_WAIT: tl.constexpr = True):
         # v5: v4's loop (codes group-major, 16-byte loads, LUT_ASM_ROW look-ups) with the tables built in the loop
         # from the group's float32 scales (G, N) and zero bytes (G, N4, read 4 rows to a word): each lane of a quad
         # builds one word of its 4 rows' tables (TABLE_WORD_ASM), shuffles within the quad hand out the other 3.
@@ -1032,6 +1053,8 @@ def _kernels():
             w8 = w8.to(tl.float8e4nv, bitcast=True)
             x8 = tl.load(x_rows + (g * GROUP + offs_g)[None, :], mask=t_mask[:, None], other=0.0)
             acc = tl.dot(w8, tl.trans(x8), acc)
+            if MMA_WAIT:
+                wgmma_wait_all()
         if PDL and PDL_LATE:
             tl.extra.cuda.gdc_launch_dependents()
         out_offs = offs_t[None, :].to(tl.int64) * stride_om + offs_n[:, None]
@@ -1150,6 +1173,8 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
     if pdl:
         launch.update(launch_pdl=True, PDL=True, PREFETCH=config.l2_prefetch_steps,
                       PDL_LATE=config.pdl_trigger == "after_loop")
+    if weight.variant in ("v5", "v4", "fp8", "lut"):
+        launch["MMA_WAIT"] = config.mma_wait_each_step
     # SPLIT_K is only tested against 1 in the lut/v4 kernels: 1 or 2 keeps one compilation for every split count
     reduce_in_kernel = split > 1 and config.reduce_in_kernel and weight.variant in ("v5", "v4", "fp8")
     if weight.variant == "v5":

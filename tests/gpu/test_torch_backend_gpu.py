@@ -261,3 +261,24 @@ def test_dependent_launch_is_race_free(variant, changes):
         torch.cuda.synchronize()
         for i, y in enumerate(outs):
             assert np.array_equal(_bits(y.float().cpu().numpy()), want[i % 2]), f"graph launch {i}"
+
+
+@pytest.mark.parametrize("variant", ["v4", "v5"])
+@pytest.mark.parametrize("cfg,m,n,k", [(KernelConfig(128, 128, 1, 8, 3), 1024, 4096, 4096),
+                                       (KernelConfig(128, 64, 8, 4, 3), 64, 8192, 8192)])
+def test_register_a_mma_pipeline_is_deterministic(variant, cfg, m, n, k):
+    """Triton 3.6 may overwrite the expanded weights of a wgmma still in flight (issue 9433): without the per-step
+    wait these tiles gave different bits from run to run for v4 on an H200. With it, every run equals the first and
+    the other variant (same numerics)."""
+    from dpq.torch_backend import activation_fp8
+
+    rng = np.random.default_rng(41)
+    p = _layer(rng, n, k, 128)
+    x = (rng.standard_normal((m, k)) * np.exp2(rng.uniform(-2, 2, (m, k)))).astype(np.float32)
+    x8 = activation_fp8(torch.from_numpy(x).cuda(), p.act_scale, p.fp8_format)
+    w = PackedW4A8Weight.from_packed(p, "cuda", variant)
+    other = PackedW4A8Weight.from_packed(p, "cuda", "v5" if variant == "v4" else "v4")
+    first = w4a8_matmul(x8, other, p.act_scale, config=cfg)
+    for _ in range(8):
+        got = w4a8_matmul(x8, w, p.act_scale, config=cfg)
+        assert torch.equal(got.view(torch.int16), first.view(torch.int16))

@@ -181,3 +181,25 @@ def test_default_config_needs_the_cards_sm_count():
         default_config(1, 8192, 8192)  # no built-in SM count: the card's comes from torch
     with pytest.raises(ValueError, match="num_sms=0"):
         default_config(1, 8192, 8192, 0)
+
+
+@pytest.mark.parametrize("variant", ["v5", "v4", "fp8", "lut"])
+@pytest.mark.parametrize("tile", [(128, 16, 4, 4, 3), (128, 64, 8, 4, 3), (128, 128, 1, 8, 3)])
+def test_compiled_loops_never_overwrite_operands_of_mmas_in_flight(variant, tile):
+    """The SASS of every variant's main loop (Triton 3.6's ptxas, sm_90; no GPU needed) writes no register that a
+    register-A wgmma may still read (KernelConfig.mma_wait_each_step); without the wait v5/v4 do (issue 9433)."""
+    pytest.importorskip("triton")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from kernel_sass import compile_kernel, wgmma_register_hazards
+
+    block_n, block_t, split, warps, stages = tile
+    if variant == "lut" and block_t > 16:
+        pytest.skip("the lut variant runs decode tiles only")
+    _, sass, _ = compile_kernel(variant, block_n, block_t, 128, split, warps, stages)
+    assert wgmma_register_hazards(sass) == []
+    if variant in ("v5", "v4") and block_t == 16:
+        _, sass, _ = compile_kernel(variant, block_n, block_t, 128, split, warps, stages, mma_wait=False)
+        assert wgmma_register_hazards(sass), "the check finds the hazard it is there for"
