@@ -45,7 +45,7 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
                "n_parts": "i32"}
         consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, GROUP=block_k, SPLIT_K=min(split_k, 2),
                       OUT_BF16=True, EVEN_N=True, REDUCE=split_k > 1 and reduce_in_kernel, FP8_MAX=448.0,
-                      MMA_WAIT=mma_wait)
+                      MMA_WAIT=mma_wait and variant != "fp8")
         div = ["x_ptr", "w_ptr", "s_ptr", "z_ptr", "out_ptr", "part_ptr", "K", "N", "stride_xm", "stride_om",
                "stride_zg"]
     elif variant in ("v4", "fp8"):
@@ -55,14 +55,14 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
                "n_parts": "i32"}
         consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, GROUP=block_k, GPS=groups_per_step, SPLIT_K=min(split_k, 2),
                       OUT_BF16=True, EVEN_N=True, FP8_W=variant == "fp8",
-                      REDUCE=split_k > 1 and reduce_in_kernel, MMA_WAIT=mma_wait)
+                      REDUCE=split_k > 1 and reduce_in_kernel, MMA_WAIT=mma_wait and variant != "fp8")
         div = ["x_ptr", "w_ptr", "lut_ptr", "out_ptr", "part_ptr", "K", "N", "stride_xm", "stride_om"]
     elif variant == "lut":
         sig = {"x_ptr": "*fp8e4nv", "codes_ptr": "*u8", "lut_ptr": "*i32", "out_ptr": "*bf16", "part_ptr": "*fp32",
                "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_cw": "i32", "stride_om": "i32",
                "out_scale": "fp32", "k_tiles_per_split": "i32"}
         consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_K=block_k, SPLIT_K=split_k, OUT_BF16=True, EVEN_N=True,
-                      MMA_WAIT=mma_wait)
+                      MMA_WAIT=mma_wait and variant != "fp8")
         div = ["x_ptr", "codes_ptr", "lut_ptr", "out_ptr", "part_ptr", "K", "N", "stride_xm", "stride_cw", "stride_om"]
     else:
         sig = {"x_ptr": "*fp8e4nv", "codes_ptr": "*u8", "scales_ptr": "*fp32", "zeros_ptr": "*u8", "out_ptr": "*bf16",

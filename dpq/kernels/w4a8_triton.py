@@ -137,7 +137,7 @@ class KernelConfig:
     l2_prefetch_steps: with pdl, each program first asks the L2 for the weight bytes of its first that many K steps
     (``cp.async.bulk.prefetch.L2``, a hint: the loads proper come after the wait; an L2 prefetch cannot return stale
     data); pdl_trigger: where a program lets the next kernel start, "start" or "after_loop" (before its epilogue);
-    mma_wait_each_step: "v5"/"v4"/"fp8"/"lut" wait for all of a K step's wgmmas at the end of the step. Triton 3.6 leaves
+    mma_wait_each_step: "v5"/"v4"/"lut" wait for all of a K step's wgmmas at the end of the step. Triton 3.6 leaves
     up to 3 register-A wgmmas in flight into the next step, whose code may then overwrite the expanded weights they
     still read (triton-lang/triton issue 9433; ``scripts/kernel_sass.py`` finds such writes in the SASS: 38 in v5,
     24 in v4 at 128 x 16 tiles without the wait, none with it); measured as run-to-run differences of v4 at 128 x 128
@@ -1174,7 +1174,8 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
         launch.update(launch_pdl=True, PDL=True, PREFETCH=config.l2_prefetch_steps,
                       PDL_LATE=config.pdl_trigger == "after_loop")
     if weight.variant in ("v5", "v4", "fp8", "lut"):
-        launch["MMA_WAIT"] = config.mma_wait_each_step
+        # "fp8" reads its A operand from shared memory: no register hazard, its loop stays Triton's
+        launch["MMA_WAIT"] = config.mma_wait_each_step and weight.variant != "fp8"
     # SPLIT_K is only tested against 1 in the lut/v4 kernels: 1 or 2 keeps one compilation for every split count
     reduce_in_kernel = split > 1 and config.reduce_in_kernel and weight.variant in ("v5", "v4", "fp8")
     if weight.variant == "v5":
