@@ -54,6 +54,10 @@ Numerics (the data of hw_profiles/h100-triton-w4a8.yaml; see results/gpu/README.
   default ``max_num_imprecise_acc`` on sm_90 is 2^30. Measured on an H200: ``max_num_imprecise_acc`` equal to the
   dot's K gives the very same bits (no promotion), and a smaller value fails to compile in the pipelined loop, so
   cuBLAS's promotion every 128 elements is not reachable from Triton 3.6 and the kernel does not offer it;
+* the MMA pipeline: the expanded weights are the MMAs' A operand, in registers; each K step ends by waiting for its
+  MMAs (``KernelConfig.mma_wait_each_step``), because Triton 3.6's own pipelining lets the next step overwrite those
+  registers while MMAs still read them (triton-lang/triton issue 9433: run-to-run differences measured on an H200;
+  ``scripts/kernel_sass.py`` finds no such write in the compiled loops with the wait);
 * split-K: each part writes its float32 chain result; a second kernel adds the parts in order (part 0 first) in
   float32, then multiplies by float32(s_x s_t) once and rounds to bf16 (deterministic). With
   ``reduce_in_kernel`` (v4/fp8) the program that finishes a tile's parts last (an atomic arrival counter decides
@@ -65,7 +69,8 @@ Public API::
     default_variant_for(device_name): the card's variant (the *-triton-w4a8 profile's fused_kernel.kernel_variant)
     w4a8_matmul(x8, weight, act_scale, *, out_dtype="bfloat16", config=None) -> torch (M, N)
     kernel_resources(x8, weight, config) -> registers, shared bytes, spills of the launched kernel
-    KernelConfig, default_config(m, n, k, num_sms, group_size, variant, sm_limits), split_k_parts(k, config, group_size)
+    KernelConfig (tiles, split, stages; pdl: programmatic dependent launch, off by default: slower on an H100),
+    default_config(m, n, k, num_sms, group_size, variant, sm_limits), split_k_parts(k, config, group_size)
     SMLimits (.of_device), resident_programs, wave_split_cost, V5_KERNEL_RESOURCES: the "v5" decode split rule
     expansion_lut (torch, on the GPU) and expansion_lut_np; lut_expand_np, lut_expand_row_np, prmt_np, mulhi_np,
     table_build_np: plain twins of the kernels' inline asm (LUT_ASM, LUT_ASM_ROW, TABLE_WORD_ASM + QUAD_SHFL_ASM);
