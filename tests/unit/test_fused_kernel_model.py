@@ -218,7 +218,9 @@ def test_validate_script_names_the_v5_variant_and_its_bytes():
     schemes = {"fp8", "w4a8_fused", "w4a8_fused_v5", "w4a8_fused_v4", "fp8_triton"}
     assert v.variants_of(schemes, "v5") == {"w4a8_fused": "v5", "w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4",
                                             "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2", "fp8_triton": "fp8",
-                                            "w4a8_fused_v5old": "v5", "w4a8_fused_default": "v5"}
+                                            "w4a8_fused_v5old": "v5", "w4a8_fused_default": "v5",
+                                            "w4a8_fused_pdl": "v5", "w4a8_fused_pdl_late": "v5",
+                                            "w4a8_fused_nowait": "v5"}
     assert v.variants_of(schemes, None)["w4a8_fused"] == "v4"
     # a bench of the default kernel only (bench_h200_final.csv): its rows are fused rows of the measured default
     final = v.variants_of({"bf16", "fp8", "fp8_triton", "w4a8_fused_default"}, "v5")
@@ -345,9 +347,8 @@ def test_validate_script_parses_kernel_config_reprs():
     from dpq.kernels.w4a8_triton import KernelConfig
 
     v = _script("validate_perf_on_gpu")
-    new_fields = {f.name for f in dataclasses.fields(KernelConfig)} >= {"pdl", "l2_prefetch_steps"}
-    extra = {"pdl": True, "l2_prefetch_steps": 2} if new_fields else {}
-    cfg = KernelConfig(block_n=128, block_t=16, split_k=8, num_warps=4, num_stages=3, **extra)
+    cfg = KernelConfig(block_n=128, block_t=16, split_k=8, num_warps=4, num_stages=3, pdl=True, l2_prefetch_steps=2,
+                       mma_wait_each_step=False)
     assert KernelConfig(**v.parse_kernel_config(repr(cfg))) == cfg
     # a repr as scripts/bench_gpu.py --layer-chain writes it (results/gpu/layer_h100_pdl2.csv), whatever the
     # KernelConfig of this checkout has
