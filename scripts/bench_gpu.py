@@ -38,7 +38,10 @@ tuning CSV); each tried configuration is first checked against a float64 referen
 gate/up, down), layer after layer over enough weight copies, for BF16 and FP8 cuBLAS and the fused kernels with and
 without programmatic dependent launch (``--chain-schemes``: ``KernelConfig.pdl``, where each kernel's start
 overlaps the tail of the one before); the last layer's outputs are compared bit for bit with the same GEMMs run one
-at a time (a race between overlapping kernels would show there). Written to ``layer_<card>.csv``.
+at a time (what that covers: a kernel's split-K parts read before they are written, a reused workspace or arrival
+counter overwritten while still in use; not activations produced by the kernel before - every GEMM here reads a
+fixed input - nor the norm, attention and activation kernels of a real layer, which the chain leaves out). Written
+to ``layer_<card>.csv``.
 
 Writes ``bench_<card>.csv`` and ``tuning_<card>.csv`` under ``--out``; every row carries card, driver, torch,
 triton, CUDA and the date. Prints a decode summary (speed-ups of the tuned w4a8_fused and of its default
@@ -118,8 +121,9 @@ def device_info(torch) -> dict:
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
-def time_graph(torch, calls, repeats: int) -> tuple[float, float]:
-    """Median seconds per call of a CUDA graph running ``calls`` (list of thunks) back to back; relative spread."""
+def time_graph(torch, calls, repeats: int, keep_last: bool = False):
+    """Median seconds per call of a CUDA graph running ``calls`` (list of thunks) back to back; relative spread;
+    with ``keep_last``, also a copy of what the last thunk returned (a list of tensors) after the final replay."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -129,8 +133,9 @@ def time_graph(torch, calls, repeats: int) -> tuple[float, float]:
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        for fn in calls:
-            fn()
+        for fn in calls[:-1]:
+            fn()  # outputs dropped at once: the graph's pool reuses their memory, as a decode loop would
+        out = calls[-1]()
     g.replay()
     torch.cuda.synchronize()
     times = []
@@ -141,8 +146,11 @@ def time_graph(torch, calls, repeats: int) -> tuple[float, float]:
         b.record()
         b.synchronize()
         times.append(a.elapsed_time(b) * 1e-3 / len(calls))
+    last = [o.clone() for o in out] if keep_last else None
     med = statistics.median(times)
-    del g
+    del g, out
+    if keep_last:
+        return med, (max(times) - min(times)) / med, last
     return med, (max(times) - min(times)) / med
 
 
@@ -332,7 +340,7 @@ CHAIN_SCHEMES = {
     "v5_nowait": ("v5", {"mma_wait_each_step": False}),
 }
 LAYER_FIELDS = ["card", "driver", "torch", "triton", "cuda", "sm_count", "date", "model", "m", "scheme", "variant",
-                "pdl", "l2_prefetch_steps", "reduce_in_kernel", "latency_s", "spread_rel", "layers_per_graph",
+                "pdl", "l2_prefetch_steps", "reduce_in_kernel", "pdl_trigger", "mma_wait_each_step", "latency_s", "spread_rel", "layers_per_graph",
                 "weight_copies", "layer_weight_bytes", "achieved_tb_per_s", "bit_equal_outputs", "configs"]
 
 
@@ -395,13 +403,15 @@ def bench_layer_chain(torch, info, model, m_values, chain_schemes, args, writer,
                 for i in range(4):
                     ref.append(gemm((n_layers - 1) % copies, i))
                     torch.cuda.synchronize()
-                t, spread, last = time_graph_outputs(
+                t, spread, last = time_graph(
                     torch, [(lambda c=j % copies: [gemm(c, i) for i in range(4)]) for j in range(n_layers)],
-                    args.repeats)
+                    args.repeats, keep_last=True)
                 equal = sum(int(torch.equal(a.view(torch.int16), b.view(torch.int16))) for a, b in zip(last, ref))
                 row = dict(info, model=model, m=m, scheme=scheme, variant=variant,
                            pdl=bool(cfgs[0] and cfgs[0].pdl), l2_prefetch_steps=cfgs[0].l2_prefetch_steps if cfgs[0]
                            else "", reduce_in_kernel=bool(cfgs[0] and cfgs[0].reduce_in_kernel),
+                           pdl_trigger=cfgs[0].pdl_trigger if cfgs[0] else "",
+                           mma_wait_each_step=cfgs[0].mma_wait_each_step if cfgs[0] else "",
                            latency_s=f"{t:.6e}", spread_rel=f"{spread:.4f}", layers_per_graph=n_layers,
                            weight_copies=copies, layer_weight_bytes=layer_bytes,
                            achieved_tb_per_s=f"{layer_bytes / t / 1e12:.3f}", bit_equal_outputs=f"{equal}/4",
@@ -417,36 +427,6 @@ def bench_layer_chain(torch, info, model, m_values, chain_schemes, args, writer,
                 torch.cuda.synchronize()
                 log(f"  {model} layer m={m} {scheme}: FAILED {type(exc).__name__}: {exc}")
         torch.cuda.empty_cache()
-
-
-def time_graph_outputs(torch, calls, repeats: int):
-    """As time_graph, for thunks that return outputs: (median seconds per call, spread, the last call's outputs
-    after the final replay)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for fn in calls[:3]:
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        outs = [fn() for fn in calls]
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e-3 / len(calls))
-    torch.cuda.synchronize()
-    last = [o.clone() for o in outs[-1]]
-    del g, outs
-    med = statistics.median(times)
-    return med, (max(times) - min(times)) / med, last
 
 
 def main(argv=None) -> int:
@@ -497,7 +477,14 @@ def main(argv=None) -> int:
     for s in chain_schemes:
         if s not in CHAIN_SCHEMES:
             raise SystemExit(f"--chain-schemes: unknown scheme {s!r} (expected {tuple(CHAIN_SCHEMES)})")
-    chain_m = [int(v) for v in args.chain_m.split(",")]
+    try:
+        chain_m = [int(v) for v in args.chain_m.split(",")]
+    except ValueError:
+        raise SystemExit(f"--chain-m: expected a comma list of positive integers, got {args.chain_m!r}") from None
+    if any(v < 1 for v in chain_m):
+        raise SystemExit(f"--chain-m: expected positive integers, got {args.chain_m!r}")
+    if args.skip_gemms and not args.layer_chain:
+        raise SystemExit("--skip-gemms: only with --layer-chain (else nothing would be measured)")
     args.out.mkdir(parents=True, exist_ok=True)
     tag = info["card"].replace("NVIDIA ", "").split()[0].lower()
     summary = {}

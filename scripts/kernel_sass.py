@@ -29,7 +29,7 @@ _INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)[\s.;]")
 
 def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split_k: int, warps: int, stages: int,
                    groups_per_step: int = 1, reduce_in_kernel: bool = False, maxnreg: int | None = None,
-                   pdl: bool = False, prefetch_steps: int = 0, mma_wait: bool = True):
+                   pdl: bool = False, prefetch_steps: int = 0, mma_wait: bool = True, pdl_trigger: str = "start"):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -45,7 +45,7 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
                "n_parts": "i32"}
         consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, GROUP=block_k, SPLIT_K=min(split_k, 2),
                       OUT_BF16=True, EVEN_N=True, REDUCE=split_k > 1 and reduce_in_kernel, FP8_MAX=448.0,
-                      MMA_WAIT=mma_wait and variant != "fp8")
+                      MMA_WAIT=mma_wait)
         div = ["x_ptr", "w_ptr", "s_ptr", "z_ptr", "out_ptr", "part_ptr", "K", "N", "stride_xm", "stride_om",
                "stride_zg"]
     elif variant in ("v4", "fp8"):
@@ -62,7 +62,7 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
                "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_cw": "i32", "stride_om": "i32",
                "out_scale": "fp32", "k_tiles_per_split": "i32"}
         consts = dict(BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_K=block_k, SPLIT_K=split_k, OUT_BF16=True, EVEN_N=True,
-                      MMA_WAIT=mma_wait and variant != "fp8")
+                      MMA_WAIT=mma_wait)
         div = ["x_ptr", "codes_ptr", "lut_ptr", "out_ptr", "part_ptr", "K", "N", "stride_xm", "stride_cw", "stride_om"]
     else:
         sig = {"x_ptr": "*fp8e4nv", "codes_ptr": "*u8", "scales_ptr": "*fp32", "zeros_ptr": "*u8", "out_ptr": "*bf16",
@@ -76,7 +76,7 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
     if pdl:
         if variant not in ("v5", "v4", "fp8"):
             raise SystemExit(f"--pdl: variant {variant!r} has no dependent-launch support")
-        consts.update(PDL=True, PREFETCH=prefetch_steps)
+        consts.update(PDL=True, PREFETCH=prefetch_steps, PDL_LATE=pdl_trigger == "after_loop")
     for c in consts:
         sig[c] = "constexpr"
     names = list(sig)
@@ -97,27 +97,47 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
     return k, sass, usage.group(0) if usage else "?"
 
 
-_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)\s*([^;]*);")
-# opcodes whose first operand is not a general register they write
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Za-z0-9_.]*)\s*([^;]*);")
+# opcodes that write no general register (stores, barriers, branches, fences, prefetches; the MMAs write their
+# accumulator, which the pipeline owns)
 _NO_REGISTER_DEST = {"ST", "STS", "STG", "STL", "LDGSTS", "BAR", "BRA", "WARPGROUP", "DEPBAR", "LDGDEPBAR", "EXIT",
-                     "UBLKPF", "CCTL", "RED", "ATOM", "MEMBAR", "NOP", "ACQBULK", "QGMMA", "HGMMA", "IGMMA"}
+                     "UBLKPF", "CCTL", "RED", "REDG", "MEMBAR", "NOP", "ACQBULK", "QGMMA", "HGMMA", "IGMMA", "ARRIVES",
+                     "SYNCS", "FENCE", "ERRBAR", "CALL", "RET", "BSYNC", "BSSY", "WARPSYNC"}
 
 
-def _written_registers(opcode: str, dest: str) -> set:
-    m = re.fullmatch(r"R(\d+)", dest)
-    if not m or opcode.split(".")[0] in _NO_REGISTER_DEST:
+def _written_registers(opcode: str, operands: list[str]) -> set:
+    """General registers an instruction writes: its first R operand after any leading predicate destinations
+    (``SHFL.IDX PT, R46, ...``, ``ATOMG.E.ADD PT, R3, ...``), widened by the opcode's data width."""
+    if opcode.split(".")[0] in _NO_REGISTER_DEST:
         return set()
-    width = 4 if ".128" in opcode else 2 if (".WIDE" in opcode or ".64" in opcode) else 1
-    return set(range(int(m.group(1)), int(m.group(1)) + width))
+    dest = None
+    for o in operands:
+        if re.fullmatch(r"!?U?P(?:T|\d+)", o):
+            continue
+        dest = re.fullmatch(r"R(\d+)(?:\.\w+)?", o)
+        break
+    if dest is None:
+        return set()
+    parts = opcode.split(".")
+    if ".128" in opcode or "X4" in parts or "x4" in parts or parts[0] == "HMMA":
+        width = 4
+    elif (".64" in opcode or ".WIDE" in opcode or "X2" in parts or "x2" in parts
+          or (parts[0] == "CS2R" and ".32" not in opcode)):
+        width = 2
+    else:
+        width = 1
+    return set(range(int(dest.group(1)), int(dest.group(1)) + width))
 
 
 def wgmma_register_hazards(sass: str) -> list[tuple[str, str, str, str]]:
     """Writes, in the main loop, to a register holding the A operand (the expanded FP8 weights) of a warpgroup MMA
     that may still be in flight: (address, opcode, register written, address of that MMA).
 
-    A register-A ``QGMMA`` reads its 4 A registers asynchronously until a ``WARPGROUP.DEPBAR.LE gsb0, n`` leaves at
-    most n newer MMA groups in flight (a group ends at the MMA marked ``gsb0``); writing them before that is undefined
-    (PTX ISA, wgmma.wait_group). The loop body is scanned twice, since groups stay in flight across the back edge.
+    A register-A ``QGMMA`` reads its 4 A registers asynchronously from its issue until a ``WARPGROUP.DEPBAR.LE gsb0,
+    n`` leaves at most n newer MMA groups in flight (a group ends at the MMA marked ``gsb0``); writing them before
+    that is undefined (PTX ISA, wgmma.wait_group). The loop body is scanned twice, since groups stay in flight across
+    the back edge. Only the main loop is scanned (the kernels' prologue issues no MMA; the epilogue starts with a
+    wait for 0).
     """
     ins = [(int(a, 16), op, [o.strip() for o in ops.split(",")] if ops.strip() else [])
            for a, op, ops in _SASS_LINE.findall(sass)]
@@ -129,24 +149,24 @@ def wgmma_register_hazards(sass: str) -> list[tuple[str, str, str, str]]:
     if loop is None:
         return []
     body = [x for x in ins if loop[0] <= x[0] <= loop[1]]
-    found, pending, group_regs = set(), [], set()
+    found, pending, open_group = set(), [], []  # pending: closed groups in flight; open_group: MMAs of the open one
     for _ in range(2):
         for a, op, ops in body:
             if op.startswith(("QGMMA", "HGMMA", "IGMMA")):
                 m = re.fullmatch(r"R(\d+)", ops[1]) if len(ops) > 1 else None
                 if m:
-                    group_regs |= set(range(int(m.group(1)), int(m.group(1)) + 4))
+                    open_group.append((set(range(int(m.group(1)), int(m.group(1)) + 4)), a))
                 if "gsb0" in ops:
-                    pending.append((group_regs, a))
-                    group_regs = set()
+                    pending.append(open_group)
+                    open_group = []
             elif op.startswith("WARPGROUP.DEPBAR"):
                 keep = int(ops[-1], 16)
-                pending = pending[len(pending) - keep:] if keep else []
+                pending = pending[max(0, len(pending) - keep):] if keep else []
             elif ops:
-                written = _written_registers(op, ops[0])
-                for regs, mma in pending:
+                written = _written_registers(op, ops)
+                for regs, mma in [x for g in pending for x in g] + open_group:
                     if written & regs:
-                        found.add((hex(a), op, ops[0], hex(mma)))
+                        found.add((hex(a), op, ops[0] if written else "", hex(mma)))
     return sorted(found)
 
 
@@ -177,13 +197,18 @@ def main(argv=None) -> int:
     ap.add_argument("--maxnreg", type=int, default=None, help="register cap per thread (Triton launch option)")
     ap.add_argument("--pdl", action="store_true", help="v5/v4/fp8: programmatic dependent launch (KernelConfig.pdl)")
     ap.add_argument("--prefetch-steps", type=int, default=0, help="with --pdl: K steps prefetched to L2 before the wait")
+    ap.add_argument("--pdl-trigger", choices=("start", "after_loop"), default="start",
+                    help="with --pdl: where a program lets the next kernel start (KernelConfig.pdl_trigger)")
     ap.add_argument("--no-mma-wait", action="store_true",
-                    help="v5/v4/fp8: without the wait for each K step's wgmmas (KernelConfig.mma_wait_each_step=False)")
+                    help="v5/v4/lut: without the wait for each K step's wgmmas (KernelConfig.mma_wait_each_step=False; "
+                         "fp8 never waits: its A operand is in shared memory)")
     ap.add_argument("--dump", type=Path)
     a = ap.parse_args(argv)
+    if (a.prefetch_steps or a.pdl_trigger != "start") and not a.pdl:
+        raise SystemExit("--prefetch-steps / --pdl-trigger: need --pdl")
     k, sass, usage = compile_kernel(a.variant, a.block_n, a.block_t, a.block_k, a.split_k, a.warps, a.stages,
                                     a.groups_per_step, a.reduce_in_kernel, a.maxnreg, a.pdl, a.prefetch_steps,
-                                    not a.no_mma_wait)
+                                    not a.no_mma_wait, a.pdl_trigger)
     total, loop = loop_mix(sass)
     weights_per_thread = a.block_n * a.block_k * a.groups_per_step / (32 * a.warps)
     print(f"{a.variant} BLOCK_N={a.block_n} BLOCK_T={a.block_t} BLOCK_K={a.block_k}x{a.groups_per_step} "

@@ -425,13 +425,14 @@ def layer_gemm_rows(r: dict, shapes: dict) -> tuple[list[dict], list[str]]:
     if len(texts) != len(gemms):
         raise ValueError(f"{where}: {len(texts)} KernelConfig reprs in configs, expected {len(gemms)}")
     bytes_per_weight = float(r["layer_weight_bytes"]) / weights if r.get("layer_weight_bytes") else None
-    out, pdl, prefetch = [], False, set()
+    out, pdl, prefetch, nowait = [], False, set(), False
     for (layer, n, k), text in zip(gemms, texts):
         cfg = parse_kernel_config(text)
         pdl = pdl or bool(cfg.get("pdl"))
+        nowait = nowait or cfg.get("mma_wait_each_step") is False
         if cfg.get("l2_prefetch_steps"):
             prefetch.add(cfg["l2_prefetch_steps"])
-        cfg["pdl"] = False
+        cfg.update(pdl=False, l2_prefetch_steps=0, pdl_trigger="start")
         row = dict(base, layer=layer, scheme=FUSED_SCHEME_OF_VARIANT[variant], variant=variant, n=n, k=k,
                    config="KernelConfig(" + ", ".join(f"{key}={v!r}" for key, v in cfg.items()) + ")")
         if bytes_per_weight is not None:
@@ -440,6 +441,8 @@ def layer_gemm_rows(r: dict, shapes: dict) -> tuple[list[dict], list[str]]:
     notes = [PDL_NOTE] if pdl else []
     if prefetch:
         notes.append(f"l2_prefetch_steps={'/'.join(map(str, sorted(prefetch)))}: not in the model either")
+    if nowait:
+        notes.append("mma_wait_each_step=False: predicted with the structure of the kernel that waits")
     return out, notes
 
 

@@ -141,11 +141,11 @@ class KernelConfig:
     fewer programs than the GPU holds start packed onto the SMs the kernel before frees first - results/gpu/README.md);
     l2_prefetch_steps: with pdl, each program first asks the L2 for the weight bytes of its first that many K steps
     (``cp.async.bulk.prefetch.L2``, a hint: the loads proper come after the wait; an L2 prefetch cannot return stale
-    data); pdl_trigger: where a program lets the next kernel start, "start" or "after_loop" (before its epilogue);
+    data; the first token tile of each weight tile asks, and none when N is not a multiple of block_n); pdl_trigger: where a program lets the next kernel start, "start" or "after_loop" (before its epilogue);
     mma_wait_each_step: "v5"/"v4"/"lut" wait for all of a K step's wgmmas at the end of the step. Triton 3.6 leaves
     up to 3 register-A wgmmas in flight into the next step, whose code may then overwrite the expanded weights they
-    still read (triton-lang/triton issue 9433; ``scripts/kernel_sass.py`` finds such writes in the SASS: 38 in v5,
-    24 in v4 at 128 x 16 tiles without the wait, none with it); measured as run-to-run differences of v4 at 128 x 128
+    still read (triton-lang/triton issue 9433; ``scripts/kernel_sass.py`` finds such writes in the SASS: 132 in v5,
+    89 in v4 at 128 x 16 tiles without the wait, none with it); measured as run-to-run differences of v4 at 128 x 128
     tiles with 8 warps on an H200 (results/gpu/race_v4_h200*.log). False only to measure what the wait costs.
     """
 
@@ -181,6 +181,8 @@ class KernelConfig:
         if self.l2_prefetch_steps and not self.pdl:
             raise ValueError("KernelConfig.l2_prefetch_steps > 0 needs pdl=True (the prefetch is what a program does "
                              "while it waits for the kernel before it)")
+        if self.pdl_trigger != "start" and not self.pdl:
+            raise ValueError(f"KernelConfig.pdl_trigger={self.pdl_trigger!r} needs pdl=True")
         if self.groups_per_step not in (1, 2, 4):
             raise ValueError(f"KernelConfig.groups_per_step={self.groups_per_step}: expected 1, 2 or 4")
         if self.maxnreg is not None and (isinstance(self.maxnreg, bool) or not isinstance(self.maxnreg, int)
@@ -739,10 +741,14 @@ def _kernels():
                                   pack=1)
 
     @triton.jit
-    def l2_prefetch_lines(first_byte_ptr, last_byte_ptr):
-        # any alignment: the (at most two) 128-byte lines a short stretch touches
-        tl.inline_asm_elementwise(line_prefetch_asm, "=r,l", [first_byte_ptr], dtype=tl.int32, is_pure=False, pack=1)
-        tl.inline_asm_elementwise(line_prefetch_asm, "=r,l", [last_byte_ptr], dtype=tl.int32, is_pure=False, pack=1)
+    def l2_prefetch_lines(first_byte_ptr, NBYTES: tl.constexpr):
+        # any alignment: every 128-byte line the NBYTES from first_byte_ptr touch (one address per line, then the
+        # last byte's)
+        for i in tl.static_range((NBYTES + 127) // 128):
+            tl.inline_asm_elementwise(line_prefetch_asm, "=r,l", [first_byte_ptr + i * 128], dtype=tl.int32,
+                                      is_pure=False, pack=1)
+        tl.inline_asm_elementwise(line_prefetch_asm, "=r,l", [first_byte_ptr + (NBYTES - 1)], dtype=tl.int32,
+                                  is_pure=False, pack=1)
 
     @triton.jit
     def w4a8_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, out_ptr, part_ptr,
@@ -900,7 +906,7 @@ def _kernels():
         if PDL:
             if not PDL_LATE:
                 tl.extra.cuda.gdc_launch_dependents()
-            if EVEN_N:
+            if EVEN_N and pid_t == 0:  # the token tiles of a weight tile share its bytes: one of them asks
                 for p in tl.static_range(PREFETCH * GPS):
                     if ks_begin * GPS + p < ks_end * GPS:
                         rows = (ks_begin * GPS + p).to(tl.int64) * N + pid_n * BLOCK_N
@@ -1014,15 +1020,15 @@ def _kernels():
         if PDL:
             if not PDL_LATE:
                 tl.extra.cuda.gdc_launch_dependents()
-            if EVEN_N:
+            if EVEN_N and pid_t == 0:  # the token tiles of a weight tile share its bytes: one of them asks
                 for p in tl.static_range(PREFETCH):
                     if ks_begin + p < ks_end:
                         gp = (ks_begin + p).to(tl.int64)
                         rows = gp * N + pid_n * BLOCK_N
                         l2_prefetch(w_ptr.to(tl.pointer_type(tl.uint8)) + rows * (GROUP // 2), BLOCK_N * (GROUP // 2))
                         l2_prefetch(s_ptr.to(tl.pointer_type(tl.uint8)) + rows * 4, BLOCK_N * 4)
-                        z_first = z_ptr.to(tl.pointer_type(tl.uint8)) + gp * stride_zg + pid_n * BLOCK_N
-                        l2_prefetch_lines(z_first, z_first + (BLOCK_N - 1))
+                        l2_prefetch_lines(z_ptr.to(tl.pointer_type(tl.uint8)) + gp * stride_zg + pid_n * BLOCK_N,
+                                          BLOCK_N)
             tl.extra.cuda.gdc_wait()  # from here on the kernel before this one has finished
         acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
         for ks in range(ks_begin, ks_end):
@@ -1175,6 +1181,12 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
         raise ValueError(f"KernelConfig.pdl: variant {weight.variant!r} has no dependent-launch support "
                          f"(only 'v5', 'v4' and 'fp8')")
     pdl = config.pdl
+    if config.l2_prefetch_steps:
+        for name in ("codes", "lut", "group_scales"):
+            t = getattr(weight, name)
+            if t is not None and t.data_ptr() % 16:
+                raise ValueError(f"KernelConfig.l2_prefetch_steps: PackedW4A8Weight.{name} must start 16-byte aligned "
+                                 f"(the bulk L2 prefetch needs it), got address {t.data_ptr():#x}")
     if pdl:
         launch.update(launch_pdl=True, PDL=True, PREFETCH=config.l2_prefetch_steps,
                       PDL_LATE=config.pdl_trigger == "after_loop")

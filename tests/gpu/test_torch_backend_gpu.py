@@ -222,8 +222,9 @@ def test_default_config_reads_the_card():
 def test_dependent_launch_is_race_free(variant, changes):
     """Programmatic dependent launch lets each kernel start before the one before it ends: 12 launches back to back
     (eagerly and replayed from a CUDA graph) on two layers, each split-K reduction reading parts that the kernel
-    before it writes, must give the emulator's bits every time (a part read early, or a workspace overwritten while
-    still being read, would show)."""
+    before it writes, must give the emulator's bits every time (a part read early, or a workspace or arrival counter
+    overwritten while still in use, would show; the inputs are fixed here, so an activation read before the kernel
+    that writes it has finished is not covered)."""
     from dataclasses import replace
 
     from dpq.torch_backend import activation_fp8

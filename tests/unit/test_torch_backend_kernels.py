@@ -183,17 +183,60 @@ def test_default_config_needs_the_cards_sm_count():
         default_config(1, 8192, 8192, 0)
 
 
+def _kernel_sass_module(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "scripts"))
+    import kernel_sass
+
+    return kernel_sass
+
+
+def _sass(lines):
+    """Synthetic cuobjdump lines: (address, instruction text)."""
+    return "\n".join(f"        /*{a:04x}*/                   {text} ;" for a, text in lines)
+
+
+@pytest.mark.parametrize("template,width", [
+    ("MOV R{r}, R2", 1), ("SHFL.IDX PT, R{r}, R3, 0x1, 0x1f", 1),   # destination after a predicate
+    ("LDS.128 R{r}, [R9]", 4), ("IMAD.WIDE R{r}, R2, 0x4, R6", 2), ("CS2R R{r}, SRZ", 2),
+    ("ATOMG.E.ADD.STRONG.GPU PT, R{r}, [R4], R5", 1), ("STS [R{r}], R1", 0)])  # a store writes no register
+@pytest.mark.parametrize("r", [57, 59, 61, 63, 64, 66])
+def test_wgmma_register_hazard_finder(monkeypatch, template, width, r):
+    """The SASS check of the register-A wgmma hazard: a write to an A register (4 per MMA) while its group is in
+    flight counts, whatever the instruction's form and width; a write to the A registers of a group a wait has
+    retired does not."""
+    ks = _kernel_sass_module(monkeypatch)
+    written = template.format(r=r)
+    touched = set(range(r, r + width))
+    # an open group: the write comes after its first MMA (A = R60..R63) and before the MMA that closes it
+    open_group = [(0x100, "QGMMA.64x16x32.F32.E4M3.E4M3 R24, R60, gdesc[UR4], R24"), (0x108, written),
+                  (0x110, "QGMMA.64x16x32.F32.E4M3.E4M3 R24, R68, gdesc[UR4], R24, gsb0"),
+                  (0x120, "WARPGROUP.DEPBAR.LE gsb0, 0x0"), (0x130, "BRA 0x100")]
+    assert bool(ks.wgmma_register_hazards(_sass(open_group))) == bool(touched & set(range(60, 64)))
+    # two groups; the wait for <= 1 retires the first (R60..R63), the second (R64..R67) is in flight at the write
+    # and stays in flight around the back edge
+    retired = [(0x100, "QGMMA.64x16x32.F32.E4M3.E4M3 R24, R60, gdesc[UR4], R24, gsb0"),
+               (0x110, "WARPGROUP.DEPBAR.LE gsb0, 0x3"),   # fewer groups than 3 in flight: none retires
+               (0x120, "QGMMA.64x16x32.F32.E4M3.E4M3 R24, R64, gdesc[UR4], R24, gsb0"),
+               (0x130, "WARPGROUP.DEPBAR.LE gsb0, 0x1"), (0x140, written), (0x150, "BRA 0x100")]
+    assert bool(ks.wgmma_register_hazards(_sass(retired))) == bool(touched & set(range(64, 68)))
+    # a wait for <= 3 with only 2 groups in flight retires neither
+    both = [(0x100, "QGMMA.64x16x32.F32.E4M3.E4M3 R24, R60, gdesc[UR4], R24, gsb0"),
+            (0x110, "QGMMA.64x16x32.F32.E4M3.E4M3 R24, R64, gdesc[UR4], R24, gsb0"),
+            (0x120, "WARPGROUP.DEPBAR.LE gsb0, 0x3"), (0x130, written),
+            (0x140, "WARPGROUP.DEPBAR.LE gsb0, 0x0"), (0x150, "BRA 0x100")]
+    assert bool(ks.wgmma_register_hazards(_sass(both))) == bool(touched & set(range(60, 68)))
+
+
 @pytest.mark.parametrize("variant", ["v5", "v4", "fp8", "lut"])
 @pytest.mark.parametrize("tile", [(128, 16, 4, 4, 3), (128, 64, 8, 4, 3), (128, 128, 1, 8, 3)])
-def test_compiled_loops_never_overwrite_operands_of_mmas_in_flight(variant, tile):
+def test_compiled_loops_never_overwrite_operands_of_mmas_in_flight(variant, tile, monkeypatch):
     """The SASS of every variant's main loop (Triton 3.6's ptxas, sm_90; no GPU needed) writes no register that a
     register-A wgmma may still read (KernelConfig.mma_wait_each_step); without the wait v5/v4 do (issue 9433)."""
     pytest.importorskip("triton")
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-    from kernel_sass import compile_kernel, wgmma_register_hazards
+    ks = _kernel_sass_module(monkeypatch)
+    compile_kernel, wgmma_register_hazards = ks.compile_kernel, ks.wgmma_register_hazards
 
     block_n, block_t, split, warps, stages = tile
     if variant == "lut" and block_t > 16:
