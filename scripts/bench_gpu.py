@@ -23,7 +23,9 @@ M in 1, 4, 16, 64, 256, 1024, 4096 tokens, four ways to compute y = x @ W^T (bf1
                     arithmetic per weight; 0.539 byte per weight);
 * ``fp8_triton``    the v4 kernel's loop with weights already FP8 (1 byte per weight, no expansion; variant "fp8",
                     the same tile heuristic): the cost of the Triton loop itself, for calibrating the perf model;
-* ``w4a8_unfused``  the same packed weights expanded to FP8 by torch ops on every call, then torch._scaled_mm.
+* ``w4a8_unfused``  the same packed weights expanded to FP8 by torch ops on every call, then torch._scaled_mm;
+* ``w4a8_expand``   the card's variant expanded to FP8 by one Triton kernel on every call (``expand_to_fp8``), then
+                    torch._scaled_mm (``w4a8_matmul_expanded``: the prefill path; cuBLAS numerics).
 
 Activations are already FP8 for the FP8 schemes (their quantization is a separate elementwise op in every scheme).
 
@@ -77,7 +79,7 @@ SHAPES = [
 ]
 M_VALUES = (1, 4, 16, 64, 256, 1024, 4096)
 SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_default", "w4a8_fused_pdl", "w4a8_fused_pdl_late",
-           "w4a8_fused_nowait", "w4a8_fused_v5", "w4a8_fused_v5old", "w4a8_fused_v4",
+           "w4a8_fused_nowait", "w4a8_expand", "w4a8_fused_v5", "w4a8_fused_v5old", "w4a8_fused_v4",
            "w4a8_fused_v3", "w4a8_fused_v2", "fp8_triton", "w4a8_unfused")
 FUSED_VARIANTS = {"w4a8_fused": None, "w4a8_fused_default": None, "w4a8_fused_pdl": None,
                   "w4a8_fused_pdl_late": None, "w4a8_fused_nowait": None, "w4a8_fused_v5": "v5", "w4a8_fused_v5old": "v5",
@@ -228,7 +230,7 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
     w_bytes = {"bf16": n * k * 2, "fp8": n * k, "w4a8_fused_v4": table_bytes, "w4a8_fused_v5": packed_bytes,
                "w4a8_fused": variant_bytes[fused_variant], "w4a8_fused_default": variant_bytes[fused_variant],
                "w4a8_fused_pdl": variant_bytes[fused_variant], "w4a8_fused_pdl_late": variant_bytes[fused_variant],
-               "w4a8_fused_nowait": variant_bytes[fused_variant],
+               "w4a8_fused_nowait": variant_bytes[fused_variant], "w4a8_expand": variant_bytes[fused_variant],
                "w4a8_fused_v5old": packed_bytes,
                "w4a8_fused_v3": codes.numel() + scales.numel() * 16, "fp8_triton": n * k,
                "w4a8_fused_v2": codes.numel() + scales.numel() * 5, "w4a8_unfused": codes.numel() + scales.numel() * 5}
@@ -256,6 +258,19 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
                     calls = [(lambda w=ws[i % copies]: torch._scaled_mm(x8, w.t(), scale_a=one, scale_b=sc,
                                                                         out_dtype=torch.bfloat16, use_fast_accum=True))
                              for i in range(calls_n)]
+                elif scheme == "w4a8_expand":
+                    from dpq.kernels.w4a8_triton import w4a8_matmul_expanded
+
+                    variant = fused_variant
+                    ws = [PackedW4A8Weight.from_arrays(codes.clone() if i else codes, scales, zeros, GROUP_SIZE, 0.01,
+                                                       fp8_max, "cuda", variant) for i in range(copies)]
+                    ref8 = w4a8_matmul_expanded(x8, ws[0], 1.0, out_dtype="float32")
+                    want = torch._scaled_mm(x8, w8.t(), scale_a=one, scale_b=sc, out_dtype=torch.float32,
+                                            use_fast_accum=False)
+                    if not torch.equal(ref8.view(torch.int32), want.view(torch.int32)):
+                        raise RuntimeError(f"{model} {layer} m={m}: expand-then-cuBLAS differs from cuBLAS on the "
+                                           f"torch-expanded weight")
+                    calls = [(lambda w=ws[i % copies]: w4a8_matmul_expanded(x8, w, 1.0)) for i in range(calls_n)]
                 elif scheme == "w4a8_unfused":
                     ws = [(codes, scales, zeros)] + [(codes.clone(), scales.clone(), zeros.clone())
                                                      for _ in range(copies - 1)]
@@ -301,7 +316,7 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
                 if calls is not None:
                     t, spread = time_graph(torch, calls, args.repeats)
                 act_bytes = m * k * (2 if scheme == "bf16" else 1) + m * n * 2
-                hbm = w_bytes[scheme] + act_bytes
+                hbm = w_bytes[scheme] + act_bytes + (2 * n * k if scheme == "w4a8_expand" else 0)  # FP8 out, in
                 row = dict(info, model=model, layer=layer, scheme=scheme, m=m, n=n, k=k, latency_s=f"{t:.6e}",
                            spread_rel=f"{spread:.4f}", calls_per_graph=calls_n, weight_copies=copies,
                            weight_bytes=w_bytes[scheme], hbm_bytes=hbm, achieved_tb_per_s=f"{hbm / t / 1e12:.3f}",

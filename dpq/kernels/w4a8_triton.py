@@ -1111,9 +1111,36 @@ def _kernels():
         else:
             tl.store(out_ptr + offs, y, mask=mask)
 
+    @triton.jit
+    def expand_kernel(w_ptr, s_ptr, z_ptr, lut_ptr, out_ptr, N, K, stride_zg, BLOCK_N: tl.constexpr,
+                      GROUP: tl.constexpr, FP8_MAX: tl.constexpr, TABLES: tl.constexpr):
+        # one (BLOCK_N rows, group) tile of the FP8 weight (N, K) from the "v5" (scales, zeros) or "v4" (tables)
+        # layout; codes group-major with a row's 16-bit words reordered (v4_codes_np): word t = 4 i + j at j W/4 + i
+        pid_n = tl.program_id(0)
+        g = tl.program_id(1)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < N
+        W: tl.constexpr = GROUP // 4
+        c = tl.arange(0, GROUP)
+        t = c // 4
+        pos = (t % 4) * (W // 4) + t // 4
+        rows = g.to(tl.int64) * N + offs_n
+        words = tl.load(w_ptr + rows[:, None] * W + pos[None, :], mask=n_mask[:, None], other=0)
+        q = (words.to(tl.int32) >> (4 * (c % 4))[None, :]) & 0xF  # column 4 t + u: bits 4 u .. 4 u + 3 of word t
+        if TABLES:
+            lw = tl.load(lut_ptr + rows[:, None] * 4 + q // 4, mask=n_mask[:, None], other=0)
+            w8 = ((lw >> (8 * (q % 4))) & 0xFF).to(tl.uint8)
+        else:
+            sg = tl.load(s_ptr + rows, mask=n_mask, other=0.0)
+            zg = tl.load(z_ptr + g.to(tl.int64) * stride_zg + offs_n, mask=n_mask, other=0)
+            w = (q.to(tl.float32) - zg.to(tl.float32)[:, None]) * sg[:, None]  # exact q - z, one RNE multiply
+            w = tl.minimum(tl.maximum(w, -FP8_MAX), FP8_MAX)
+            w8 = w.to(tl.float8e4nv).to(tl.uint8, bitcast=True)  # round to nearest even (cvt.rn.satfinite)
+        tl.store(out_ptr + offs_n[:, None].to(tl.int64) * K + (g * GROUP + c)[None, :], w8, mask=n_mask[:, None])
+
     _KERNELS.update({"v2": w4a8_kernel, "lut": w4a8_lut_kernel, "v4": w4a8_v4_kernel, "fp8": w4a8_v4_kernel,
                      "v5": w4a8_v5_kernel,
-                     "reduce": splitk_reduce_kernel})
+                     "reduce": splitk_reduce_kernel, "expand": expand_kernel})
     return _KERNELS
 
 
@@ -1284,6 +1311,53 @@ def _tile_counters(device, tiles: int):
     if not held or held[-1].numel() < tiles:
         held.append(torch.zeros(max(tiles, 2 * held[-1].numel() if held else 1024), dtype=torch.int32, device=device))
     return held[-1]
+
+
+def expand_to_fp8(weight: PackedW4A8Weight, out=None):
+    """The weight's FP8 values FP8(s_g (q - z)) as torch.float8_e4m3fn (N, K), row-major, computed on the GPU by
+    one Triton kernel from the packed layout of a "v5" or "v4" weight (bit-equal to
+    ``dpq.torch_backend.weight_fp8`` of the same layer). out: optional uint8 or float8_e4m3fn (N, K) buffer."""
+    import torch
+
+    if weight.variant not in ("v5", "v4"):
+        raise ValueError(f"expand_to_fp8: variant {weight.variant!r}; expected a 'v5' or 'v4' weight")
+    n, k, gs = weight.n, weight.k, weight.group_size
+    if out is None:
+        out = torch.empty((n, k), dtype=torch.uint8, device=weight.codes.device)
+    if tuple(out.shape) != (n, k) or out.dtype not in (torch.uint8, torch.float8_e4m3fn) or not out.is_contiguous():
+        raise ValueError(f"expand_to_fp8: out must be a contiguous uint8 or float8_e4m3fn ({n}, {k}) tensor, got "
+                         f"{out.dtype} {tuple(out.shape)}")
+    tables = weight.variant == "v4"
+    block_n = 32
+    _kernels()["expand"][(triton_cdiv(n, block_n), k // gs)](
+        weight.codes, weight.group_scales if not tables else weight.codes,
+        weight.zeros if not tables else weight.codes, weight.lut if tables else weight.codes, out.view(torch.uint8),
+        n, k, 0 if tables else weight.zeros.stride(0), BLOCK_N=block_n, GROUP=gs, FP8_MAX=weight.fp8_max,
+        TABLES=tables, num_warps=4)
+    return out.view(torch.float8_e4m3fn)
+
+
+def w4a8_matmul_expanded(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str = "bfloat16"):
+    """y (M, N) for prefill: the weight expanded to FP8 by ``expand_to_fp8`` (N x K bytes written, read once by
+    the GEMM), then cuBLAS ``torch._scaled_mm`` with the per-tensor scales s_x and s_t and float32 promotion
+    (``use_fast_accum=False``): the numerics of ``dpq.torch_backend``'s "cublas" kernel and of
+    ``sim.mac.fp8_gemm(hw="h100"/"h200")``, not those of ``w4a8_matmul``.
+
+    Args as ``w4a8_matmul``; the weight must be a "v5" or "v4" one.
+    """
+    import torch
+
+    if x8.dtype != torch.float8_e4m3fn or x8.dim() != 2 or x8.shape[1] != weight.k:
+        raise ValueError(f"x8: expected float8_e4m3fn (M, {weight.k}), got {x8.dtype} {tuple(x8.shape)}")
+    if out_dtype not in ("bfloat16", "float32"):
+        raise ValueError(f"out_dtype={out_dtype!r}: expected 'bfloat16' or 'float32'")
+    w8 = expand_to_fp8(weight)
+    # filled on the device (no host copy: capturable in a CUDA graph)
+    scale_a = torch.full((), float(np.float32(act_scale)), dtype=torch.float32, device=x8.device)
+    scale_b = torch.full((), float(np.float32(weight.tensor_scale)), dtype=torch.float32, device=x8.device)
+    return torch._scaled_mm(x8.contiguous(), w8.t(), scale_a=scale_a, scale_b=scale_b,
+                            out_dtype=torch.bfloat16 if out_dtype == "bfloat16" else torch.float32,
+                            use_fast_accum=False)
 
 
 def kernel_resources(x8, weight: PackedW4A8Weight, config: KernelConfig | None = None) -> dict:

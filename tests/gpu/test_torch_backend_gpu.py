@@ -283,3 +283,38 @@ def test_register_a_mma_pipeline_is_deterministic(variant, cfg, m, n, k):
     for _ in range(8):
         got = w4a8_matmul(x8, w, p.act_scale, config=cfg)
         assert torch.equal(got.view(torch.int16), first.view(torch.int16))
+
+
+@pytest.mark.parametrize("variant", ["v5", "v4"])
+@pytest.mark.parametrize("fmt,hi", [("float8_e4m3fn", 7), ("float8_e4m3", 6)])
+def test_expand_to_fp8_equals_the_torch_expansion(variant, fmt, hi):
+    """The prefill path's expansion kernel gives the packed format's FP8 codes, saturation and -0 included, for
+    N not a multiple of its row tile."""
+    from dpq.kernels.w4a8_triton import expand_to_fp8
+
+    rng = np.random.default_rng(51)
+    p = _layer(rng, 388, 1024, 128, hi)
+    s = p.group_scales.copy()
+    s[::7] = np.float32(2.0 ** -140)  # products far below the smallest subnormal: +0 / -0
+    p = PackedLinear(**(p.__dict__ | {"group_scales": s, "fp8_format": fmt}))
+    got = expand_to_fp8(PackedW4A8Weight.from_packed(p, "cuda", variant))
+    want = weight_fp8(p, "cuda")
+    assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+
+
+@pytest.mark.parametrize("variant", ["v5", "v4"])
+def test_expanded_matmul_is_the_cublas_path(variant):
+    """w4a8_matmul_expanded = expansion kernel + cuBLAS with promotion: the bits of the torch backend's cuBLAS kernel
+    and of the emulator's cuBLAS profile."""
+    from dpq.kernels.w4a8_triton import w4a8_matmul_expanded
+    from dpq.torch_backend import activation_fp8
+
+    rng = np.random.default_rng(53)
+    p = _layer(rng, 384, 4096, 128)
+    x = (rng.standard_normal((300, 4096)) * np.exp2(rng.uniform(-4, 4, (300, 4096)))).astype(np.float32)
+    x8 = activation_fp8(torch.from_numpy(x).cuda(), p.act_scale, p.fp8_format)
+    got = w4a8_matmul_expanded(x8, PackedW4A8Weight.from_packed(p, "cuda", variant), p.act_scale)
+    ref = TorchLinear(p, "cuda", kernel="cublas").run(torch.from_numpy(x).cuda())
+    assert torch.equal(got.view(torch.int16), ref.view(torch.int16))
+    want = fp8_gemm(hw=_hw(), out_dtype="bfloat16", **emulator_inputs(p, x))
+    assert np.array_equal(_bits(got.float().cpu().numpy()), _bits(want))
