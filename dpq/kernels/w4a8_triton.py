@@ -68,6 +68,8 @@ Public API::
     PackedW4A8Weight.from_packed(p, device, variant=) / .from_arrays(..., variant=)
     default_variant_for(device_name): the card's variant (the *-triton-w4a8 profile's fused_kernel.kernel_variant)
     w4a8_matmul(x8, weight, act_scale, *, out_dtype="bfloat16", config=None) -> torch (M, N)
+    expand_to_fp8(weight) -> torch.float8_e4m3fn (N, K); w4a8_matmul_expanded(x8, weight, act_scale): the prefill
+        path (expansion kernel + cuBLAS, cuBLAS numerics; faster than w4a8_matmul only at M = 4096 so far)
     kernel_resources(x8, weight, config) -> registers, shared bytes, spills of the launched kernel
     KernelConfig (tiles, split, stages; pdl: programmatic dependent launch, off by default: slower on an H100),
     default_config(m, n, k, num_sms, group_size, variant, sm_limits), split_k_parts(k, config, group_size)
