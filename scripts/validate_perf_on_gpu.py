@@ -552,6 +552,16 @@ def summarize(pred: list[dict]) -> list[dict]:
     return out
 
 
+def write_validation(out_dir: Path, label: str, rows: list[dict], text: str) -> None:
+    """validation_<label>.csv (the rows, floats as %.6e) and validation_<label>.md (the report) under out_dir."""
+    with open(out_dir / f"validation_{label}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6e}" if isinstance(v, float) else v) for k, v in r.items()})
+    (out_dir / f"validation_{label}.md").write_text(text)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bench_csv", type=Path, nargs="?")
@@ -596,12 +606,7 @@ def main(argv=None) -> int:
         print(text)
         if args.out:
             label = args.label or f"{args.profile}_{args.predict}_prediction"
-            with open(args.out / f"validation_{label}.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(pred[0]))
-                w.writeheader()
-                for p in pred:
-                    w.writerow({k: (f"{v:.6e}" if isinstance(v, float) else v) for k, v in p.items()})
-            (args.out / f"validation_{label}.md").write_text(text)
+            write_validation(args.out, label, pred, text)
         return 0
     overrides = parse_overrides(args.set) if args.set else {}
     if args.bench_csv is None:
@@ -666,12 +671,7 @@ def main(argv=None) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         safe = args.label or profile
-        with open(args.out / f"validation_{safe}.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(pred[0]))
-            w.writeheader()
-            for p in pred:
-                w.writerow({k: (f"{v:.6e}" if isinstance(v, float) else v) for k, v in p.items()})
-        (args.out / f"validation_{safe}.md").write_text(text)
+        write_validation(args.out, safe, pred, text)
     if args.layer_csv is not None:
         validate_layers(args.layer_csv, args, overrides)
     return 0
