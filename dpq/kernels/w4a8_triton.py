@@ -139,11 +139,12 @@ class KernelConfig:
     programmatic dependent launch (sm_90+): each program lets the next kernel of the stream be scheduled at once
     (``griddepcontrol.launch_dependents``) and waits for the kernel before it to finish (``griddepcontrol.wait``)
     before it reads any operand or writes anything, so a chain of such launches overlaps one kernel's tail and the
-    next one's start (same bits; off by default: on an H100 the decode layer got 17-50% slower with it - grids of
-    fewer programs than the GPU holds start packed onto the SMs the kernel before frees first - results/gpu/README.md);
+    next one's start (same bits; off by default: on an H100 the decode layer got 17-50% slower with it, the GEMMs of
+    fewer programs than the GPU holds 1.3-2.3x slower - why is not known, results/gpu/README.md);
     l2_prefetch_steps: with pdl, each program first asks the L2 for the weight bytes of its first that many K steps
     (``cp.async.bulk.prefetch.L2``, a hint: the loads proper come after the wait; an L2 prefetch cannot return stale
-    data; the first token tile of each weight tile asks, and none when N is not a multiple of block_n); pdl_trigger: where a program lets the next kernel start, "start" or "after_loop" (before its epilogue);
+    data; the first token tile of each weight tile asks, and none when N is not a multiple of block_n);
+    pdl_trigger: where a program lets the next kernel start, "start" or "after_loop" (before its epilogue);
     mma_wait_each_step: "v5"/"v4"/"lut" wait for all of a K step's wgmmas at the end of the step. Triton 3.6 leaves
     up to 3 register-A wgmmas in flight into the next step, whose code may then overwrite the expanded weights they
     still read (triton-lang/triton issue 9433; ``scripts/kernel_sass.py`` finds such writes in the SASS: 132 in v5,
@@ -701,7 +702,7 @@ def expansion_lut(group_scales, zeros, fp8_max: float, rows_per_chunk: int = 409
 
 # Programmatic dependent launch (KernelConfig.pdl): L2 prefetches a program issues before it waits for the kernel
 # before it. Both are hints (nothing reaches the program's registers); the bulk form is only given 16-byte aligned
-# stretches of whole rows inside the weight buffers, the line form the first and last byte of a row stretch.
+# stretches of whole rows inside the weight buffers (checked at launch), the line form addresses inside a row stretch.
 # Every thread of the program runs the asm; only thread 0 issues the request.
 L2_BULK_PREFETCH_ASM = ("{ .reg .pred first; .reg .b32 t; mov.u32 t, %tid.x; setp.eq.u32 first, t, 0; "
                         "@first cp.async.bulk.prefetch.L2.global [$1], $2; } // dummy $0")
