@@ -82,7 +82,8 @@ SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_default", "w4a8_fused_pdl", 
            "w4a8_fused_nowait", "w4a8_expand", "w4a8_fused_v5", "w4a8_fused_v5old", "w4a8_fused_v4",
            "w4a8_fused_v3", "w4a8_fused_v2", "fp8_triton", "w4a8_unfused")
 FUSED_VARIANTS = {"w4a8_fused": None, "w4a8_fused_default": None, "w4a8_fused_pdl": None,
-                  "w4a8_fused_pdl_late": None, "w4a8_fused_nowait": None, "w4a8_fused_v5": "v5", "w4a8_fused_v5old": "v5",
+                  "w4a8_fused_pdl_late": None, "w4a8_fused_nowait": None, "w4a8_fused_v5": "v5",
+                  "w4a8_fused_v5old": "v5",
                   "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2",
                   "fp8_triton": "fp8"}  # None: --fused-variant (the card's)
 OLD_RULE_SCHEMES = ("w4a8_fused_v5old",)  # the split rule without the card's SM limits
@@ -295,7 +296,8 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
                              "w4a8_fused_v3": args.quick_v3}.get(scheme, args.quick)
                     quick = quick or scheme in HEURISTIC_ONLY_SCHEMES or scheme in args.heuristic_only
                     for cfg in fused_candidates(m, n, k, info["limits"], quick, variant,
-                                                old_rule=scheme in OLD_RULE_SCHEMES, changes=CONFIG_SCHEMES.get(scheme)):
+                                                old_rule=scheme in OLD_RULE_SCHEMES,
+                                                changes=CONFIG_SCHEMES.get(scheme)):
                         res = kernel_resources(x8, pw, cfg)
                         y = w4a8_matmul(x8, pw, 1.0, out_dtype="float32", config=cfg)
                         err = float((y.double() - ref).norm() / ref.norm())
@@ -355,7 +357,8 @@ CHAIN_SCHEMES = {
     "v5_nowait": ("v5", {"mma_wait_each_step": False}),
 }
 LAYER_FIELDS = ["card", "driver", "torch", "triton", "cuda", "sm_count", "date", "model", "m", "scheme", "variant",
-                "pdl", "l2_prefetch_steps", "reduce_in_kernel", "pdl_trigger", "mma_wait_each_step", "latency_s", "spread_rel", "layers_per_graph",
+                "pdl", "l2_prefetch_steps", "reduce_in_kernel", "pdl_trigger", "mma_wait_each_step", "latency_s",
+                "spread_rel", "layers_per_graph",
                 "weight_copies", "layer_weight_bytes", "achieved_tb_per_s", "bit_equal_outputs", "configs"]
 
 

@@ -196,7 +196,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", type=int, default=4)
     ap.add_argument("--maxnreg", type=int, default=None, help="register cap per thread (Triton launch option)")
     ap.add_argument("--pdl", action="store_true", help="v5/v4/fp8: programmatic dependent launch (KernelConfig.pdl)")
-    ap.add_argument("--prefetch-steps", type=int, default=0, help="with --pdl: K steps prefetched to L2 before the wait")
+    ap.add_argument("--prefetch-steps", type=int, default=0,
+                    help="with --pdl: K steps prefetched to L2 before the wait")
     ap.add_argument("--pdl-trigger", choices=("start", "after_loop"), default="start",
                     help="with --pdl: where a program lets the next kernel start (KernelConfig.pdl_trigger)")
     ap.add_argument("--no-mma-wait", action="store_true",
@@ -219,8 +220,8 @@ def main(argv=None) -> int:
           f"-> {n / weights_per_thread:.2f} instructions per weight")
     print("loop mix:", ", ".join(f"{op} {c}" for op, c in loop.most_common(30)))
     hazards = wgmma_register_hazards(sass)
-    print(f"writes to A registers of wgmmas possibly in flight: {len(hazards)}"
-          + (f" (first: {hazards[0][1]} {hazards[0][2]} at {hazards[0][0]}, MMA at {hazards[0][3]})" if hazards else ""))
+    first = f" (first: {hazards[0][1]} {hazards[0][2]} at {hazards[0][0]}, MMA at {hazards[0][3]})" if hazards else ""
+    print(f"writes to A registers of wgmmas possibly in flight: {len(hazards)}{first}")
     if a.dump:
         a.dump.mkdir(parents=True, exist_ok=True)
         (a.dump / f"{a.variant}.ttgir").write_text(k.asm["ttgir"])
