@@ -868,6 +868,40 @@ def _kernels():
             tl.store(part_ptr + pid_s.to(tl.int64) * M * N + out_offs, acc, mask=out_mask)
 
     @triton.jit
+    def store_result(acc, out_ptr, part_ptr, count_ptr, offs_n, offs_t, n_mask, t_mask, M, N, stride_om, out_scale,
+                     pid_n, pid_t, pid_s, n_parts, SPLIT_K: tl.constexpr, OUT_BF16: tl.constexpr,
+                     REDUCE: tl.constexpr):
+        # the "v5"/"v4" epilogue: y = acc * (s_x s_t) stored, or the split-K part stored (and, with REDUCE, the
+        # ordered in-kernel reduction: the program that finishes a tile's parts last - an arrival counter per tile -
+        # adds all parts in order, part 0 first, in float32, as the separate reduction kernel does; the counter is
+        # reset for the next launch)
+        out_offs = offs_t[None, :].to(tl.int64) * stride_om + offs_n[:, None]
+        out_mask = n_mask[:, None] & t_mask[None, :]
+        if SPLIT_K == 1:
+            y = acc * out_scale
+            if OUT_BF16:
+                tl.store(out_ptr + out_offs, y.to(tl.bfloat16), mask=out_mask)
+            else:
+                tl.store(out_ptr + out_offs, y, mask=out_mask)
+        else:
+            tl.store(part_ptr + pid_s.to(tl.int64) * M * N + out_offs, acc, mask=out_mask)
+            if REDUCE:
+                tl.debug_barrier()  # every thread's part stored before the release below
+                tile = pid_t * tl.num_programs(0) + pid_n
+                arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
+                if arrived == n_parts - 1:
+                    total = tl.load(part_ptr + out_offs, mask=out_mask, other=0.0, cache_modifier=".cg")
+                    for ps in range(1, n_parts):
+                        total = total + tl.load(part_ptr + ps * M * N + out_offs, mask=out_mask, other=0.0,
+                                                cache_modifier=".cg")
+                    y = total * out_scale
+                    if OUT_BF16:
+                        tl.store(out_ptr + out_offs, y.to(tl.bfloat16), mask=out_mask)
+                    else:
+                        tl.store(out_ptr + out_offs, y, mask=out_mask)
+                    tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed", scope="gpu")
+
+    @triton.jit
     def w4a8_v4_kernel(x_ptr, w_ptr, lut_ptr, out_ptr, part_ptr, count_ptr,
                        M, N, K, stride_xm, stride_om, out_scale, k_steps_per_split, n_parts,
                        BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, GROUP: tl.constexpr, GPS: tl.constexpr,
@@ -955,34 +989,8 @@ def _kernels():
                 wgmma_wait_all()
         if PDL and PDL_LATE:
             tl.extra.cuda.gdc_launch_dependents()
-        out_offs = offs_t[None, :].to(tl.int64) * stride_om + offs_n[:, None]
-        out_mask = n_mask[:, None] & t_mask[None, :]
-        if SPLIT_K == 1:
-            y = acc * out_scale
-            if OUT_BF16:
-                tl.store(out_ptr + out_offs, y.to(tl.bfloat16), mask=out_mask)
-            else:
-                tl.store(out_ptr + out_offs, y, mask=out_mask)
-        else:
-            tl.store(part_ptr + pid_s.to(tl.int64) * M * N + out_offs, acc, mask=out_mask)
-            if REDUCE:
-                # ordered split-K reduction in this launch: the program that finishes a tile's parts last (an
-                # arrival counter per tile) adds all parts in order, part 0 first, in float32, as the separate
-                # reduction kernel does; the counter is reset for the next launch.
-                tl.debug_barrier()  # every thread's part stored before the release below
-                tile = pid_t * tl.num_programs(0) + pid_n
-                arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
-                if arrived == n_parts - 1:
-                    total = tl.load(part_ptr + out_offs, mask=out_mask, other=0.0, cache_modifier=".cg")
-                    for ps in range(1, n_parts):
-                        total = total + tl.load(part_ptr + ps * M * N + out_offs, mask=out_mask, other=0.0,
-                                                cache_modifier=".cg")
-                    y = total * out_scale
-                    if OUT_BF16:
-                        tl.store(out_ptr + out_offs, y.to(tl.bfloat16), mask=out_mask)
-                    else:
-                        tl.store(out_ptr + out_offs, y, mask=out_mask)
-                    tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed", scope="gpu")
+        store_result(acc, out_ptr, part_ptr, count_ptr, offs_n, offs_t, n_mask, t_mask, M, N, stride_om, out_scale,
+                     pid_n, pid_t, pid_s, n_parts, SPLIT_K, OUT_BF16, REDUCE)
 
     word_asm, word_constraints = tl.constexpr(TABLE_WORD_ASM), tl.constexpr(TABLE_WORD_CONSTRAINTS)
     word_asm_clamp = tl.constexpr(TABLE_WORD_ASM_CLAMP)
@@ -1071,31 +1079,8 @@ def _kernels():
                 wgmma_wait_all()
         if PDL and PDL_LATE:
             tl.extra.cuda.gdc_launch_dependents()
-        out_offs = offs_t[None, :].to(tl.int64) * stride_om + offs_n[:, None]
-        out_mask = n_mask[:, None] & t_mask[None, :]
-        if SPLIT_K == 1:
-            y = acc * out_scale
-            if OUT_BF16:
-                tl.store(out_ptr + out_offs, y.to(tl.bfloat16), mask=out_mask)
-            else:
-                tl.store(out_ptr + out_offs, y, mask=out_mask)
-        else:
-            tl.store(part_ptr + pid_s.to(tl.int64) * M * N + out_offs, acc, mask=out_mask)
-            if REDUCE:  # as in v4
-                tl.debug_barrier()
-                tile = pid_t * tl.num_programs(0) + pid_n
-                arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
-                if arrived == n_parts - 1:
-                    total = tl.load(part_ptr + out_offs, mask=out_mask, other=0.0, cache_modifier=".cg")
-                    for ps in range(1, n_parts):
-                        total = total + tl.load(part_ptr + ps * M * N + out_offs, mask=out_mask, other=0.0,
-                                                cache_modifier=".cg")
-                    y = total * out_scale
-                    if OUT_BF16:
-                        tl.store(out_ptr + out_offs, y.to(tl.bfloat16), mask=out_mask)
-                    else:
-                        tl.store(out_ptr + out_offs, y, mask=out_mask)
-                    tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed", scope="gpu")
+        store_result(acc, out_ptr, part_ptr, count_ptr, offs_n, offs_t, n_mask, t_mask, M, N, stride_om, out_scale,
+                     pid_n, pid_t, pid_s, n_parts, SPLIT_K, OUT_BF16, REDUCE)
 
     @triton.jit
     def splitk_reduce_kernel(part_ptr, out_ptr, MN, out_scale, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
