@@ -58,7 +58,6 @@ import argparse
 import csv
 import datetime as _dt
 import math
-import statistics
 import subprocess
 import sys
 from dataclasses import replace
@@ -67,6 +66,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from scripts.gpu_timing import time_graph  # noqa: E402
 
 # (model, layer, n, k): sim.models' linear_shapes() of each model (QKV and gate/up fused), one GPU.
 SHAPES = [
@@ -122,39 +123,6 @@ def device_info(torch) -> dict:
             "cuda": torch.version.cuda, "sm_count": props.multi_processor_count,
             "limits": SMLimits.of_device(0),
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-
-
-def time_graph(torch, calls, repeats: int, keep_last: bool = False):
-    """Median seconds per call of a CUDA graph running ``calls`` (list of thunks) back to back; relative spread;
-    with ``keep_last``, also a copy of what the last thunk returned (a list of tensors) after the final replay."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for fn in calls[:3]:  # warm up: compilation, handles, workspaces
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for fn in calls[:-1]:
-            fn()  # outputs dropped at once: the graph's pool reuses their memory, as a decode loop would
-        out = calls[-1]()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e-3 / len(calls))
-    last = [o.clone() for o in out] if keep_last else None
-    med = statistics.median(times)
-    del g, out
-    if keep_last:
-        return med, (max(times) - min(times)) / med, last
-    return med, (max(times) - min(times)) / med
 
 
 def make_weights(torch, n: int, k: int, gen):

@@ -24,9 +24,15 @@ import csv
 import datetime as _dt
 import math
 import os
-import statistics
 import subprocess
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scripts.gpu_timing import time_graph  # noqa: E402
 
 # Linear-layer shapes (n = output features, k = input features) of the Llama family, one device, no tensor
 # parallelism. Fused QKV and fused gate/up projections as serving engines run them.
@@ -69,34 +75,6 @@ def _device_info(torch):
         "sm_count": props.multi_processor_count,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }, l2
-
-
-def _time_graph(torch, fn_list, repeats):
-    """Median seconds per call of a CUDA graph that runs every callable in fn_list once."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for fn in fn_list[: min(3, len(fn_list))]:
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for fn in fn_list:
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e-3 / len(fn_list))
-    del graph
-    return statistics.median(times), (max(times) - min(times)) / statistics.median(times)
 
 
 def _copies_for(bytes_per_copy, rotate_bytes):
@@ -147,7 +125,7 @@ def measure_gemm(torch, shapes, m_values, schemes, rotate_bytes, repeats, max_ca
                                .to(torch.float8_e4m3fn) for _ in range(n_x)]
                     fns = [(lambda i=i: fp8_call(i)) for i in range(calls)]
                 try:
-                    median_s, spread = _time_graph(torch, fns, repeats)
+                    median_s, spread = time_graph(torch, fns, repeats)
                     status = "ok"
                 except Exception as exc:  # noqa: BLE001 - record and continue
                     median_s, spread, status = float("nan"), float("nan"), f"error:{type(exc).__name__}"
@@ -177,7 +155,7 @@ def measure_copy(torch, sizes, repeats, writer, info, l2_bytes):
         dsts = [torch.empty_like(s) for s in srcs]
         calls = max(n_buf, min(200, int(2e-3 / max(nbytes / 3e12, 2e-6))))
         fns = [(lambda i=i: dsts[i % n_buf].copy_(srcs[i % n_buf])) for i in range(calls)]
-        median_s, spread = _time_graph(torch, fns, repeats)
+        median_s, spread = time_graph(torch, fns, repeats)
         writer.writerow({**info, "bytes_copied": nbytes, "bytes_moved": 2 * nbytes, "latency_s": f"{median_s:.6e}",
                          "spread_rel": f"{spread:.4f}", "bandwidth_bytes_per_s": f"{2 * nbytes / median_s:.4e}"})
         print(f"copy {nbytes / 2**20:8.1f} MiB {median_s * 1e6:10.2f} us {2 * nbytes / median_s / 1e12:6.3f} TB/s",

@@ -37,9 +37,14 @@ import argparse
 import csv
 import datetime as _dt
 import math
-import statistics
 import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scripts.gpu_timing import time_graph  # noqa: E402
 
 BLOCK_K = 128
 FIELDS = ["card", "sm_count", "triton", "torch", "date", "experiment", "block_n", "block_t", "warps", "stages", "alu",
@@ -108,33 +113,6 @@ def alu_asm(alu: int, op: str = "addxor") -> str:
         body = " mov.b32 f, t; cvt.rn.f16x2.f32 t, f, z;" * alu
         return "{ .reg .b32 t; .reg .f32 f, z; mov.b32 t, $1; mov.b32 z, $2;" + body + " mov.b32 $0, t; }"
     raise ValueError(f"op={op!r}: expected one of {ALU_OPS}")
-
-
-def time_graph(torch, calls, repeats: int) -> tuple[float, float]:
-    """Median seconds per call of a CUDA graph of ``calls`` (thunks) back to back, and the relative spread."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for fn in calls[:2]:
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for fn in calls:
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e-3 / len(calls))
-    med = statistics.median(times)
-    return med, (max(times) - min(times)) / med
 
 
 def experiments(quick: bool):
@@ -509,7 +487,7 @@ def main(argv=None) -> int:
             calls_n = max(len(ws), min(400, math.ceil(2e-3 / max(w_bytes / 3e12, 2e-6))))
             calls = [call(ws[i % len(ws)]) for i in range(calls_n)]
             try:
-                t, spread = time_graph(torch, calls, args.repeats)
+                t, spread = time_graph(torch, calls, args.repeats, warmup=2)
             except Exception as exc:  # a configuration the compiler refuses (e.g. shared memory) is reported
                 print(f"{exp} bn={block_n} bt={block_t} w={warps} s={stages} alu={alu} half={half}: {exc}")
                 continue
