@@ -56,8 +56,9 @@ Numerics (the data of hw_profiles/h100-triton-w4a8.yaml; see results/gpu/README.
   cuBLAS's promotion every 128 elements is not reachable from Triton 3.6 and the kernel does not offer it;
 * the MMA pipeline: the expanded weights are the MMAs' A operand, in registers; each K step ends by waiting for its
   MMAs (``KernelConfig.mma_wait_each_step``), because Triton 3.6's own pipelining lets the next step overwrite those
-  registers while MMAs still read them (triton-lang/triton issue 9433: run-to-run differences measured on an H200;
-  ``scripts/kernel_sass.py`` finds no such write in the compiled loops with the wait);
+  registers while MMAs still read them (triton-lang/triton issue 9433: run-to-run differences measured on an H200);
+  every compiled kernel's SASS is checked once at its first launch (``dpq.kernels.sass.wgmma_register_hazards``:
+  no such write) and refused otherwise;
 * split-K: each part writes its float32 chain result; a second kernel adds the parts in order (part 0 first) in
   float32, then multiplies by float32(s_x s_t) once and rounds to bf16 (deterministic). With
   ``reduce_in_kernel`` (v4/fp8) the program that finishes a tile's parts last (an atomic arrival counter decides
@@ -84,6 +85,7 @@ from __future__ import annotations
 
 import functools
 import math
+import subprocess
 from dataclasses import dataclass
 
 import numpy as np
@@ -1235,6 +1237,8 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
                             m, n, k, x8.stride(0), weight.codes.stride(0), weight.group_scales.stride(0),
                             weight.zeros.stride(0), out.stride(0), scale, per, SPLIT_K=split, FP8_MAX=weight.fp8_max,
                             BLOCK_K=weight.group_size, **launch)
+    if config.mma_wait_each_step:
+        _check_mma_pipeline(compiled)
     if split > 1 and not reduce_in_kernel:
         block = 1024
         extra = dict(launch_pdl=True, PDL=True) if pdl else {}
@@ -1244,6 +1248,38 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
 
 
 _V5_CHECKED = set()
+_MMA_CHECKED = set()
+
+
+def _check_mma_pipeline(compiled) -> None:
+    """Once per compiled kernel: its main loop writes no register a warpgroup MMA may still read (the SASS, by
+    ``dpq.kernels.sass.wgmma_register_hazards``). Triton 3.6 needed the per-step wait for that (issue 9433); another
+    Triton or ptxas could schedule differently, and its results would then not be reproducible."""
+    key = id(compiled)
+    if key in _MMA_CHECKED:
+        return
+    from dpq.kernels.sass import cuobjdump_path, disassemble, wgmma_register_hazards
+
+    if cuobjdump_path() is None:
+        import warnings
+
+        warnings.warn("w4a8 kernel: this Triton has no cuobjdump; the compiled kernel's MMA pipeline is not checked",
+                      RuntimeWarning, stacklevel=3)
+    else:
+        try:
+            hazards = wgmma_register_hazards(disassemble(compiled.asm["cubin"]))
+        except (OSError, subprocess.CalledProcessError) as exc:  # the tool failed: no verdict, not a hazard
+            import warnings
+
+            warnings.warn(f"w4a8 kernel: could not disassemble the compiled kernel ({exc}); its MMA pipeline is not "
+                          f"checked", RuntimeWarning, stacklevel=3)
+            hazards = []
+        if hazards:
+            a, op, reg, mma = hazards[0]
+            raise RuntimeError(f"w4a8 kernel: the compiled main loop writes {len(hazards)} time(s) to registers that a "
+                               f"warpgroup MMA may still be reading (first: {op} {reg} at {a}, MMA at {mma}); its "
+                               f"results would not be reproducible with this Triton/ptxas. Use kernel='cublas'.")
+    _MMA_CHECKED.add(key)
 
 
 def _check_v5_layout(compiled) -> None:

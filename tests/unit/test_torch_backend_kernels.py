@@ -202,11 +202,12 @@ def _sass(lines):
     ("LDS.128 R{r}, [R9]", 4), ("IMAD.WIDE R{r}, R2, 0x4, R6", 2), ("CS2R R{r}, SRZ", 2),
     ("ATOMG.E.ADD.STRONG.GPU PT, R{r}, [R4], R5", 1), ("STS [R{r}], R1", 0)])  # a store writes no register
 @pytest.mark.parametrize("r", [57, 59, 61, 63, 64, 66])
-def test_wgmma_register_hazard_finder(monkeypatch, template, width, r):
+def test_wgmma_register_hazard_finder(template, width, r):
     """The SASS check of the register-A wgmma hazard: a write to an A register (4 per MMA) while its group is in
     flight counts, whatever the instruction's form and width; a write to the A registers of a group a wait has
     retired does not."""
-    ks = _kernel_sass_module(monkeypatch)
+    from dpq.kernels import sass as ks
+
     written = template.format(r=r)
     touched = set(range(r, r + width))
     # an open group: the write comes after its first MMA (A = R60..R63) and before the MMA that closes it
@@ -246,3 +247,18 @@ def test_compiled_loops_never_overwrite_operands_of_mmas_in_flight(variant, tile
     if variant in ("v5", "v4") and block_t == 16:
         _, sass, _ = compile_kernel(variant, block_n, block_t, 128, split, warps, stages, mma_wait=False)
         assert wgmma_register_hazards(sass), "the check finds the hazard it is there for"
+
+
+@pytest.mark.parametrize("variant", ["v5", "v4"])
+def test_launch_refuses_a_kernel_whose_mma_pipeline_is_unsafe(variant, monkeypatch):
+    """w4a8_matmul checks each compiled kernel's SASS once (another Triton or ptxas may schedule differently): the
+    waited loop passes, the loop without the wait is refused with a clear error."""
+    pytest.importorskip("triton")
+    from dpq.kernels import w4a8_triton as W
+
+    ks = _kernel_sass_module(monkeypatch)
+    safe, _, _ = ks.compile_kernel(variant, 128, 16, 128, 4, 4, 3)
+    W._check_mma_pipeline(safe)
+    unsafe, _, _ = ks.compile_kernel(variant, 128, 16, 128, 4, 4, 3, mma_wait=False)
+    with pytest.raises(RuntimeError, match="not be reproducible"):
+        W._check_mma_pipeline(unsafe)
