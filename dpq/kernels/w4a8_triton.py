@@ -1268,7 +1268,7 @@ def _check_mma_pipeline(compiled) -> None:
     else:
         try:
             hazards = wgmma_register_hazards(disassemble(compiled.asm["cubin"]))
-        except (OSError, subprocess.CalledProcessError) as exc:  # the tool failed: no verdict, not a hazard
+        except (OSError, subprocess.CalledProcessError, KeyError, AttributeError) as exc:  # no verdict, no hazard
             import warnings
 
             warnings.warn(f"w4a8 kernel: could not disassemble the compiled kernel ({exc}); its MMA pipeline is not "
