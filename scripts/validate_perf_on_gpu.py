@@ -163,6 +163,15 @@ def kernel_commit_of(bench_csv: Path) -> str:
     return out
 
 
+def export_packages_at(commit: str, directory: str) -> None:
+    """dpq and sim as they were at ``commit``, extracted into ``directory`` (sim too: dpq imports it since 4e90782)."""
+    import subprocess
+
+    archive = subprocess.run(["git", "archive", commit, "dpq", "sim"], capture_output=True, cwd=ROOT,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", directory], input=archive, check=True)
+
+
 def compile_at_commit(commit: str, variant: str, cfg: dict) -> dict:
     """SASS structure of a kernel configuration as the code of ``commit`` compiles it (dpq/kernels and
     scripts/kernel_sass.py exported from git into a temporary directory, imported in a fresh interpreter)."""
@@ -171,10 +180,7 @@ def compile_at_commit(commit: str, variant: str, cfg: dict) -> dict:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        # sim too: dpq of a later commit imports it (one wave_split_cost, 4e90782)
-        archive = subprocess.run(["git", "archive", commit, "dpq", "sim"], capture_output=True, cwd=ROOT,
-                                 check=True).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        export_packages_at(commit, tmp)
         (Path(tmp) / "scripts").mkdir()
         sass_tool = subprocess.run(["git", "show", f"{commit}:scripts/kernel_sass.py"], capture_output=True,
                                    text=True, cwd=ROOT)  # absent before it was written: today's compiles the same
@@ -296,10 +302,7 @@ def heuristic_configs_at_commit(commit: str, variant: str, cases: list[tuple[int
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        # sim too: dpq of a later commit imports it (one wave_split_cost, 4e90782)
-        archive = subprocess.run(["git", "archive", commit, "dpq", "sim"], capture_output=True, cwd=ROOT,
-                                 check=True).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        export_packages_at(commit, tmp)
         code = ("import dataclasses, json, sys; sys.path.insert(0, sys.argv[1]); "
                 "from dpq.kernels.w4a8_triton import default_config; a = json.loads(sys.argv[2]); "
                 "print(json.dumps([dataclasses.asdict(default_config(m, n, k, a['sms'], 128, a['variant'])) "
