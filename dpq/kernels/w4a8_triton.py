@@ -870,6 +870,24 @@ def _kernels():
             tl.store(part_ptr + pid_s.to(tl.int64) * M * N + out_offs, acc, mask=out_mask)
 
     @triton.jit
+    def program_tile(M, N, K, k_steps_per_split, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, STEP: tl.constexpr):
+        # the "v5"/"v4" program's weight rows, tokens (with their masks) and slice [ks_begin, ks_end) of K steps
+        pid_n = tl.program_id(0)
+        pid_t = tl.program_id(1)
+        pid_s = tl.program_id(2)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        k_steps = K // STEP
+        ks_begin = pid_s * k_steps_per_split
+        ks_end = ks_begin + k_steps_per_split
+        if ks_end > k_steps:
+            ks_end = k_steps
+        # every part is non-empty (the host makes it so); telling the compiler keeps the zero-trip path (and its
+        # accumulator initialisation) out of the loop's wgmma pipeline, which ptxas would otherwise serialise
+        tl.assume(ks_end > ks_begin)
+        return pid_n, pid_t, pid_s, offs_n, offs_t, offs_n < N, offs_t < M, ks_begin, ks_end
+
+    @triton.jit
     def store_result(acc, out_ptr, part_ptr, count_ptr, offs_n, offs_t, n_mask, t_mask, M, N, stride_om, out_scale,
                      pid_n, pid_t, pid_s, n_parts, SPLIT_K: tl.constexpr, OUT_BF16: tl.constexpr,
                      REDUCE: tl.constexpr):
@@ -913,21 +931,8 @@ def _kernels():
         # v4 (and, with FP8_W, the same loop on 1-byte FP8 weights): GPS groups per K step; weights group-major
         # (one contiguous block of HBM per group and program); codes read 16 bytes per thread (words reordered
         # at load time, see v4_codes_np); tables read as one (BLOCK_N, 4) tile.
-        pid_n = tl.program_id(0)
-        pid_t = tl.program_id(1)
-        pid_s = tl.program_id(2)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-        n_mask = offs_n < N
-        t_mask = offs_t < M
-        k_steps = K // (GROUP * GPS)
-        ks_begin = pid_s * k_steps_per_split
-        ks_end = ks_begin + k_steps_per_split
-        if ks_end > k_steps:
-            ks_end = k_steps
-        # every part is non-empty (the host makes it so); telling the compiler keeps the zero-trip path (and its
-        # accumulator initialisation) out of the loop's wgmma pipeline, which ptxas would otherwise serialise
-        tl.assume(ks_end > ks_begin)
+        pid_n, pid_t, pid_s, offs_n, offs_t, n_mask, t_mask, ks_begin, ks_end = program_tile(
+            M, N, K, k_steps_per_split, BLOCK_N, BLOCK_T, GROUP * GPS)
         offs_g = tl.arange(0, GROUP)
         x_rows = x_ptr + offs_t[:, None].to(tl.int64) * stride_xm
         if FP8_W:
@@ -1009,19 +1014,8 @@ def _kernels():
         # v5: v4's loop (codes group-major, 16-byte loads, LUT_ASM_ROW look-ups) with the tables built in the loop
         # from the group's float32 scales (G, N) and zero bytes (G, N4, read 4 rows to a word): each lane of a quad
         # builds one word of its 4 rows' tables (TABLE_WORD_ASM), shuffles within the quad hand out the other 3.
-        pid_n = tl.program_id(0)
-        pid_t = tl.program_id(1)
-        pid_s = tl.program_id(2)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-        n_mask = offs_n < N
-        t_mask = offs_t < M
-        k_steps = K // GROUP
-        ks_begin = pid_s * k_steps_per_split
-        ks_end = ks_begin + k_steps_per_split
-        if ks_end > k_steps:
-            ks_end = k_steps
-        tl.assume(ks_end > ks_begin)  # as in v4: keeps the wgmma pipeline
+        pid_n, pid_t, pid_s, offs_n, offs_t, n_mask, t_mask, ks_begin, ks_end = program_tile(
+            M, N, K, k_steps_per_split, BLOCK_N, BLOCK_T, GROUP)
         offs_g = tl.arange(0, GROUP)
         x_rows = x_ptr + offs_t[:, None].to(tl.int64) * stride_xm
         W: tl.constexpr = GROUP // 4
