@@ -19,7 +19,10 @@ Kernels (``kernel=``):
   ``triton_variant`` (else $DPQ_TRITON_VARIANT, else the card's measured best, ``default_variant_for``: "v5" on an
   H100, "v4" on an H200, "v5" on other cards): "v5" (tables built in the loop from the group's scale
   and zero), "v4" or "lut" (tables precomputed, read from memory), "v2" (float32 arithmetic per weight) or "fp8"
-  (weights expanded once, the same loop); all give the same bits.
+  (weights expanded once, the same loop); all give the same bits. From ``expand_from_tokens`` tokens per call (by
+  default the card's measured crossover, ``fused_kernel.expand_from_tokens`` of its profile) a v5/v4 weight runs
+  the prefill path instead: one kernel expands it to FP8 (a temporary N x K buffer), then ``torch._scaled_mm`` -
+  the ``cublas`` kernel's numerics (``prefill_path(m)`` tells which a call of m tokens gets).
 * on HPU: ``torch.ops.hpu.cast_to_fp8_v2`` and ``torch.ops.hpu.fp8_gemm_v2`` (Gaudi 2 takes its FP8 values in
   the e4m3 range of +-240, which are a subset of torch's float8_e4m3fn codes, bit pattern for bit pattern).
 * on CPU: float32 matmul of the same FP8 values (the ``reference`` backend's arithmetic, not a chip's).
@@ -171,7 +174,8 @@ class TorchLinear:
     """
 
     def __init__(self, p: PackedLinear, device: str | None = None, *, kernel: str = "cublas",
-                 out_dtype: str = "bfloat16", triton_config=None, triton_variant: str | None = None):
+                 out_dtype: str = "bfloat16", triton_config=None, triton_variant: str | None = None,
+                 expand_from_tokens="card"):
         if not p.quantizes_activations or (p.weight_encoding == "int_asym" and p.expansion != "fp8"):
             raise ValueError(f"torch backend: layer {p.name!r} is not an FP8 GEMM (weights {p.weight_encoding}/"
                              f"{p.expansion}, activations {'FP8' if p.quantizes_activations else '16-bit'}); "
@@ -200,6 +204,8 @@ class TorchLinear:
                        or default_variant_for(torch.cuda.get_device_name(self.device)))
             self._triton_weight = PackedW4A8Weight.from_packed(p, self.device, variant)
             self._triton_config = triton_config
+            self._expand_from_tokens = expand_from_tokens
+            self.prefill_path(1)  # checks expand_from_tokens
         else:
             self._w8 = weight_fp8(p, self.device)
 
@@ -208,10 +214,10 @@ class TorchLinear:
         p = self.packed
         x8 = activation_fp8(x, p.act_scale, p.fp8_format)
         if self.kernel == "triton":
-            from dpq.kernels.w4a8_triton import w4a8_matmul
+            from dpq.kernels.w4a8_triton import w4a8_linear
 
-            return w4a8_matmul(x8, self._triton_weight, float(p.act_scale), out_dtype=self.out_dtype,
-                               config=self._triton_config)
+            return w4a8_linear(x8, self._triton_weight, float(p.act_scale), out_dtype=self.out_dtype,
+                               config=self._triton_config, expand_from_tokens=self._expand_from_tokens)
         if self.device == "cuda":
             return self.torch._scaled_mm(x8, self._w8.t(), scale_a=self._scale_a, scale_b=self._scale_b,
                                          out_dtype=self._torch_out, use_fast_accum=False)
@@ -222,6 +228,15 @@ class TorchLinear:
         scale = self._scale_a * self._scale_b
         y = (x8.to(self.torch.float32) @ self._w8.to(self.torch.float32).t()) * scale
         return y.to(self._torch_out)
+
+    def prefill_path(self, m: int) -> bool:
+        """Whether a call of m tokens runs the prefill path (expansion kernel + cuBLAS: the numerics of
+        ``sim.mac.fp8_gemm(hw="h100"/"h200")``); False for the fused kernel and for the ``cublas`` kernel."""
+        if self.kernel != "triton":
+            return False
+        from dpq.kernels.w4a8_triton import uses_prefill_path
+
+        return uses_prefill_path(m, self._triton_weight, self._expand_from_tokens)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         torch = self.torch

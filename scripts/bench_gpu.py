@@ -173,7 +173,12 @@ def fused_candidates(m: int, n: int, k: int, limits, quick: bool, variant: str, 
         other_n = 64 if base.block_n == 128 else 128
         cands += [replace(base, block_n=other_n), replace(base, split_k=base.split_k * 2)]
     else:
-        cands += [KernelConfig(block_n=128, block_t=64, split_k=1, num_warps=4, num_stages=4)]
+        # prefill tiles: 128 x 128 with split-K (the heuristic does not split above M = 64, leaving the SMs
+        # under-filled when N / 128 * M / 128 is below their count), and 128 x 64 tiles with and without it
+        wide = KernelConfig(block_n=128, block_t=64, split_k=1, num_warps=4, num_stages=3)
+        cands += [replace(base, split_k=v) for v in (2, 3, 4)]
+        cands += [wide, replace(wide, split_k=2), replace(wide, split_k=4),
+                  KernelConfig(block_n=128, block_t=64, split_k=1, num_warps=4, num_stages=4)]
     seen, out = set(), []
     steps = k // GROUP_SIZE
     for c in cands:

@@ -3,7 +3,9 @@
 Reads ``results/gpu/bench_<card>.csv`` (scripts/bench_gpu.py) and predicts every row: bf16 / fp8 cuBLAS rows with
 ``sim.perf.gemm_timing(profile, m, n, k, scheme)``, w4a8_unfused as what scripts/bench_gpu.py runs for it: the
 chain of torch eager kernels of ``dpq.torch_backend.expanded_weight_values`` (``UNFUSED_TORCH_KERNELS``, each a
-streaming kernel of the profile, ``sim.perf.gemm.streaming_kernels_time``) and the FP8 cuBLAS GEMM; and every fused
+streaming kernel of the profile, ``sim.perf.gemm.streaming_kernels_time``) and the FP8 cuBLAS GEMM; w4a8_expand
+(the prefill path) as one such streaming kernel (reads the variant's bytes per weight, writes 1 byte per weight)
+and the FP8 cuBLAS GEMM; and every fused
 Triton row (w4a8_fused*, fp8_triton) with the structure model
 ``sim.perf.fused_kernel.fused_gemm_timing`` on the card's ``<profile>-triton-w4a8`` profile, given the structure of
 the configuration that row actually ran: its tile/split/warps/stages (CSV columns, else the ``config`` text), the
@@ -42,6 +44,7 @@ SCHEME_OF = {"bf16": ("bf16", None), "fp8": ("fp8", None), "w4a8_fused": ("w4a8"
              "w4a8_fused_v2": ("w4a8", None), "fp8_triton": ("fp8", None),
              "w4a8_fused_default": ("w4a8", None), "w4a8_fused_v5old": ("w4a8", None),
              "w4a8_unfused": ("fp8", None),  # w4a8_unfused: the FP8 GEMM after the torch expansion chain (below)
+             "w4a8_expand": ("fp8", None),  # the prefill path: the FP8 GEMM after one expansion kernel (below)
              # the default configuration with launch changes the structure model does not see (predicted as the
              # default): dependent launch, and Triton's wgmma pipelining without the per-step wait
              "w4a8_fused_pdl": ("w4a8", None), "w4a8_fused_pdl_late": ("w4a8", None),
@@ -288,6 +291,11 @@ def predict_rows(rows: list[dict], profile: str, overrides: dict, fused_profile:
                 chain = streaming_kernels_time(cache[key], unfused_kernels(n, k))
                 predicted += sum(sec for _, sec in chain)
                 bound = f"{len(chain)} torch kernels + fp8 gemm"
+            elif r["scheme"] == "w4a8_expand":  # expand_to_fp8 reads the variant's bytes and writes 1 byte/weight
+                (_, sec), = streaming_kernels_time(
+                    cache[key], [("expand_to_fp8", WEIGHT_BYTES[r["variant"]] * n * k, float(n) * k)])
+                predicted += sec
+                bound = f"expansion kernel {sec * 1e6:.1f} us + fp8 gemm"
         out.append({"model": r["model"], "layer": r["layer"], "scheme": r["scheme"], "m": m, "n": n, "k": k,
                     "measured_s": measured, "predicted_s": predicted, "error": predicted / measured - 1.0,
                     "bound": bound})

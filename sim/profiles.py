@@ -248,6 +248,11 @@ class FusedKernelSpec:
     wave_fill_steps: float = _spec("'waves' policy: pipeline fill and drain per wave, in K steps", lo=0)
     wave_program_steps: float = _spec("'waves' policy: a program's fixed cost (prologue, epilogue), in K steps", lo=0)
     split_reduction: bool = _spec("split-K parts are summed by a second kernel (float32 partials through HBM)")
+    expand_from_tokens: int = _spec(
+        "token count M from which a W4A8 GEMM runs as the prefill path instead of the fused kernel: the packed "
+        "weight expanded to FP8 by one streaming kernel (reading weight_bytes_per_weight, writing 1 byte per "
+        "weight), then the base profile's FP8 cuBLAS GEMM (dpq.kernels.w4a8_triton.w4a8_linear; its numerics are "
+        "the base profile's)", lo=1)
     tile_configs: tuple[tuple[float, ...], ...] = _spec(
         "launch configurations by token count: [max_m, block_n, block_t, warps, stages, registers_per_thread, "
         "shared_bytes_per_program, loop_instructions_per_thread, fp32_instructions, int_instructions, "

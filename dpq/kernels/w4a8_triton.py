@@ -70,7 +70,10 @@ Public API::
     default_variant_for(device_name): the card's variant (the *-triton-w4a8 profile's fused_kernel.kernel_variant)
     w4a8_matmul(x8, weight, act_scale, *, out_dtype="bfloat16", config=None) -> torch (M, N)
     expand_to_fp8(weight) -> torch.float8_e4m3fn (N, K); w4a8_matmul_expanded(x8, weight, act_scale): the prefill
-        path (expansion kernel + cuBLAS, cuBLAS numerics; faster than w4a8_matmul only at M = 4096 so far)
+        path (one streaming expansion kernel, then cuBLAS; cuBLAS numerics)
+    w4a8_linear(x8, weight, act_scale, *, expand_from_tokens="card"): the fused kernel below the card's
+        expand_from_tokens (its *-triton-w4a8 profile), the prefill path from there; uses_prefill_path(m, ...)
+        tells which one (and so which numerics) a call of m tokens gets; expand_from_tokens_for(device_name)
     kernel_resources(x8, weight, config) -> registers, shared bytes, spills of the launched kernel
     KernelConfig (tiles, split, stages; pdl: programmatic dependent launch, off by default: slower on an H100),
     default_config(m, n, k, num_sms, group_size, variant, sm_limits), split_k_parts(k, config, group_size)
@@ -108,22 +111,41 @@ def default_variant_for(device_name: str) -> str:
     """
     if not isinstance(device_name, str):
         raise TypeError(f"device_name={device_name!r}: expected the CUDA device name as a string")
-    for profile, contains, variant in _variants_by_card():
-        if contains in device_name:
-            if variant not in VARIANTS:
-                raise ValueError(f"hw_profiles/{profile}.yaml: fused_kernel.kernel_variant {variant!r}: expected one "
-                                 f"of {VARIANTS}")
-            return variant
-    return DEFAULT_VARIANT
+    found = _card_spec(device_name)
+    if found is None:
+        return DEFAULT_VARIANT
+    profile, spec = found
+    if spec.kernel_variant not in VARIANTS:
+        raise ValueError(f"hw_profiles/{profile}.yaml: fused_kernel.kernel_variant {spec.kernel_variant!r}: expected "
+                         f"one of {VARIANTS}")
+    return spec.kernel_variant
+
+
+def expand_from_tokens_for(device_name: str) -> int | None:
+    """The token count from which ``w4a8_linear`` runs the prefill path on the CUDA card named ``device_name``:
+    ``fused_kernel.expand_from_tokens`` of the card's *-triton-w4a8 profile (the measured crossover), or None
+    (always the fused kernel) for a card without one."""
+    if not isinstance(device_name, str):
+        raise TypeError(f"device_name={device_name!r}: expected the CUDA device name as a string")
+    found = _card_spec(device_name)
+    return None if found is None else found[1].expand_from_tokens
+
+
+def _card_spec(device_name: str):
+    """(profile name, FusedKernelSpec) of the first shipped profile whose device_name_contains occurs in the name."""
+    for profile, spec in _specs_by_card():
+        if spec.device_name_contains in device_name:
+            return profile, spec
+    return None
 
 
 @functools.lru_cache(maxsize=1)
-def _variants_by_card() -> tuple[tuple[str, str, str], ...]:
-    """(profile, device_name_contains, kernel_variant) of every shipped profile with a fused_kernel section."""
+def _specs_by_card() -> tuple:
+    """(profile, FusedKernelSpec) of every shipped profile with a fused_kernel section."""
     from sim.profiles import list_profiles, load_profile
 
     rows = ((name, load_profile(name).fused_kernel) for name in list_profiles())
-    return tuple((name, fk.device_name_contains, fk.kernel_variant) for name, fk in rows if fk is not None)
+    return tuple((name, fk) for name, fk in rows if fk is not None)
 
 
 @dataclass(frozen=True)
@@ -1097,29 +1119,44 @@ def _kernels():
 
     @triton.jit
     def expand_kernel(w_ptr, s_ptr, z_ptr, lut_ptr, out_ptr, N, K, stride_zg, BLOCK_N: tl.constexpr,
-                      GROUP: tl.constexpr, FP8_MAX: tl.constexpr, TABLES: tl.constexpr):
+                      GROUP: tl.constexpr, FP8_MAX: tl.constexpr, TABLES: tl.constexpr,
+                      GROUPS_FASTEST: tl.constexpr):
         # one (BLOCK_N rows, group) tile of the FP8 weight (N, K) from the "v5" (scales, zeros) or "v4" (tables)
-        # layout; codes group-major with a row's 16-bit words reordered (v4_codes_np): word t = 4 i + j at j W/4 + i
-        pid_n = tl.program_id(0)
-        g = tl.program_id(1)
+        # layout. The tile's codes are one contiguous stretch (group-major), read once as 16-bit words; the
+        # per-thread reorder of v4_codes_np (stored word j W/4 + i holds word 4 i + j) is undone in registers.
+        # GROUPS_FASTEST: consecutive programs write consecutive 128-byte pieces of the same rows.
+        if GROUPS_FASTEST:
+            g = tl.program_id(0)
+            pid_n = tl.program_id(1)
+        else:
+            pid_n = tl.program_id(0)
+            g = tl.program_id(1)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         n_mask = offs_n < N
         W: tl.constexpr = GROUP // 4
-        c = tl.arange(0, GROUP)
-        t = c // 4
-        pos = (t % 4) * (W // 4) + t // 4
         rows = g.to(tl.int64) * N + offs_n
-        words = tl.load(w_ptr + rows[:, None] * W + pos[None, :], mask=n_mask[:, None], other=0)
-        q = (words.to(tl.int32) >> (4 * (c % 4))[None, :]) & 0xF  # column 4 t + u: bits 4 u .. 4 u + 3 of word t
+        stored = tl.load(w_ptr + rows[:, None] * W + tl.arange(0, W)[None, :], mask=n_mask[:, None], other=0)
+        words = tl.reshape(tl.permute(tl.reshape(stored, (BLOCK_N, 4, W // 4)), (0, 2, 1)), (BLOCK_N, W))
+        words = words.to(tl.int32) & 0xFFFF
+        # word t holds columns 4 t + u in bits 4 u .. 4 u + 3: interleave u = 0, 2 with u = 1, 3
+        even = tl.join(words & 0xF, (words >> 8) & 0xF)
+        odd = tl.join((words >> 4) & 0xF, words >> 12)
+        q = tl.reshape(tl.join(even, odd), (BLOCK_N, GROUP))
         if TABLES:
-            lw = tl.load(lut_ptr + rows[:, None] * 4 + q // 4, mask=n_mask[:, None], other=0)
-            w8 = ((lw >> (8 * (q % 4))) & 0xFF).to(tl.uint8)
+            t0 = tl.load(lut_ptr + rows * 4, mask=n_mask, other=0)[:, None]
+            t1 = tl.load(lut_ptr + rows * 4 + 1, mask=n_mask, other=0)[:, None]
+            t2 = tl.load(lut_ptr + rows * 4 + 2, mask=n_mask, other=0)[:, None]
+            t3 = tl.load(lut_ptr + rows * 4 + 3, mask=n_mask, other=0)[:, None]
+            word = tl.where(q < 8, tl.where(q < 4, t0, t1), tl.where(q < 12, t2, t3))
+            w8 = ((word >> (8 * (q & 3))) & 0xFF).to(tl.uint8)
         else:
             sg = tl.load(s_ptr + rows, mask=n_mask, other=0.0)
             zg = tl.load(z_ptr + g.to(tl.int64) * stride_zg + offs_n, mask=n_mask, other=0)
             w = (q.to(tl.float32) - zg.to(tl.float32)[:, None]) * sg[:, None]  # exact q - z, one RNE multiply
-            w = tl.minimum(tl.maximum(w, -FP8_MAX), FP8_MAX)
-            w8 = w.to(tl.float8e4nv).to(tl.uint8, bitcast=True)  # round to nearest even (cvt.rn.satfinite)
+            if FP8_MAX != 448.0:  # the saturating cast clamps at E4M3FN's 448 by itself; smaller formats clamp first
+                w = tl.minimum(tl.maximum(w, -FP8_MAX), FP8_MAX)
+            w8 = w.to(tl.float8e4nv).to(tl.uint8, bitcast=True)  # cvt.rn.satfinite: RNE, saturating at +-448
+        c = tl.arange(0, GROUP)
         tl.store(out_ptr + offs_n[:, None].to(tl.int64) * K + (g * GROUP + c)[None, :], w8, mask=n_mask[:, None])
 
     _KERNELS.update({"v2": w4a8_kernel, "lut": w4a8_lut_kernel, "v4": w4a8_v4_kernel, "fp8": w4a8_v4_kernel,
@@ -1331,14 +1368,24 @@ def _tile_counters(device, tiles: int):
     return held[-1]
 
 
-def expand_to_fp8(weight: PackedW4A8Weight, out=None):
+EXPAND_BLOCK_N = 64  # rows per program of the expansion kernel (one group each)
+
+
+def expand_to_fp8(weight: PackedW4A8Weight, out=None, *, block_n: int = EXPAND_BLOCK_N, num_warps: int = 4,
+                  groups_fastest: bool = True):
     """The weight's FP8 values FP8(s_g (q - z)) as torch.float8_e4m3fn (N, K), row-major, computed on the GPU by
     one Triton kernel from the packed layout of a "v5" or "v4" weight (bit-equal to
-    ``dpq.torch_backend.weight_fp8`` of the same layer). out: optional uint8 or float8_e4m3fn (N, K) buffer."""
+    ``dpq.torch_backend.weight_fp8`` of the same layer). out: optional uint8 or float8_e4m3fn (N, K) buffer.
+
+    block_n (rows per program, one group each; a power of two), num_warps and groups_fastest (program order:
+    the groups of a row block first, else the row blocks of a group first) only change the speed.
+    """
     import torch
 
     if weight.variant not in ("v5", "v4"):
         raise ValueError(f"expand_to_fp8: variant {weight.variant!r}; expected a 'v5' or 'v4' weight")
+    if block_n < 16 or block_n & (block_n - 1):
+        raise ValueError(f"expand_to_fp8: block_n={block_n}; expected a power of two >= 16")
     n, k, gs = weight.n, weight.k, weight.group_size
     if out is None:
         out = torch.empty((n, k), dtype=torch.uint8, device=weight.codes.device)
@@ -1346,12 +1393,13 @@ def expand_to_fp8(weight: PackedW4A8Weight, out=None):
         raise ValueError(f"expand_to_fp8: out must be a contiguous uint8 or float8_e4m3fn ({n}, {k}) tensor, got "
                          f"{out.dtype} {tuple(out.shape)}")
     tables = weight.variant == "v4"
-    block_n = 32
-    _kernels()["expand"][(triton_cdiv(n, block_n), k // gs)](
+    row_blocks = triton_cdiv(n, block_n)
+    grid = (k // gs, row_blocks) if groups_fastest else (row_blocks, k // gs)
+    _kernels()["expand"][grid](
         weight.codes, weight.group_scales if not tables else weight.codes,
         weight.zeros if not tables else weight.codes, weight.lut if tables else weight.codes, out.view(torch.uint8),
         n, k, 0 if tables else weight.zeros.stride(0), BLOCK_N=block_n, GROUP=gs, FP8_MAX=weight.fp8_max,
-        TABLES=tables, num_warps=4)
+        TABLES=tables, GROUPS_FASTEST=groups_fastest, num_warps=num_warps)
     return out.view(torch.float8_e4m3fn)
 
 
@@ -1376,6 +1424,39 @@ def w4a8_matmul_expanded(x8, weight: PackedW4A8Weight, act_scale: float, *, out_
     return torch._scaled_mm(x8.contiguous(), w8.t(), scale_a=scale_a, scale_b=scale_b,
                             out_dtype=torch.bfloat16 if out_dtype == "bfloat16" else torch.float32,
                             use_fast_accum=False)
+
+
+def uses_prefill_path(m: int, weight: PackedW4A8Weight, expand_from_tokens="card") -> bool:
+    """Whether ``w4a8_linear`` runs a call of ``m`` tokens on ``weight`` as the prefill path (``expand_to_fp8`` +
+    cuBLAS, numerics of ``sim.mac.fp8_gemm(hw="h100"/"h200")``) rather than the fused kernel (numerics of the
+    *-triton-w4a8 profile with ``split_k_parts``).
+
+    expand_from_tokens: "card" (the threshold of the weight's card, ``expand_from_tokens_for``), a positive int,
+    or None (never). Weights of variants without an expansion kernel ("lut", "v2", "fp8") always run fused.
+    """
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"m={m!r}: expected a positive token count")
+    if expand_from_tokens == "card":
+        import torch
+
+        expand_from_tokens = expand_from_tokens_for(torch.cuda.get_device_name(weight.codes.device))
+    elif expand_from_tokens is not None and (isinstance(expand_from_tokens, bool)
+                                             or not isinstance(expand_from_tokens, int) or expand_from_tokens < 1):
+        raise ValueError(f"expand_from_tokens={expand_from_tokens!r}: expected 'card', a positive int or None")
+    return weight.variant in ("v5", "v4") and expand_from_tokens is not None and m >= expand_from_tokens
+
+
+def w4a8_linear(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str = "bfloat16",
+                config: KernelConfig | None = None, expand_from_tokens="card"):
+    """y (M, N) by the faster path for M tokens: ``w4a8_matmul`` (fused) or ``w4a8_matmul_expanded`` (prefill:
+    the FP8 weight, N x K bytes, is a temporary of the call) as ``uses_prefill_path`` decides; the two differ in
+    their last bits (no promotion and the fused kernel's split-K parts vs cuBLAS's promotion every 128).
+
+    Args as ``w4a8_matmul``; config applies to the fused path only; expand_from_tokens as ``uses_prefill_path``.
+    """
+    if uses_prefill_path(int(x8.shape[0]), weight, expand_from_tokens):
+        return w4a8_matmul_expanded(x8, weight, act_scale, out_dtype=out_dtype)
+    return w4a8_matmul(x8, weight, act_scale, out_dtype=out_dtype, config=config)
 
 
 def kernel_resources(x8, weight: PackedW4A8Weight, config: KernelConfig | None = None) -> dict:

@@ -54,14 +54,10 @@ def op_plans(hw: HardwareProfile, op: Op) -> list[KernelPlan]:
     """The kernels one op runs. A GEMM on INT4 weights with dequant placement 'vector_pass' runs two."""
     if op.kind == "gemm":
         if op.dequant and hw.dequant.placement == "vector_pass":
-            expanded = {"bf16": 2.0, "fp8": 1.0}[op.matrix_dtype]
-            weights = float(op.n) * op.k
-            expand = stream_plan(hw, f"{op.name}.dequant", read_bytes=weights * op.weight_bytes_per_element,
-                                 write_bytes=weights * expanded, vector_flops=0.0, matrix_dtype=op.matrix_dtype,
-                                 dequant_weights=weights)
-            shape = GemmShape(op.m, op.n, op.k, op.matrix_dtype, op.activation_bytes_per_element, expanded)
-            return [expand, gemm_plan(hw, shape, op.name)]
+            return _expand_then_gemm(hw, op, op.weight_bytes_per_element)
         if op.dequant and hw.fused_kernel is not None and op.matrix_dtype == "fp8":
+            if op.m >= hw.fused_kernel.expand_from_tokens:  # the prefill path: expansion kernel + cuBLAS
+                return _expand_then_gemm(hw, op, hw.fused_kernel.weight_bytes_per_weight)
             return [fused_gemm_plan(hw, op.m, op.n, op.k, op.name)]  # structure model (sim.perf.fused_kernel)
         shape = GemmShape(op.m, op.n, op.k, op.matrix_dtype, op.activation_bytes_per_element,
                           op.weight_bytes_per_element, fused_dequant=op.dequant)
@@ -72,6 +68,18 @@ def op_plans(hw: HardwareProfile, op: Op) -> list[KernelPlan]:
     if op.kind == "allreduce":
         return [allreduce_plan(hw, op.name, op.link_bytes, op.tp)]
     raise ValueError(f"op {op.name!r}: unknown kind {op.kind!r}")
+
+
+def _expand_then_gemm(hw: HardwareProfile, op: Op, read_bytes_per_weight: float) -> list[KernelPlan]:
+    """A streaming kernel that expands the INT4 weight to the matrix dtype (reads ``read_bytes_per_weight``, writes
+    the expanded weight), then the GEMM on the expanded weight."""
+    expanded = {"bf16": 2.0, "fp8": 1.0}[op.matrix_dtype]
+    weights = float(op.n) * op.k
+    expand = stream_plan(hw, f"{op.name}.dequant", read_bytes=weights * read_bytes_per_weight,
+                         write_bytes=weights * expanded, vector_flops=0.0, matrix_dtype=op.matrix_dtype,
+                         dequant_weights=weights)
+    shape = GemmShape(op.m, op.n, op.k, op.matrix_dtype, op.activation_bytes_per_element, expanded)
+    return [expand, gemm_plan(hw, shape, op.name)]
 
 
 def _op_key(op: Op) -> tuple:

@@ -287,17 +287,20 @@ def test_register_a_mma_pipeline_is_deterministic(variant, cfg, m, n, k):
 
 @pytest.mark.parametrize("variant", ["v5", "v4"])
 @pytest.mark.parametrize("fmt,hi", [("float8_e4m3fn", 7), ("float8_e4m3", 6)])
-def test_expand_to_fp8_equals_the_torch_expansion(variant, fmt, hi):
+@pytest.mark.parametrize("group_size,block_n,warps,groups_fastest",
+                         [(128, 64, 4, True), (128, 32, 4, False), (64, 128, 8, True), (32, 16, 4, True)])
+def test_expand_to_fp8_equals_the_torch_expansion(variant, fmt, hi, group_size, block_n, warps, groups_fastest):
     """The prefill path's expansion kernel gives the packed format's FP8 codes, saturation and -0 included, for
-    N not a multiple of its row tile."""
+    N not a multiple of its row tile, at every group size and kernel configuration."""
     from dpq.kernels.w4a8_triton import expand_to_fp8
 
     rng = np.random.default_rng(51)
-    p = _layer(rng, 388, 1024, 128, hi)
+    p = _layer(rng, 388, 1024, group_size, hi)
     s = p.group_scales.copy()
     s[::7] = np.float32(2.0 ** -140)  # products far below the smallest subnormal: +0 / -0
     p = PackedLinear(**(p.__dict__ | {"group_scales": s, "fp8_format": fmt}))
-    got = expand_to_fp8(PackedW4A8Weight.from_packed(p, "cuda", variant))
+    got = expand_to_fp8(PackedW4A8Weight.from_packed(p, "cuda", variant), block_n=block_n, num_warps=warps,
+                        groups_fastest=groups_fastest)
     want = weight_fp8(p, "cuda")
     assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
 
@@ -318,3 +321,38 @@ def test_expanded_matmul_is_the_cublas_path(variant):
     assert torch.equal(got.view(torch.int16), ref.view(torch.int16))
     want = fp8_gemm(hw=_hw(), out_dtype="bfloat16", **emulator_inputs(p, x))
     assert np.array_equal(_bits(got.float().cpu().numpy()), _bits(want))
+
+
+@pytest.mark.parametrize("variant", ["v5", "v4"])
+def test_triton_kernel_switches_to_the_prefill_path_at_its_threshold(variant):
+    """TorchLinear(kernel="triton") runs the fused kernel below expand_from_tokens (the fused profile's bits, with
+    the default configuration's split-K parts) and expansion + cuBLAS from there (the cuBLAS profile's bits)."""
+    rng = np.random.default_rng(57)
+    p = _layer(rng, 320, 2048, 128)
+    lin = TorchLinear(p, "cuda", kernel="triton", triton_variant=variant, expand_from_tokens=64)
+    for m, prefill in ((63, False), (64, True), (200, True)):
+        x = (rng.standard_normal((m, 2048)) * np.exp2(rng.uniform(-4, 4, (m, 2048)))).astype(np.float32)
+        assert lin.prefill_path(m) is prefill
+        got = lin.run(torch.from_numpy(x).cuda())
+        if prefill:
+            want = fp8_gemm(hw=_hw(), out_dtype="bfloat16", **emulator_inputs(p, x))
+        else:
+            sms = torch.cuda.get_device_properties(0).multi_processor_count
+            cfg = default_config(m, 320, 2048, sms, 128, variant, sm_limits=SMLimits.of_device(0))
+            want = fp8_gemm(hw="h100-triton-w4a8", out_dtype="bfloat16", split_k=split_k_parts(2048, cfg, 128),
+                            **emulator_inputs(p, x))
+        assert np.array_equal(_bits(got.float().cpu().numpy()), _bits(want)), (m, prefill)
+
+
+def test_triton_kernel_prefill_threshold_defaults_to_the_cards():
+    from dpq.kernels.w4a8_triton import expand_from_tokens_for
+
+    rng = np.random.default_rng(59)
+    p = _layer(rng, 128, 1024, 128)
+    lin = TorchLinear(p, "cuda", kernel="triton")
+    threshold = expand_from_tokens_for(torch.cuda.get_device_name(0))
+    if threshold is None:
+        assert not lin.prefill_path(1 << 20)
+    else:
+        assert not lin.prefill_path(threshold - 1) and lin.prefill_path(threshold)
+    assert not TorchLinear(p, "cuda", kernel="triton", expand_from_tokens=None).prefill_path(1 << 20)

@@ -171,9 +171,49 @@ def test_default_variant_follows_the_cards_profile():
 def test_default_variant_rejects_an_unknown_variant_naming_the_profile(monkeypatch):
     from dpq.kernels import w4a8_triton as W
 
-    monkeypatch.setattr(W, "_variants_by_card", lambda: (("x100-triton-w4a8", "X100", "v9"),))
+    from dataclasses import replace
+
+    from sim.profiles import load_profile
+
+    spec = replace(load_profile("h100-triton-w4a8").fused_kernel, device_name_contains="X100", kernel_variant="v9")
+    monkeypatch.setattr(W, "_specs_by_card", lambda: (("x100-triton-w4a8", spec),))
     with pytest.raises(ValueError, match=r"x100-triton-w4a8\.yaml.*kernel_variant 'v9'"):
         W.default_variant_for("NVIDIA X100")
+
+
+def test_prefill_threshold_follows_the_cards_profile():
+    from dpq.kernels import w4a8_triton as W
+    from sim.profiles import load_profile
+
+    h100 = load_profile("h100-triton-w4a8").fused_kernel.expand_from_tokens
+    assert W.expand_from_tokens_for("NVIDIA H100 80GB HBM3") == h100
+    assert W.expand_from_tokens_for("NVIDIA H200") == load_profile("h200-triton-w4a8").fused_kernel.expand_from_tokens
+    assert W.expand_from_tokens_for("NVIDIA A100-SXM4-80GB") is None  # no profile: always the fused kernel
+    with pytest.raises(TypeError, match="device_name"):
+        W.expand_from_tokens_for(3)
+
+
+@pytest.mark.parametrize("variant,m,threshold,want", [
+    ("v5", 511, 512, False), ("v5", 512, 512, True), ("v4", 4096, 512, True), ("v5", 4096, None, False),
+    ("lut", 4096, 1, False), ("fp8", 4096, 1, False), ("v2", 4096, 1, False)])
+def test_prefill_path_is_chosen_by_token_count_and_variant(variant, m, threshold, want):
+    from dpq.kernels.w4a8_triton import PackedW4A8Weight, uses_prefill_path
+
+    w = PackedW4A8Weight(codes=None, group_scales=None, zeros=None, group_size=128, tensor_scale=1.0, fp8_max=448.0,
+                         variant=variant, n=256, k=1024)
+    assert uses_prefill_path(m, w, threshold) is want
+
+
+@pytest.mark.parametrize("m,threshold,match", [(0, 512, "m=0"), (True, 512, "m=True"), (8, 0, "expand_from_tokens=0"),
+                                               (8, "auto", "expand_from_tokens='auto'"),
+                                               (8, 2.5, "expand_from_tokens=2.5")])
+def test_prefill_path_rejects_bad_arguments(m, threshold, match):
+    from dpq.kernels.w4a8_triton import PackedW4A8Weight, uses_prefill_path
+
+    w = PackedW4A8Weight(codes=None, group_scales=None, zeros=None, group_size=128, tensor_scale=1.0, fp8_max=448.0,
+                         variant="v5", n=256, k=1024)
+    with pytest.raises(ValueError, match=match):
+        uses_prefill_path(m, w, threshold)
 
 
 def test_default_config_needs_the_cards_sm_count():
