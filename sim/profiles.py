@@ -248,6 +248,10 @@ class FusedKernelSpec:
     wave_fill_steps: float = _spec("'waves' policy: pipeline fill and drain per wave, in K steps", lo=0)
     wave_program_steps: float = _spec("'waves' policy: a program's fixed cost (prologue, epilogue), in K steps", lo=0)
     split_reduction: bool = _spec("split-K parts are summed by a second kernel (float32 partials through HBM)")
+    prefill_programs_per_sm: int = _spec("above M = 64 ('waves' and 'busiest_sm' policies): the launch heuristic "
+                                         "splits K while the programs stay within this many per SM "
+                                         "(sim.perf.fused_kernel.prefill_split)", lo=1)
+    prefill_max_split: int = _spec("above M = 64: the most split-K parts of that rule; 1 = no split", lo=1)
     expand_from_tokens: int = _spec(
         "token count M from which a W4A8 GEMM runs as the prefill path instead of the fused kernel: the packed "
         "weight expanded to FP8 by one streaming kernel (reading weight_bytes_per_weight, writing 1 byte per "

@@ -79,7 +79,8 @@ Public API::
     default_config(m, n, k, num_sms, group_size, variant, sm_limits), split_k_parts(k, config, group_size)
     SMLimits (.of_device), resident_programs, wave_split_cost, V5_KERNEL_RESOURCES: the "v5" decode split rule
     expansion_lut (torch, on the GPU) and expansion_lut_np; lut_expand_np, lut_expand_row_np, prmt_np, mulhi_np,
-    table_build_np: plain twins of the kernels' inline asm (LUT_ASM, LUT_ASM_ROW, TABLE_WORD_ASM + QUAD_SHFL_ASM);
+    table_build_np: plain twins of the kernels' inline asm (LUT_ASM and LUT_ASM_WORD, LUT_ASM_ROW,
+    TABLE_WORD_ASM + QUAD_SHFL_ASM);
     v4_codes / v4_codes_np, v4_words_np: the v4 code layout; v5_zeros / v5_zeros_np: the v5 zero layout;
     v5_layout_problem: the layout check of the v5 table build
 """
@@ -93,6 +94,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim.perf.fused_kernel import prefill_split
 from sim.perf.fused_kernel import wave_split_cost as _wave_split_cost
 
 GROUP_SIZES = (32, 64, 128)  # whole groups of the packed format per K step of the kernel
@@ -279,6 +281,15 @@ _WAVE_FILL_STEPS = 8  # per wave of resident programs on the busiest SM (pipelin
 _PROGRAM_COST_STEPS = 1  # per program on the busiest SM (prologue, epilogue, split-K part store)
 
 
+# Above M = 64 (128 x 128 tiles, 8 warps): split K into up to 4 parts while the programs stay within 2 per SM
+# (prefill_split; the v4 tile holds 1 program per SM by registers, v5's 2, and both gained). Chosen on the H200 sweep
+# results/gpu/tuning_h200_splitsweep.csv (Llama-2-7B/3-8B/70B, M = 128 and 256): the rule's pick was the fastest
+# of the 8 configurations tried or within 6% of it on 23 of 24 (shape, M) cases (70B qkv at M = 256: 18% slower
+# than 3 parts); the 24 GEMMs took 1569 us in all with it, 1995 us without a split, 1552 us at the best of each.
+_PREFILL_MAX_SPLIT = 4
+_PREFILL_PROGRAMS_PER_SM = 2
+
+
 def wave_split_cost(tiles: int, k_steps: int, split: int, resident: int, num_sms: int) -> tuple[float, int]:
     """(cost in K steps, parts) of cutting K into ``split`` parts: the busiest SM runs ceil(programs / SMs) programs
     in waves of ``resident``; each wave streams its programs' steps, at a slower rate when it holds fewer than
@@ -298,6 +309,8 @@ def default_config(m: int, n: int, k: int, num_sms: int, group_size: int = 128,
     "v5" without ``sm_limits`` (the rule before 2026-11-27 10:35 UTC), "v4"/"fp8": the split-K count minimises the
     busiest SM's work, (all steps + a fixed cost per program) / SMs + one program's steps (the tail);
     "lut"/"v2": enough parts for about 4 (lut) or 2 (v2) programs per SM.
+    Prefill (M > 64; "v5", "v4", "fp8"): up to 4 split-K parts while the programs stay within 2 per SM
+    (``sim.perf.fused_kernel.prefill_split``).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r}: expected one of {VARIANTS}")
@@ -322,7 +335,9 @@ def default_config(m: int, n: int, k: int, num_sms: int, group_size: int = 128,
                   for s in range(1, max(1, k_steps // 2) + 1)]
         split = min(scored)[1]  # ties: fewer parts
     elif variant in ("v5", "v4", "fp8"):
-        if m <= 64:
+        if m > 64:
+            split = prefill_split(tiles, k_steps, num_sms, _PREFILL_PROGRAMS_PER_SM, _PREFILL_MAX_SPLIT)
+        else:
             best = None
             for s in range(1, max(1, k_steps // 2) + 1):
                 per = math.ceil(k_steps / s)
@@ -381,7 +396,8 @@ def prmt_np(a: np.ndarray, b: np.ndarray, sel: np.ndarray) -> np.ndarray:
 
 
 def lut_expand_np(codes16: np.ndarray, l0, l1, l2, l3) -> np.ndarray:
-    """Plain twin of one element of the kernel's inline asm (``LUT_ASM``), instruction for instruction.
+    """Plain twin of one element of the "lut" kernel's inline asm (``LUT_ASM``) and of the prefill expansion's
+    (``LUT_ASM_WORD``, where the mask-and-or of the select word is one lop3), instruction for instruction.
 
     codes16: uint32 array holding 16 bits of packed codes (4 columns 4j..4j+3, column 4j in the low nibble);
     l0..l3: uint32 arrays, the (row, group)'s 16-byte table as 4 little-endian words (entries 4i..4i+3 in l_i).
@@ -458,6 +474,20 @@ prmt.b32 $0, l0, h0, t;
 prmt.b32 $1, l1, h1, u;
 }"""
 LUT_ROW_CONSTRAINTS = "=r,=r," + ",".join(["r"] * 5)  # 2 outputs, 8 codes, 4 table words
+
+# One 16-bit code word per invocation (the prefill path's expansion kernel, "v4" tables): $1 = 4 codes of one row
+# (low 16 bits), $2..$5 = that row's table words l0..l3; $0 = the 4 FP8 bytes, the first column in the low byte.
+# The instructions of lut_expand_np (its twin), with the select word's mask-and-or as one lop3.
+LUT_ASM_WORD = """{
+.reg .b32 s, l, h, t;
+and.b32 s, $1, 0x7777;
+prmt.b32 l, $2, $3, s;
+prmt.b32 h, $4, $5, s;
+shr.b32 t, $1, 1;
+lop3.b32 t, t, 0x4444, 0x3210, 0xEA;
+prmt.b32 $0, l, h, t;
+}"""
+LUT_WORD_CONSTRAINTS = "=r," + ",".join(["r"] * 5)  # the output, the code word, 4 table words
 
 # The "v5" kernel builds the tables in the loop from each group's float32 scale and uint8 zero (0.539 byte per weight
 # streamed at groups of 128 instead of v4's 0.625), split over the 4 lanes of a quad: in the tensor-core layout the 4
@@ -830,6 +860,7 @@ def _kernels():
 
     lut_asm, lut_constraints = tl.constexpr(LUT_ASM), tl.constexpr(LUT_CONSTRAINTS)
     lut_asm_row, lut_row_constraints = tl.constexpr(LUT_ASM_ROW), tl.constexpr(LUT_ROW_CONSTRAINTS)
+    lut_asm_word, lut_word_constraints = tl.constexpr(LUT_ASM_WORD), tl.constexpr(LUT_WORD_CONSTRAINTS)
 
     @triton.jit
     def w4a8_lut_kernel(x_ptr, codes_ptr, lut_ptr, out_ptr, part_ptr,
@@ -1138,26 +1169,31 @@ def _kernels():
         stored = tl.load(w_ptr + rows[:, None] * W + tl.arange(0, W)[None, :], mask=n_mask[:, None], other=0)
         words = tl.reshape(tl.permute(tl.reshape(stored, (BLOCK_N, 4, W // 4)), (0, 2, 1)), (BLOCK_N, W))
         words = words.to(tl.int32) & 0xFFFF
-        # word t holds columns 4 t + u in bits 4 u .. 4 u + 3: interleave u = 0, 2 with u = 1, 3
-        even = tl.join(words & 0xF, (words >> 8) & 0xF)
-        odd = tl.join((words >> 4) & 0xF, words >> 12)
-        q = tl.reshape(tl.join(even, odd), (BLOCK_N, GROUP))
-        if TABLES:
-            t0 = tl.load(lut_ptr + rows * 4, mask=n_mask, other=0)[:, None]
-            t1 = tl.load(lut_ptr + rows * 4 + 1, mask=n_mask, other=0)[:, None]
-            t2 = tl.load(lut_ptr + rows * 4 + 2, mask=n_mask, other=0)[:, None]
-            t3 = tl.load(lut_ptr + rows * 4 + 3, mask=n_mask, other=0)[:, None]
-            word = tl.where(q < 8, tl.where(q < 4, t0, t1), tl.where(q < 12, t2, t3))
-            w8 = ((word >> (8 * (q & 3))) & 0xFF).to(tl.uint8)
+        if TABLES:  # 4 FP8 bytes per code word by byte permutes on the row's table (LUT_ASM_WORD)
+            t0 = tl.broadcast_to(tl.load(lut_ptr + rows * 4, mask=n_mask, other=0)[:, None], (BLOCK_N, W))
+            t1 = tl.broadcast_to(tl.load(lut_ptr + rows * 4 + 1, mask=n_mask, other=0)[:, None], (BLOCK_N, W))
+            t2 = tl.broadcast_to(tl.load(lut_ptr + rows * 4 + 2, mask=n_mask, other=0)[:, None], (BLOCK_N, W))
+            t3 = tl.broadcast_to(tl.load(lut_ptr + rows * 4 + 3, mask=n_mask, other=0)[:, None], (BLOCK_N, W))
+            w32 = tl.inline_asm_elementwise(lut_asm_word, lut_word_constraints, [words, t0, t1, t2, t3],
+                                            dtype=tl.int32, is_pure=True, pack=1)
+            out32 = out_ptr.to(tl.pointer_type(tl.int32))
+            cw = tl.arange(0, W)
+            tl.store(out32 + offs_n[:, None].to(tl.int64) * (K // 4) + (g * W + cw)[None, :], w32,
+                     mask=n_mask[:, None])
         else:
+            # word t holds columns 4 t + u in bits 4 u .. 4 u + 3: interleave u = 0, 2 with u = 1, 3
+            even = tl.join(words & 0xF, (words >> 8) & 0xF)
+            odd = tl.join((words >> 4) & 0xF, words >> 12)
+            q = tl.reshape(tl.join(even, odd), (BLOCK_N, GROUP))
             sg = tl.load(s_ptr + rows, mask=n_mask, other=0.0)
             zg = tl.load(z_ptr + g.to(tl.int64) * stride_zg + offs_n, mask=n_mask, other=0)
             w = (q.to(tl.float32) - zg.to(tl.float32)[:, None]) * sg[:, None]  # exact q - z, one RNE multiply
             if FP8_MAX != 448.0:  # the saturating cast clamps at E4M3FN's 448 by itself; smaller formats clamp first
                 w = tl.minimum(tl.maximum(w, -FP8_MAX), FP8_MAX)
             w8 = w.to(tl.float8e4nv).to(tl.uint8, bitcast=True)  # cvt.rn.satfinite: RNE, saturating at +-448
-        c = tl.arange(0, GROUP)
-        tl.store(out_ptr + offs_n[:, None].to(tl.int64) * K + (g * GROUP + c)[None, :], w8, mask=n_mask[:, None])
+            c = tl.arange(0, GROUP)
+            tl.store(out_ptr + offs_n[:, None].to(tl.int64) * K + (g * GROUP + c)[None, :], w8,
+                     mask=n_mask[:, None])
 
     _KERNELS.update({"v2": w4a8_kernel, "lut": w4a8_lut_kernel, "v4": w4a8_v4_kernel, "fp8": w4a8_v4_kernel,
                      "v5": w4a8_v5_kernel,

@@ -269,6 +269,17 @@ def wave_split_cost(tiles: int, k_steps: int, split: int, resident: int, sms: in
     return cost + fill_steps * waves + program_steps * per_sm, parts
 
 
+def prefill_split(tiles: int, k_steps: int, sms: int, programs_per_sm: int, max_split: int) -> int:
+    """Split-K parts of the launch heuristic above M = 64 (128 x 128 tiles): the most parts, up to ``max_split``
+    and at least 4 K steps each, that keep the programs within ``programs_per_sm`` x ``sms`` (without a split,
+    fewer output tiles than that leave SMs idle or short of loads in flight; more parts only add partial sums)."""
+    split = 1
+    for parts in range(2, max_split + 1):
+        if tiles * parts <= programs_per_sm * sms and k_steps // parts >= 4:
+            split = parts
+    return split
+
+
 def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStructure:
     """The structure the profile's fused kernel launches for an m x n x k GEMM: the tile row of
     ``fused_kernel.tile_configs`` for M, and the split-K parts of the kernel's launch heuristic
@@ -281,21 +292,23 @@ def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStruct
     tiles = math.ceil(n / block_n) * math.ceil(m / block_t)
     k_steps = math.ceil(k / fk.block_k)
     split = 1
-    if fk.split_policy == "programs_per_sm":
+    probe = LoopStructure(block_n=int(block_n), block_t=int(block_t), block_k=fk.block_k, split_k=1,
+                          warps=int(warps), stages=int(stages), registers_per_thread=int(regs),
+                          shared_bytes_per_program=int(smem), loop_instructions_per_thread=float(instr),
+                          weight_bytes_per_weight=fk.weight_bytes_per_weight, split_reduction=fk.split_reduction)
+    if m > 64 and fk.split_policy != "programs_per_sm":
+        split = prefill_split(tiles, k_steps, hw.sm.count, fk.prefill_programs_per_sm, fk.prefill_max_split)
+    elif fk.split_policy == "programs_per_sm":
         target = fk.programs_per_sm_target * hw.sm.count
         if tiles < target:
             split = max(1, min(math.ceil(target / tiles), k_steps // fk.min_iterations_per_part or 1))
-    elif m <= 64 and fk.split_policy == "waves":
-        probe = LoopStructure(block_n=int(block_n), block_t=int(block_t), block_k=fk.block_k, split_k=1,
-                              warps=int(warps), stages=int(stages), registers_per_thread=int(regs),
-                              shared_bytes_per_program=int(smem), loop_instructions_per_thread=float(instr),
-                              weight_bytes_per_weight=fk.weight_bytes_per_weight, split_reduction=fk.split_reduction)
+    elif fk.split_policy == "waves":
         resident = resident_programs(hw, probe)
         split = min(wave_split_cost(tiles, k_steps, parts, resident, hw.sm.count,
                                     programs_in_flight=fk.wave_programs_in_flight, fill_steps=fk.wave_fill_steps,
                                     program_steps=fk.wave_program_steps)
                     for parts in range(1, max(1, k_steps // 2) + 1))[1]  # ties: fewer parts
-    elif m <= 64:  # busiest_sm
+    else:  # busiest_sm
         best = None
         for parts in range(1, max(1, k_steps // 2) + 1):
             per = math.ceil(k_steps / parts)

@@ -330,8 +330,10 @@ def test_triton_kernel_switches_to_the_prefill_path_at_its_threshold(variant):
     rng = np.random.default_rng(57)
     p = _layer(rng, 320, 2048, 128)
     lin = TorchLinear(p, "cuda", kernel="triton", triton_variant=variant, expand_from_tokens=64)
-    for m, prefill in ((63, False), (64, True), (200, True)):
+    fused_only = TorchLinear(p, "cuda", kernel="triton", triton_variant=variant, expand_from_tokens=None)
+    for m, prefill in ((63, False), (64, True), (200, True), (200, False)):  # 200 fused: the split-K prefill tiles
         x = (rng.standard_normal((m, 2048)) * np.exp2(rng.uniform(-4, 4, (m, 2048)))).astype(np.float32)
+        lin = lin if prefill or m < 64 else fused_only
         assert lin.prefill_path(m) is prefill
         got = lin.run(torch.from_numpy(x).cuda())
         if prefill:

@@ -97,6 +97,10 @@ def test_default_structure_is_the_kernels_heuristic(hw):
     assert (s.block_n, s.block_t, s.warps, s.stages) == (128, 16, 4, 3) and s.int_instructions > 0
     big = default_structure(hw, 4096, 8192, 8192)
     assert (big.block_t, big.warps, big.stages, big.split_k) == (128, 8, 3, 1)
+    # above M = 64: split while the programs stay within 2 per SM
+    assert default_structure(hw, 128, 8192, 28672).split_k == 4    # 64 tiles
+    assert default_structure(hw, 256, 8192, 28672).split_k == 2    # 128 tiles
+    assert default_structure(hw, 128, 57344, 8192).split_k == 1    # 448 tiles: more than 2 per SM already
     # programs_per_sm policy (the lut/v2 kernels): split while fewer tiles than 4 programs per SM
     lut = load_profile(PROFILE, {"fused_kernel.split_policy": "programs_per_sm"})
     assert default_structure(lut, 1, 8192, 8192).split_k == 9  # ceil(528 / 64 tiles), <= 64 steps // 4
@@ -405,3 +409,20 @@ def test_validate_script_predicts_a_layer_as_the_sum_of_its_gemms(monkeypatch):
     with pytest.raises(ValueError, match="3 KernelConfig reprs"):
         v.predict_layer_rows([dict(layer, configs=" | ".join(config(s, False) for s in splits[:3]))], shapes,
                              "h100", {}, kernel_commit="c0")
+
+
+@pytest.mark.parametrize("tiles,k_steps,max_split,want", [
+    (64, 224, 4, 4), (128, 224, 4, 2), (80, 64, 4, 3), (448, 64, 4, 1), (32, 32, 4, 4), (32, 32, 1, 1),
+    (32, 8, 4, 2), (265, 64, 4, 1)])
+def test_prefill_split_fills_the_sms_without_short_parts(tiles, k_steps, max_split, want):
+    from sim.perf.fused_kernel import prefill_split
+
+    assert prefill_split(tiles, k_steps, 132, 2, max_split) == want
+
+
+@pytest.mark.parametrize("m,n,k", [(128, 8192, 28672), (256, 10240, 8192), (512, 4096, 4096), (100, 57344, 8192)])
+def test_prefill_split_of_the_model_is_the_kernels(hw, m, n, k):
+    from dpq.kernels.w4a8_triton import default_config
+
+    for profile, variant in ((hw, "v4"), (load_profile("h100-triton-w4a8"), "v5")):
+        assert default_structure(profile, m, n, k).split_k == default_config(m, n, k, 132, 128, variant).split_k
