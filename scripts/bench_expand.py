@@ -33,7 +33,7 @@ from scripts.bench_gpu import GROUP_SIZE, SHAPES, device_info, log, make_weights
 from scripts.gpu_timing import time_graph  # noqa: E402
 
 CONFIGS = [  # (block_n, num_warps, groups_fastest); the first is expand_to_fp8's default
-    (64, 4, True), (32, 4, True), (128, 4, True), (128, 8, True), (64, 8, True), (64, 4, False), (32, 4, False),
+    (128, 4, True), (64, 4, True), (32, 4, True), (128, 8, True), (64, 8, True), (64, 4, False), (32, 4, False),
 ]
 FIELDS = ["card", "driver", "torch", "triton", "cuda", "sm_count", "date", "model", "layer", "n", "k", "layout",
           "method", "block_n", "num_warps", "groups_fastest", "latency_s", "spread_rel", "calls_per_graph",

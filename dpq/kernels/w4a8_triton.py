@@ -1404,7 +1404,7 @@ def _tile_counters(device, tiles: int):
     return held[-1]
 
 
-EXPAND_BLOCK_N = 64  # rows per program of the expansion kernel (one group each)
+EXPAND_BLOCK_N = 128  # rows per program of the expansion kernel (one group each): results/gpu/expand_*_s4b.csv
 
 
 def expand_to_fp8(weight: PackedW4A8Weight, out=None, *, block_n: int = EXPAND_BLOCK_N, num_warps: int = 4,

@@ -156,9 +156,9 @@ def test_profile_is_frozen_and_serialisable():
 def test_readme_explains_every_field():
     from dataclasses import fields
 
-    from sim.profiles import _SECTIONS
+    from sim.profiles import _OPTIONAL_SECTIONS, _SECTIONS
     text = (PROFILE_DIR / "README.md").read_text()
-    for sec, cls in _SECTIONS:
+    for sec, cls in _SECTIONS + _OPTIONAL_SECTIONS:
         assert f"### `{sec}`" in text
         for f in fields(cls):
             assert f"| `{f.name}` |" in text, (sec, f.name)
