@@ -176,9 +176,14 @@ def fused_candidates(m: int, n: int, k: int, limits, quick: bool, variant: str, 
         # prefill tiles: 128 x 128 with split-K (the heuristic does not split above M = 64, leaving the SMs
         # under-filled when N / 128 * M / 128 is below their count), and 128 x 64 tiles with and without it
         wide = KernelConfig(block_n=128, block_t=64, split_k=1, num_warps=4, num_stages=3)
-        cands += [replace(base, split_k=v) for v in (2, 3, 4)]
+        cands += [replace(base, split_k=v) for v in (1, 2, 3, 4)]
         cands += [wide, replace(wide, split_k=2), replace(wide, split_k=4),
                   KernelConfig(block_n=128, block_t=64, split_k=1, num_warps=4, num_stages=4)]
+        # 256-token tiles (each weight expanded once up to M = 256; 210 registers, one program per SM) and
+        # 256-row tiles (half the expansion instructions per weight of 128-row ones), both 8 warps, 2 stages
+        tall = KernelConfig(block_n=128, block_t=256, split_k=1, num_warps=8, num_stages=2)
+        rows256 = KernelConfig(block_n=256, block_t=128, split_k=1, num_warps=8, num_stages=2)
+        cands += [tall, replace(tall, split_k=2), replace(tall, split_k=4), rows256, replace(rows256, split_k=2)]
     seen, out = set(), []
     steps = k // GROUP_SIZE
     for c in cands:
