@@ -39,7 +39,8 @@ tuning CSV); each tried configuration is first checked against a float64 referen
 ``--layer-chain`` also times whole decoder layers: one CUDA graph runs the layer's four GEMMs in order (QKV, O,
 gate/up, down), layer after layer over enough weight copies, for BF16 and FP8 cuBLAS and the fused kernels with and
 without programmatic dependent launch (``--chain-schemes``: ``KernelConfig.pdl``, where each kernel's start
-overlaps the tail of the one before); the last layer's outputs are compared bit for bit with the same GEMMs run one
+overlaps the tail of the one before), and ``auto``: ``w4a8_linear``, the fused kernel below the card's
+``expand_from_tokens`` and the prefill path from it (what ``TorchLinear(kernel="triton")`` runs); the last layer's outputs are compared bit for bit with the same GEMMs run one
 at a time (what that covers: a kernel's split-K parts read before they are written, a reused workspace or arrival
 counter overwritten while still in use; not activations produced by the kernel before - every GEMM here reads a
 fixed input - nor the norm, attention and activation kernels of a real layer, which the chain leaves out). Written
@@ -322,6 +323,7 @@ CHAIN_SCHEMES = {
     "bf16": None, "fp8": None,
     "fp8_triton": ("fp8", {}), "fp8_triton_pdl": ("fp8", {"pdl": True}),
     "default": (None, {}), "pdl": (None, {"pdl": True}),
+    "auto": (None, {}),  # w4a8_linear: the fused kernel below the card's expand_from_tokens, the prefill path from it
     "pdl_pf1": (None, {"pdl": True, "l2_prefetch_steps": 1}),
     "pdl_pf2": (None, {"pdl": True, "l2_prefetch_steps": 2}),
     "pdl_pf4": (None, {"pdl": True, "l2_prefetch_steps": 4}),
@@ -343,7 +345,8 @@ LAYER_FIELDS = ["card", "driver", "torch", "triton", "cuda", "sm_count", "date",
 def bench_layer_chain(torch, info, model, m_values, chain_schemes, args, writer, summary):
     """Time one decoder layer's four GEMMs run back to back in one CUDA graph (per scheme and M); check the
     graph's last layer against the same calls run one by one, bit for bit."""
-    from dpq.kernels.w4a8_triton import PackedW4A8Weight, SMLimits, default_config, w4a8_matmul
+    from dpq.kernels.w4a8_triton import (PackedW4A8Weight, SMLimits, default_config, uses_prefill_path, w4a8_linear,
+                                         w4a8_matmul)
     from dpq.torch_backend import expanded_weight_values
 
     shapes = [(layer, n, k) for mdl, layer, n, k in SHAPES if mdl == model]
@@ -392,7 +395,12 @@ def bench_layer_chain(torch, info, model, m_values, chain_schemes, args, writer,
                                     **spec[1]) for _, n, k in shapes]
 
                     def gemm(c, i):
+                        if scheme == "auto":
+                            return w4a8_linear(x8s[i], ws[c][i], 1.0, config=cfgs[i])
                         return w4a8_matmul(x8s[i], ws[c][i], 1.0, config=cfgs[i])
+
+                    if scheme == "auto":
+                        variant += "+expand" if uses_prefill_path(m, first[0]) else ""
                 n_layers = max(copies, min(args.max_calls, math.ceil(2e-3 / max(layer_bytes / 3e12, 5e-6))))
                 # reference: the graph's last layer's calls one at a time, synchronised in between (no overlap)
                 ref = []
