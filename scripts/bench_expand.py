@@ -98,20 +98,20 @@ def main(argv=None) -> int:
                     if not equal:
                         raise RuntimeError(f"{model} {layer} {layout} block_n={bn} warps={warps}: expansion differs "
                                            f"from the torch expansion")
-                    calls = [(lambda i=i, bn=bn, warps=warps, order=order:
-                              expand_to_fp8(ws[i % copies], outs[i % copies], block_n=bn, num_warps=warps,
-                                            groups_fastest=order)) for i in range(calls_n)]
+                    calls = [(lambda w=ws[i % copies], o=outs[i % copies], bn=bn, warps=warps, order=order:
+                              expand_to_fp8(w, o, block_n=bn, num_warps=warps, groups_fastest=order))
+                             for i in range(calls_n)]
                     t, spread = time_graph(torch, calls, args.repeats)
                     rows.append(("expand", bn, warps, order, t, spread, calls_n, moved, equal))
                 if layout == layouts[0]:
-                    t_ops, sp_ops = time_graph(torch, [lambda i=i: expanded_weight_values(
-                        codes, scales, zeros, GROUP_SIZE, "float8_e4m3fn").to(torch.float8_e4m3fn)
-                        for i in range(2)], max(3, args.repeats // 3), warmup=1)
+                    t_ops, sp_ops = time_graph(torch, [lambda c=codes, s=scales, z=zeros: expanded_weight_values(
+                        c, s, z, GROUP_SIZE, "float8_e4m3fn").to(torch.float8_e4m3fn)
+                        for _ in range(2)], max(3, args.repeats // 3), warmup=1)
                     rows.append(("torch_ops", "", "", "", t_ops, sp_ops, 2, n * k // 2 + scales.numel() * 5 + n * k,
                                  True))
                     src = torch.randint(0, 256, (n, k), dtype=torch.uint8, device="cuda", generator=gen)
                     srcs = [src] + [src.clone() for _ in range(max(1, math.ceil(args.rotate_bytes / (2 * n * k))) - 1)]
-                    t_cp, sp_cp = time_graph(torch, [lambda i=i: outs[i % copies].copy_(srcs[i % len(srcs)])
+                    t_cp, sp_cp = time_graph(torch, [lambda o=outs[i % copies], src=srcs[i % len(srcs)]: o.copy_(src)
                                                      for i in range(calls_n)], args.repeats)
                     rows.append(("copy", "", "", "", t_cp, sp_cp, calls_n, 2 * n * k, ""))
                 t_default = rows[0][4]
