@@ -413,7 +413,8 @@ def bench_shapes() -> dict[str, list[tuple[str, int, int]]]:
 
 def layer_gemm_rows(r: dict, shapes: dict) -> tuple[list[dict], list[str]]:
     """The four per-GEMM bench rows (the dicts ``predict_rows`` reads) a layer-chain row ``r`` is made of, and its
-    notes. cuBLAS rows (bf16, fp8) keep their scheme; fused rows take the bench scheme of their kernel variant and
+    notes. cuBLAS rows (bf16, fp8) keep their scheme; rows of the prefill path (variant "<v>+expand", the "auto"
+    chain from the card's expand_from_tokens) become w4a8_expand rows; fused rows take the bench scheme of their kernel variant and
     the configuration each GEMM ran (``configs``, " | "-joined KernelConfig reprs) with pdl off, since the model has
     no term for dependent launch; each GEMM's packed weight bytes are the layer's bytes per weight times n*k.
     latency_s of these rows is NaN: only the layer is measured."""
@@ -431,6 +432,11 @@ def layer_gemm_rows(r: dict, shapes: dict) -> tuple[list[dict], list[str]]:
             raise ValueError(f"{where}: no configs; only the cuBLAS schemes bf16 and fp8 run without one")
         return [dict(base, layer=layer, scheme=r["scheme"], n=n, k=k) for layer, n, k in gemms], []
     variant = r.get("variant") or ""
+    if variant.endswith("+expand"):  # bench_gpu's "auto" chain on the prefill path: expansion kernel + cuBLAS each
+        variant = variant[:-len("+expand")]
+        if variant not in WEIGHT_BYTES:
+            raise ValueError(f"{where}: variant {variant!r}+expand, expected one of {sorted(WEIGHT_BYTES)}")
+        return [dict(base, layer=layer, scheme="w4a8_expand", variant=variant, n=n, k=k) for layer, n, k in gemms], []
     if variant not in FUSED_SCHEME_OF_VARIANT:
         raise ValueError(f"{where}: variant {variant!r}, expected one of {sorted(FUSED_SCHEME_OF_VARIANT)}")
     if len(texts) != len(gemms):

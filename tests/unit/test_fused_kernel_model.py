@@ -426,3 +426,32 @@ def test_prefill_split_of_the_model_is_the_kernels(hw, m, n, k):
 
     for profile, variant in ((hw, "v4"), (load_profile("h100-triton-w4a8"), "v5")):
         assert default_structure(profile, m, n, k).split_k == default_config(m, n, k, 132, 128, variant).split_k
+
+
+def test_validate_script_predicts_the_prefill_path_as_expansion_plus_cublas():
+    from sim.perf.gemm import gemm_timing, streaming_kernels_time
+    from sim.profiles import load_profile as load
+
+    v = _script("validate_perf_on_gpu")
+    n, k, m = 8192, 8192, 1024
+    row = {"model": "x", "layer": "o_proj", "scheme": "w4a8_expand", "variant": "v4", "m": str(m), "n": n, "k": k,
+           "latency_s": "1e-3"}
+    got = v.predict_rows([row], "h100", {})[0]["predicted_s"]
+    h100 = load("h100")
+    (_, expand_s), = streaming_kernels_time(h100, [("e", 0.625 * n * k, float(n) * k)])
+    assert got == pytest.approx(gemm_timing(h100, m, n, k, "fp8").time_s + expand_s, rel=1e-12)
+    # the same path in sim.perf on the fused profile from its expand_from_tokens on: expansion pass + FP8 GEMM
+    fused = load("h100-triton-w4a8")
+    t = gemm_timing(fused, fused.fused_kernel.expand_from_tokens, n, k, "w4a8")
+    assert t.kernels == ("gemm.dequant", "gemm") and t.info["dequant_pass_s"] > 0
+    assert gemm_timing(fused, fused.fused_kernel.expand_from_tokens - 1, n, k, "w4a8").kernels == ("gemm",)
+    # a layer-chain row of bench_gpu's "auto" scheme on the prefill path: four w4a8_expand GEMMs
+    shapes = {"tiny": [("qkv_proj", 3072, 1024), ("o_proj", 1024, 1024), ("gate_up_proj", 5632, 1024),
+                       ("down_proj", 1024, 2816)]}
+    layer = {"model": "tiny", "m": "1024", "scheme": "auto", "variant": "v5+expand", "latency_s": "1e-4",
+             "configs": "KernelConfig(block_n=128, block_t=128, split_k=1, num_warps=8, num_stages=3)"}
+    gemms, notes = v.layer_gemm_rows(layer, shapes)
+    assert [g["scheme"] for g in gemms] == ["w4a8_expand"] * 4 and {g["variant"] for g in gemms} == {"v5"}
+    assert notes == []
+    with pytest.raises(ValueError, match=r"variant 'v9'\+expand"):
+        v.layer_gemm_rows(dict(layer, variant="v9+expand"), shapes)
