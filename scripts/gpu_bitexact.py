@@ -232,8 +232,9 @@ def run(in_dir: Path, out_dir: Path, variants: list[str] | None = None) -> None:
             try:
                 variant, cfg = triton_setup(over, x.shape[0], p.out_features, p.in_features, limits,
                                             p.group_size)
+                # expand_from_tokens=None: the fused kernel at every M (its numerics are what is compared here)
                 tl = TorchLinear(p, "cuda", kernel="triton", out_dtype="bfloat16", triton_config=cfg,
-                                 triton_variant=variant)
+                                 triton_variant=variant, expand_from_tokens=None)
                 y1 = tl.run(xt)
                 y2 = tl.run(xt)
                 if not torch.equal(y1.view(torch.int16), y2.view(torch.int16)):
@@ -263,7 +264,8 @@ def run(in_dir: Path, out_dir: Path, variants: list[str] | None = None) -> None:
         for vname, over in PROBE_VARIANTS.items():
             variant, cfg = triton_setup(over, x.shape[0], p.out_features, p.in_features, limits, p.group_size)
             try:
-                y = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant=variant).run(xt)
+                y = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant=variant,
+                                expand_from_tokens=None).run(xt)
             except Exception as exc:  # noqa: BLE001
                 meta.setdefault("errors", []).append(f"probe {vname}: {type(exc).__name__}: {exc}")
                 continue
