@@ -1473,13 +1473,19 @@ def uses_prefill_path(m: int, weight: PackedW4A8Weight, expand_from_tokens="card
     if isinstance(m, bool) or not isinstance(m, int) or m < 1:
         raise ValueError(f"m={m!r}: expected a positive token count")
     if expand_from_tokens == "card":
-        import torch
-
-        expand_from_tokens = expand_from_tokens_for(torch.cuda.get_device_name(weight.codes.device))
+        expand_from_tokens = _device_threshold(str(weight.codes.device))
     elif expand_from_tokens is not None and (isinstance(expand_from_tokens, bool)
                                              or not isinstance(expand_from_tokens, int) or expand_from_tokens < 1):
         raise ValueError(f"expand_from_tokens={expand_from_tokens!r}: expected 'card', a positive int or None")
     return weight.variant in ("v5", "v4") and expand_from_tokens is not None and m >= expand_from_tokens
+
+
+@functools.lru_cache(maxsize=None)
+def _device_threshold(device: str) -> int | None:
+    """expand_from_tokens_for the card at ``device`` ("cuda:0"), looked up once per device (called per GEMM)."""
+    import torch
+
+    return expand_from_tokens_for(torch.cuda.get_device_name(device))
 
 
 def w4a8_linear(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str = "bfloat16",
