@@ -292,10 +292,6 @@ def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStruct
     tiles = math.ceil(n / block_n) * math.ceil(m / block_t)
     k_steps = math.ceil(k / fk.block_k)
     split = 1
-    probe = LoopStructure(block_n=int(block_n), block_t=int(block_t), block_k=fk.block_k, split_k=1,
-                          warps=int(warps), stages=int(stages), registers_per_thread=int(regs),
-                          shared_bytes_per_program=int(smem), loop_instructions_per_thread=float(instr),
-                          weight_bytes_per_weight=fk.weight_bytes_per_weight, split_reduction=fk.split_reduction)
     if m > 64 and fk.split_policy != "programs_per_sm":
         split = prefill_split(tiles, k_steps, hw.sm.count, fk.prefill_programs_per_sm, fk.prefill_max_split)
     elif fk.split_policy == "programs_per_sm":
@@ -303,6 +299,10 @@ def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStruct
         if tiles < target:
             split = max(1, min(math.ceil(target / tiles), k_steps // fk.min_iterations_per_part or 1))
     elif fk.split_policy == "waves":
+        probe = LoopStructure(block_n=int(block_n), block_t=int(block_t), block_k=fk.block_k, split_k=1,
+                              warps=int(warps), stages=int(stages), registers_per_thread=int(regs),
+                              shared_bytes_per_program=int(smem), loop_instructions_per_thread=float(instr),
+                              weight_bytes_per_weight=fk.weight_bytes_per_weight, split_reduction=fk.split_reduction)
         resident = resident_programs(hw, probe)
         split = min(wave_split_cost(tiles, k_steps, parts, resident, hw.sm.count,
                                     programs_in_flight=fk.wave_programs_in_flight, fill_steps=fk.wave_fill_steps,
