@@ -203,8 +203,8 @@ class TritonLoopSpec:
     program_fixed_s: float = _spec("SM time per program beyond its iterations (prologue, pipeline fill, "
                                    "epilogue store)", lo=0)
     loaded_hbm_latency_s: float = _spec("round trip of a cp.async load under a streaming kernel's load; a "
-                                        "program with s stages waits at least this over (s - 1) per iteration",
-                                        lo=0)
+                                        "program with s stages waits at least this over (s - 1) per iteration, "
+                                        "and an SM waits it once before its first program computes", lo=0)
     kernel_fixed_s: float = _spec("fixed cost of one launch of the looping kernel inside a CUDA graph (launch, "
                                   "first wave's ramp, last wave's tail)", lo=0)
     mma_wait_latency_s: float = _spec("latency of a warpgroup MMA beyond its tensor-core cycles, paid by a loop "

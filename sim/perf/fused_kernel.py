@@ -28,7 +28,8 @@ Model (times in seconds; per launch of an m x n x k GEMM)::
                 + max(issue / clock_hz, chain) + waited_mma * mma_s          (warpgroups = ceil(warps / 4))
     q         = programs / sms (at least 1; 'ceil': rounded up)       programs on the busiest SM
     round(p)  = per * t_it * (1 + resident_program_slowdown * (p - 1)) + program_fixed_s   p programs together
-    sm_s      = floor(q / resident) * round(resident) + round(r) [* r if r < 1],  r = q - floor(q / resident) * resident
+    sm_s      = loaded_hbm_latency_s + floor(q / resident) * round(resident) + round(r) [* r if r < 1],
+                r = q - floor(q / resident) * resident
     latency_s = ceil(programs / (sms * resident)) * per * loaded_hbm_latency_s / (stages - 1)
     hbm_s     = bytes / (hbm peak * hbm efficiency(bytes))
     time      = kernel_fixed_s + max(sm_s, latency_s, hbm_s)
@@ -37,7 +38,10 @@ Model (times in seconds; per launch of an m x n x k GEMM)::
 ``sm_s``: programs sharing an SM share its issue slots and its load path; a slowdown of 1 means the SM serves
 them one after another, 0 that they overlap completely (the probe loops measured about 0.9). The busiest SM runs
 its q programs in waves of ``resident`` (the block scheduler starts a program when one finishes): the last, partial
-wave of r programs runs at r programs' pace, not at the full waves' throughput. A loop that waits on its warpgroup
+wave of r programs runs at r programs' pace, not at the full waves' throughput. Before the SM's first program
+computes anything, its first K step's loads make one loaded HBM round trip; later programs start while others
+compute, so that fill is paid once per launch (it decides short kernels: 7B/8B GEMMs at decode run 4-8 K steps
+per program). A loop that waits on its warpgroup
 MMAs to completion at once (SASS ``WARPGROUP.DEPBAR.LE gsb0, 0x0``: ``waited_mma``) has their latency on its critical
 path; MMAs whose wait leaves groups in flight (Triton's pipelined wgmma) overlap the loop's other work, but those
 whose A operand is in registers (``register_a_mma``: the fused kernels' expanded weights) each start only after their
@@ -223,7 +227,7 @@ def fused_gemm_timing(hw: HardwareProfile, s: LoopStructure, m: int, n: int, k: 
         return per * t_it * (1.0 + loop.resident_program_slowdown * (max(together, 1.0) - 1.0)) + loop.program_fixed_s
     full = math.floor(q / resident + 1e-9)  # full waves of the busiest SM
     rest = q - full * resident  # programs of its last, partial wave ('even' spread: may be a fraction)
-    sm_s = full * round_s(resident) if full else 0.0
+    sm_s = loop.loaded_hbm_latency_s + (full * round_s(resident) if full else 0.0)  # the fill, then the waves
     if rest > 1e-9:
         sm_s += round_s(rest) * min(rest, 1.0)
     latency_s = math.ceil(programs / (sm.count * resident)) * per * loop.loaded_hbm_latency_s / (s.stages - 1)
