@@ -24,6 +24,8 @@ and per shape the crossover M where W4A8 stops beating FP8 (measured vs predicte
         # whole decoder layers (bench_gpu.py --layer-chain): each the sum of its four GEMMs' predictions, a GEMM
         # predicted as a bench row of its scheme and configuration (pdl rows as without pdl: not in the model);
         # writes validation_<stem>_layer.csv/.md next to the CSV (or to --out); combines with a bench CSV
+    python scripts/validate_perf_on_gpu.py --tuning-csv results/gpu/tuning_h100_s5small.csv --kernel-commit 6b83b15
+        # every configuration a sweep timed, and the measured time of the one the model ranks fastest
 """
 
 from __future__ import annotations
@@ -540,6 +542,68 @@ def validate_layers(layer_csv: Path, args, overrides: dict) -> int:
     return 0
 
 
+def validate_tuning(tuning_csv: Path, args, overrides: dict) -> int:
+    """--tuning-csv: every fused-kernel configuration a bench_gpu.py sweep timed (tuning_<card>*.csv), predicted
+    from its structure; per (model, layer, M) the measured time of the heuristic's configuration (the sweep's first
+    row), of the fastest, and of the configuration the model ranks fastest. Writes validation_<stem>.csv/.md."""
+    from dpq.kernels.w4a8_triton import default_variant_for
+
+    rows = [r for r in load_rows(tuning_csv) if r["scheme"] in ("w4a8_fused", "w4a8_fused_v5", "w4a8_fused_v4")]
+    if not rows:
+        raise SystemExit(f"{tuning_csv}: no w4a8_fused rows")
+    profile = args.profile or profile_for_card(rows[0]["card"])
+    kernel_commit = args.kernel_commit or kernel_commit_of(tuning_csv)
+    variant = args.tuning_variant or default_variant_for(rows[0]["card"])
+    rows = [dict(r, variant=r.get("variant") or {"w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4"}.get(r["scheme"], variant))
+            for r in rows]
+    pred = predict_rows(rows, profile, overrides, args.fused_profile, kernel_commit)
+    cases: dict[tuple, list[tuple[dict, dict]]] = {}
+    for r, p in zip(rows, pred):
+        cases.setdefault((r["model"], r["layer"], int(r["m"]), r["variant"]), []).append((r, p))
+    lines = [f"# sim.perf ranking the fused kernel's configurations: {rows[0]['card']}, profile "
+             f"`{args.fused_profile or profile + '-triton-w4a8'}`", "",
+             f"Measurements: `{tuning_csv}` ({len(rows)} timed configurations). Each predicted from its structure "
+             f"(SASS of dpq/kernels at commit {kernel_commit}); nothing fitted here. Per case: the measured time of "
+             f"the heuristic's configuration (the sweep's first), of the fastest measured, and of the one the model "
+             f"predicts fastest (its regret = measured / fastest - 1).", "",
+             "| model | layer | M | variant | configs | heuristic us | fastest us | fastest config | model's pick us | "
+             "model's pick | regret | mean abs error |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    totals = [0.0, 0.0, 0.0]
+    errors = []
+    for (model, layer, m, var), items in cases.items():
+        best = min(items, key=lambda it: it[1]["measured_s"])
+        pick = min(items, key=lambda it: it[1]["predicted_s"])
+        heur = items[0]
+        errs = [abs(p["error"]) for _, p in items]
+        errors += errs
+        for i, it in enumerate((heur, best, pick)):
+            totals[i] += it[1]["measured_s"]
+        lines.append(f"| {model} | {layer} | {m} | {var} | {len(items)} | {heur[1]['measured_s'] * 1e6:.2f} | "
+                     f"{best[1]['measured_s'] * 1e6:.2f} | {short_config(best[0])} | "
+                     f"{pick[1]['measured_s'] * 1e6:.2f} | {short_config(pick[0])} | "
+                     f"{pick[1]['measured_s'] / best[1]['measured_s'] - 1:+.1%} | {sum(errs) / len(errs):.1%} |")
+    lines += ["", f"All cases summed: heuristic {totals[0] * 1e6:.1f} us, fastest {totals[1] * 1e6:.1f} us, "
+              f"model's picks {totals[2] * 1e6:.1f} us; every configuration: mean abs error "
+              f"{sum(errors) / len(errors):.1%}, {sum(e <= 0.10 for e in errors)}/{len(errors)} within 10%."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out_dir = args.out or tuning_csv.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"validation_{tuning_csv.stem}"
+    write_validation(out_dir, stem[len("validation_"):], pred, text)
+    return 0
+
+
+def short_config(r: dict) -> str:
+    """'128x16 s4 st3' (+ ' rik' for the in-kernel reduction, ' reg64' for a register cap) of a row's config."""
+    import re
+
+    c = row_config(r)
+    cap = re.search(r"maxnreg=(\d+)", r.get("config") or "")
+    return (f"{c['block_n']}x{c['block_t']} s{c['split_k']} st{c['num_stages']}"
+            + (" rik" if c["reduce_in_kernel"] else "") + (f" reg{cap.group(1)}" if cap else ""))
+
+
 def crossover(rows: list[dict], key: str) -> dict:
     """Per (model, layer): the smallest M of the grid where the default fused kernel (``w4a8_fused_default`` when
     the bench ran it, else ``w4a8_fused``) is no faster than fp8 (None: never)."""
@@ -596,6 +660,12 @@ def main(argv=None) -> int:
                     help="also (or only) validate a layer-chain CSV (scripts/bench_gpu.py --layer-chain): each layer "
                          "predicted as the sum of its four GEMMs; writes validation_<stem>_layer.csv/.md to --out, "
                          "else next to it")
+    ap.add_argument("--tuning-csv", type=Path, default=None,
+                    help="validate every configuration of a bench_gpu.py sweep (tuning_<card>*.csv) and say how the "
+                         "model's fastest-ranked configuration measured; writes validation_<stem>.csv/.md to --out, "
+                         "else next to it")
+    ap.add_argument("--tuning-variant", default=None,
+                    help="kernel variant of the sweep's w4a8_fused rows (default: the card's, default_variant_for)")
     ap.add_argument("--fused-profile", default=None,
                     help="profile of the fused Triton kernels (default: <profile>-triton-w4a8)")
     args = ap.parse_args(argv)
@@ -626,9 +696,13 @@ def main(argv=None) -> int:
             write_validation(args.out, label, pred, text)
         return 0
     overrides = parse_overrides(args.set) if args.set else {}
+    if args.tuning_csv is not None:
+        if args.bench_csv is not None or args.layer_csv is not None:
+            ap.error("--tuning-csv: give it alone (no bench CSV, no --layer-csv)")
+        return validate_tuning(args.tuning_csv, args, overrides)
     if args.bench_csv is None:
         if args.layer_csv is None:
-            ap.error("a bench CSV is required (or --predict, or --layer-csv)")
+            ap.error("a bench CSV is required (or --predict, --layer-csv or --tuning-csv)")
         return validate_layers(args.layer_csv, args, overrides)
     rows = load_rows(args.bench_csv)
     profile = args.profile or profile_for_card(rows[0]["card"])

@@ -238,7 +238,8 @@ class FusedKernelSpec:
                               "program_overhead_steps per program) / SMs + one program's steps) or 'waves' (the "
                               "split minimising the busiest SM's waves of resident programs: each wave's K steps, "
                               "slowed when it holds fewer than wave_programs_in_flight programs, + wave_fill_steps "
-                              "per wave + wave_program_steps per program)",
+                              "per wave + wave_program_steps per program, among the splits that leave "
+                              "wave_min_steps_per_part K steps per part)",
                               choices=("programs_per_sm", "busiest_sm", "waves"))
     programs_per_sm_target: int = _spec("'programs_per_sm' policy: programs per SM the split aims at", lo=1)
     min_iterations_per_part: int = _spec("'programs_per_sm' policy: fewest K steps per split part", lo=1)
@@ -247,6 +248,8 @@ class FusedKernelSpec:
                                            "rate (a wave holding fewer runs slower in proportion)", lo=0, lo_open=True)
     wave_fill_steps: float = _spec("'waves' policy: pipeline fill and drain per wave, in K steps", lo=0)
     wave_program_steps: float = _spec("'waves' policy: a program's fixed cost (prologue, epilogue), in K steps", lo=0)
+    wave_min_steps_per_part: int = _spec("'waves' policy: the splits it weighs leave every part at least this many K "
+                                         "steps", lo=1)
     split_reduction: bool = _spec("split-K parts are summed by a second kernel (float32 partials through HBM)")
     prefill_programs_per_sm: int = _spec("above M = 64 ('waves' and 'busiest_sm' policies): the launch heuristic "
                                          "splits K while the programs stay within this many per SM "

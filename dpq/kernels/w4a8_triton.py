@@ -279,6 +279,10 @@ _PROGRAM_OVERHEAD_STEPS = 2
 _PROGRAMS_IN_FLIGHT = 2  # programs an SM needs at once to stream at its share of the bandwidth (fewer: slower)
 _WAVE_FILL_STEPS = 8  # per wave of resident programs on the busiest SM (pipeline fill and drain)
 _PROGRAM_COST_STEPS = 1  # per program on the busiest SM (prologue, epilogue, split-K part store)
+# ... among the splits that leave every part at least this many K steps: on an H100 the 4-step parts the rule chose
+# for K = 4096 with few output tiles (Llama-2-7B / Llama-3-8B o_proj, Llama-3-8B qkv_proj) ran 3-12% slower than
+# 8-step parts (results/gpu/tuning_h100_s5small.csv: each program pays its pipeline fill over fewer steps)
+_WAVE_MIN_STEPS_PER_PART = 8
 
 
 # Above M = 64 (128 x 128 tiles, 8 warps): split K into up to 4 parts while the programs stay within 2 per SM
@@ -332,7 +336,7 @@ def default_config(m: int, n: int, k: int, num_sms: int, group_size: int = 128,
     if variant == "v5" and m <= 64 and sm_limits is not None and resources is not None:
         resident = resident_programs(resources[0], resources[1], warps, sm_limits)
         scored = [wave_split_cost(tiles, k_steps, s, resident, sm_limits.num_sms)
-                  for s in range(1, max(1, k_steps // 2) + 1)]
+                  for s in range(1, max(1, k_steps // _WAVE_MIN_STEPS_PER_PART) + 1)]
         split = min(scored)[1]  # ties: fewer parts
     elif variant in ("v5", "v4", "fp8"):
         if m > 64:

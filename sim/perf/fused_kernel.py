@@ -311,7 +311,7 @@ def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStruct
         split = min(wave_split_cost(tiles, k_steps, parts, resident, hw.sm.count,
                                     programs_in_flight=fk.wave_programs_in_flight, fill_steps=fk.wave_fill_steps,
                                     program_steps=fk.wave_program_steps)
-                    for parts in range(1, max(1, k_steps // 2) + 1))[1]  # ties: fewer parts
+                    for parts in range(1, max(1, k_steps // fk.wave_min_steps_per_part) + 1))[1]  # ties: fewer
     else:  # busiest_sm
         best = None
         for parts in range(1, max(1, k_steps // 2) + 1):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import math
 
 import numpy as np
+
 import pytest
 
 from dpq.kernels.w4a8_triton import (
@@ -109,6 +111,8 @@ def test_v5_wave_split_rule():
     picks = [default_config(1, n, k, 132, 128, "v5", sm_limits=H100_LIMITS).split_k
              for n, k in ((10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672))]
     assert picks == [8, 4, 4, 4]
+    # K = 4096 over few output tiles (Llama-2-7B / Llama-3-8B o_proj): 4 parts of 8 K steps, not 8 of 4
+    assert default_config(1, 4096, 4096, 132, 128, "v5", sm_limits=H100_LIMITS).split_k == 4
     for m in (1, 4, 16, 32, 64):
         for n, k in ((10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672), (576, 1536), (192, 1536)):
             c = default_config(m, n, k, 132, 128, "v5", sm_limits=H100_LIMITS)
@@ -116,8 +120,9 @@ def test_v5_wave_split_rule():
             steps = k // 128
             resident = resident_programs(*V5_KERNEL_RESOURCES[(128, c.block_t, 3)], 4, H100_LIMITS)
             assert resident == {16: 6, 32: 5, 64: 3}[c.block_t]
-            best = min(wave_split_cost(tiles, steps, s, resident, 132)[0] for s in range(1, max(1, steps // 2) + 1))
+            best = min(wave_split_cost(tiles, steps, s, resident, 132)[0] for s in range(1, max(1, steps // 8) + 1))
             assert wave_split_cost(tiles, steps, c.split_k, resident, 132)[0] == best
+            assert c.split_k == 1 or math.ceil(steps / c.split_k) >= 8  # parts of at least 8 K steps
             assert (c.block_n, c.num_warps, c.num_stages, c.maxnreg) == (128, 4, 3, None)
     # a program per SM alone pays for too few loads in flight; a tail of one program per SM is avoided
     cost_one, _ = wave_split_cost(64, 64, 2, 6, 132)  # 128 programs: 1 per SM
