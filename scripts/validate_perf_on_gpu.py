@@ -546,8 +546,10 @@ def validate_tuning(tuning_csv: Path, args, overrides: dict) -> int:
     """--tuning-csv: every fused-kernel configuration a bench_gpu.py sweep timed (tuning_<card>*.csv), predicted
     from its structure; per (model, layer, M) the measured time of the heuristic's configuration (the sweep's first
     row), of the fastest, and of the configuration the model ranks fastest. Writes validation_<stem>.csv/.md."""
-    from dpq.kernels.w4a8_triton import default_variant_for
+    from dpq.kernels.w4a8_triton import VARIANTS, default_variant_for
 
+    if args.tuning_variant is not None and args.tuning_variant not in VARIANTS:
+        raise SystemExit(f"--tuning-variant: {args.tuning_variant!r} is not one of {VARIANTS}")
     rows = [r for r in load_rows(tuning_csv) if r["scheme"] in ("w4a8_fused", "w4a8_fused_v5", "w4a8_fused_v4")]
     if not rows:
         raise SystemExit(f"{tuning_csv}: no w4a8_fused rows")

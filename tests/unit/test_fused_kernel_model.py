@@ -1,5 +1,6 @@
 """sim.perf.fused_kernel: the structure model of a fused Triton GEMM kernel, its profile sections and its plan."""
 
+import csv
 import dataclasses
 
 import pytest
@@ -455,3 +456,39 @@ def test_validate_script_predicts_the_prefill_path_as_expansion_plus_cublas():
     assert notes == []
     with pytest.raises(ValueError, match=r"variant 'v9'\+expand"):
         v.layer_gemm_rows(dict(layer, variant="v9+expand"), shapes)
+
+
+def test_validate_script_ranks_a_sweeps_configurations(monkeypatch, tmp_path):
+    """--tuning-csv: every configuration of a sweep predicted; per case the heuristic (first row), the fastest
+    measured, and the measured time of the configuration the model ranks fastest."""
+    v = _script("validate_perf_on_gpu")
+    structure = {"registers_per_thread": "75", "shared_bytes_per_program": "24576",
+                 "loop_instructions_per_thread": "363", "fp32_instructions": "99", "int_instructions": "156",
+                 "conversion_instructions": "8", "waited_mma_instructions": "0", "register_a_mma_instructions": "8",
+                 "mma_macs_per_instruction": "32768"}
+    monkeypatch.setattr(v, "load_structures", lambda: {("c0", "v5", "128", "16", "4", "3", "1"): structure})
+    fields = ["card", "scheme", "model", "layer", "m", "n", "k", "config", "latency_s", "rel_error_vs_f64",
+              "registers", "shared_bytes", "spills"]
+    measured = {1: 30e-6, 2: 20e-6, 4: 25e-6}  # the heuristic (1 part) first; 2 parts measured fastest
+    path = tmp_path / "tuning_h100_x.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for split, t in measured.items():
+            w.writerow({"card": "NVIDIA H100 80GB HBM3", "scheme": "w4a8_fused", "model": "llama-2-7b",
+                        "layer": "o_proj", "m": "1", "n": "4096", "k": "4096", "latency_s": repr(t),
+                        "config": f"KernelConfig(block_n=128, block_t=16, split_k={split}, num_warps=4, "
+                                  f"num_stages=3, groups_per_step=1, reduce_in_kernel=False, maxnreg=None)",
+                        "registers": "75", "shared_bytes": "24576", "rel_error_vs_f64": "", "spills": "0"})
+    args = v.argparse.Namespace(profile=None, kernel_commit="c0", tuning_variant=None, fused_profile=None,
+                                out=tmp_path, set=[])
+    assert v.validate_tuning(path, args, {}) == 0
+    text = (tmp_path / "validation_tuning_h100_x.md").read_text()
+    pred = {int(r["config"].split("split_k=")[1].split(",")[0]): float(p["predicted_s"]) for r, p in zip(
+        csv.DictReader(open(path)), csv.DictReader(open(tmp_path / "validation_tuning_h100_x.csv")))}
+    pick = min(pred, key=pred.get)
+    row = next(line for line in text.splitlines() if line.startswith("| llama-2-7b | o_proj | 1 | v5 | 3 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5:8] == ["30.00", "20.00", "128x16 s2 st3"]
+    assert cells[8] == f"{measured[pick] * 1e6:.2f}" and cells[9] == f"128x16 s{pick} st3"
+    assert cells[10] == f"{measured[pick] / 20e-6 - 1:+.1%}"
