@@ -371,13 +371,19 @@ def test_validate_script_parses_kernel_config_reprs():
             v.parse_kernel_config(bad)
 
 
-def test_validate_script_predicts_a_layer_as_the_sum_of_its_gemms(monkeypatch):
-    v = _script("validate_perf_on_gpu")
+def _cache_v5_decode_structure(v, monkeypatch):
+    """The validate script's structure cache holding one kernel: v5 at 128 x 16 tiles, 4 warps, 3 stages (its SASS
+    counts at commit "c0"), so the tests compile nothing."""
     structure = {"registers_per_thread": "75", "shared_bytes_per_program": "24576",
                  "loop_instructions_per_thread": "363", "fp32_instructions": "99", "int_instructions": "156",
                  "conversion_instructions": "8", "waited_mma_instructions": "0", "register_a_mma_instructions": "8",
                  "mma_macs_per_instruction": "32768"}
     monkeypatch.setattr(v, "load_structures", lambda: {("c0", "v5", "128", "16", "4", "3", "1"): structure})
+
+
+def test_validate_script_predicts_a_layer_as_the_sum_of_its_gemms(monkeypatch):
+    v = _script("validate_perf_on_gpu")
+    _cache_v5_decode_structure(v, monkeypatch)
     shapes = {"tiny": [("qkv_proj", 3072, 1024), ("o_proj", 1024, 1024), ("gate_up_proj", 5632, 1024),
                        ("down_proj", 1024, 2816)]}
     splits = (1, 2, 4, 8)
@@ -462,11 +468,7 @@ def test_validate_script_ranks_a_sweeps_configurations(monkeypatch, tmp_path):
     """--tuning-csv: every configuration of a sweep predicted; per case the heuristic (first row), the fastest
     measured, and the measured time of the configuration the model ranks fastest."""
     v = _script("validate_perf_on_gpu")
-    structure = {"registers_per_thread": "75", "shared_bytes_per_program": "24576",
-                 "loop_instructions_per_thread": "363", "fp32_instructions": "99", "int_instructions": "156",
-                 "conversion_instructions": "8", "waited_mma_instructions": "0", "register_a_mma_instructions": "8",
-                 "mma_macs_per_instruction": "32768"}
-    monkeypatch.setattr(v, "load_structures", lambda: {("c0", "v5", "128", "16", "4", "3", "1"): structure})
+    _cache_v5_decode_structure(v, monkeypatch)
     fields = ["card", "scheme", "model", "layer", "m", "n", "k", "config", "latency_s", "rel_error_vs_f64",
               "registers", "shared_bytes", "spills"]
     measured = {1: 30e-6, 2: 20e-6, 4: 25e-6}  # the heuristic (1 part) first; 2 parts measured fastest
