@@ -556,8 +556,8 @@ def validate_tuning(tuning_csv: Path, args, overrides: dict) -> int:
     profile = args.profile or profile_for_card(rows[0]["card"])
     kernel_commit = args.kernel_commit or kernel_commit_of(tuning_csv)
     variant = args.tuning_variant or default_variant_for(rows[0]["card"])
-    rows = [dict(r, variant=r.get("variant") or {"w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4"}.get(r["scheme"], variant))
-            for r in rows]
+    named = {"w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4"}
+    rows = [dict(r, variant=r.get("variant") or named.get(r["scheme"], variant)) for r in rows]
     pred = predict_rows(rows, profile, overrides, args.fused_profile, kernel_commit)
     cases: dict[tuple, list[tuple[dict, dict]]] = {}
     for r, p in zip(rows, pred):
@@ -591,8 +591,7 @@ def validate_tuning(tuning_csv: Path, args, overrides: dict) -> int:
     print(text)
     out_dir = args.out or tuning_csv.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"validation_{tuning_csv.stem}"
-    write_validation(out_dir, stem[len("validation_"):], pred, text)
+    write_validation(out_dir, tuning_csv.stem, pred, text)
     return 0
 
 

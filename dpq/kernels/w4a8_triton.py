@@ -279,9 +279,10 @@ _PROGRAM_OVERHEAD_STEPS = 2
 _PROGRAMS_IN_FLIGHT = 2  # programs an SM needs at once to stream at its share of the bandwidth (fewer: slower)
 _WAVE_FILL_STEPS = 8  # per wave of resident programs on the busiest SM (pipeline fill and drain)
 _PROGRAM_COST_STEPS = 1  # per program on the busiest SM (prologue, epilogue, split-K part store)
-# ... among the splits that leave every part at least this many K steps: on an H100 the 4-step parts the rule chose
-# for K = 4096 with few output tiles (Llama-2-7B / Llama-3-8B o_proj, Llama-3-8B qkv_proj) ran 3-12% slower than
-# 8-step parts (results/gpu/tuning_h100_s5small.csv: each program pays its pipeline fill over fewer steps)
+# ... among the splits that leave every part at least this many K steps: on an H100 the 8 parts of 4 steps the rule
+# chose for Llama-2-7B / Llama-3-8B o_proj (K = 4096, 32 output tiles) ran 8-9% slower than 4 parts of 8 steps in two
+# sweeps (results/gpu/tuning_h100_s5small.csv, tuning_h100_s5b.csv: each program pays its pipeline fill over fewer
+# steps); the one other choice it changes, Llama-3-8B qkv_proj, lost 3-4% at M <= 16 and gained 2% at M = 64
 _WAVE_MIN_STEPS_PER_PART = 8
 
 
