@@ -8,7 +8,9 @@ M in 1, 4, 16, 64, 256, 1024, 4096 tokens, four ways to compute y = x @ W^T (bf1
 * ``w4a8_fused``    the Triton kernel of dpq/kernels/w4a8_triton.py reading packed INT4 (groups of 128), variant
                     ``--fused-variant`` (default: the card's, ``default_variant_for``);
 * ``w4a8_fused_default`` that variant with the default configuration only (what ``w4a8_matmul`` runs
-                    when given no config: the tile heuristic with the card's SM limits);
+                    when given no config: the card's tuned configuration of the GEMM if its profile has one,
+                    else the tile heuristic with the card's SM limits);
+* ``w4a8_fused_rule`` that variant with the tile heuristic only (no tuned configuration);
 * ``w4a8_fused_pdl`` that configuration launched with programmatic dependent launch and 2 K steps of L2
                     prefetch (``KernelConfig.pdl``): back-to-back calls overlap one's tail with the next one's start;
 * ``w4a8_fused_nowait`` that configuration without the wait for each K step's wgmmas (``mma_wait_each_step``:
@@ -80,17 +82,18 @@ SHAPES = [
     ("llama-2-70b", "gate_up_proj", 57344, 8192), ("llama-2-70b", "down_proj", 8192, 28672),
 ]
 M_VALUES = (1, 4, 16, 64, 256, 1024, 4096)
-SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_default", "w4a8_fused_pdl", "w4a8_fused_pdl_late",
-           "w4a8_fused_nowait", "w4a8_expand", "w4a8_fused_v5", "w4a8_fused_v5old", "w4a8_fused_v4",
+SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_default", "w4a8_fused_rule", "w4a8_fused_pdl",
+           "w4a8_fused_pdl_late", "w4a8_fused_nowait", "w4a8_expand", "w4a8_fused_v5", "w4a8_fused_v5old", "w4a8_fused_v4",
            "w4a8_fused_v3", "w4a8_fused_v2", "fp8_triton", "w4a8_unfused")
-FUSED_VARIANTS = {"w4a8_fused": None, "w4a8_fused_default": None, "w4a8_fused_pdl": None,
-                  "w4a8_fused_pdl_late": None, "w4a8_fused_nowait": None, "w4a8_fused_v5": "v5",
+FUSED_VARIANTS = {"w4a8_fused": None, "w4a8_fused_default": None, "w4a8_fused_rule": None,
+                  "w4a8_fused_pdl": None, "w4a8_fused_pdl_late": None, "w4a8_fused_nowait": None, "w4a8_fused_v5": "v5",
                   "w4a8_fused_v5old": "v5",
                   "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2",
                   "fp8_triton": "fp8"}  # None: --fused-variant (the card's)
 OLD_RULE_SCHEMES = ("w4a8_fused_v5old",)  # the split rule without the card's SM limits
-HEURISTIC_ONLY_SCHEMES = ("w4a8_fused_default", "w4a8_fused_v5old", "w4a8_fused_pdl", "w4a8_fused_pdl_late",
-                          "w4a8_fused_nowait")
+RULE_SCHEMES = ("w4a8_fused_rule", "w4a8_fused_v5old")  # the heuristic, never the card's tuned configuration
+HEURISTIC_ONLY_SCHEMES = ("w4a8_fused_default", "w4a8_fused_rule", "w4a8_fused_v5old", "w4a8_fused_pdl",
+                          "w4a8_fused_pdl_late", "w4a8_fused_nowait")
 # the default configuration with these KernelConfig changes
 CONFIG_SCHEMES = {"w4a8_fused_pdl": {"pdl": True, "l2_prefetch_steps": 2},
                   "w4a8_fused_pdl_late": {"pdl": True, "l2_prefetch_steps": 2, "pdl_trigger": "after_loop"},
@@ -137,19 +140,30 @@ def make_weights(torch, n: int, k: int, gen):
 V5_SWEEP_SPLITS = (1, 2, 3, 4, 5, 6, 8, 12, 16)  # split-K counts every v5 decode shape is also timed at
 
 
+def launch_or_rule(m: int, n: int, k: int, limits, variant: str, device_name: str, rule: bool = False):
+    """What ``w4a8_matmul`` launches without a config (the card's tuned configuration, else the heuristic), or with
+    ``rule`` the heuristic alone."""
+    from dpq.kernels.w4a8_triton import default_config, tuned_config_for
+
+    tuned = None if rule else tuned_config_for(device_name, variant, m, n, k, GROUP_SIZE)
+    return tuned or default_config(m, n, k, limits.num_sms, GROUP_SIZE, variant, sm_limits=limits)
+
+
 def fused_candidates(m: int, n: int, k: int, limits, quick: bool, variant: str, old_rule: bool = False,
-                     changes: dict | None = None):
-    """Tile configurations tried for the fused kernel at this shape (the heuristic first). ``limits``: the card's
+                     changes: dict | None = None, device_name: str = "", rule: bool = False):
+    """Tile configurations tried for the fused kernel at this shape, what a launch runs first (the card's tuned
+    configuration for ``device_name``, else the heuristic; ``rule``: the heuristic). ``limits``: the card's
     SMLimits; ``old_rule``: the heuristic without them (v5's split rule before the wave rule); ``changes``:
-    KernelConfig changes applied to the heuristic's configuration."""
+    KernelConfig changes applied to the first configuration. The sweep around it is built on the heuristic's."""
     from dpq.kernels.w4a8_triton import KernelConfig, default_config
 
     base = default_config(m, n, k, limits.num_sms, GROUP_SIZE, variant, sm_limits=None if old_rule else limits)
+    first = base if old_rule else launch_or_rule(m, n, k, limits, variant, device_name, rule)
     if changes:
-        base = replace(base, **changes)
-    cands = [base]
+        first = replace(first, **changes)
+    cands = [first, base]  # what a launch runs, then the heuristic's configuration (the same without a tuned one)
     if quick:
-        return cands
+        return cands[:1]
     s = base.split_k
     if m <= 64 and variant == "v5":
         # the split rules (this one and the one before), a sweep of split counts, the in-kernel split-K reduction
@@ -276,9 +290,13 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
                     quick = {"w4a8_fused_v2": args.quick_v2, "fp8_triton": args.quick_fp8_triton,
                              "w4a8_fused_v3": args.quick_v3}.get(scheme, args.quick)
                     quick = quick or scheme in HEURISTIC_ONLY_SCHEMES or scheme in args.heuristic_only
-                    for cfg in fused_candidates(m, n, k, info["limits"], quick, variant,
-                                                old_rule=scheme in OLD_RULE_SCHEMES,
-                                                changes=CONFIG_SCHEMES.get(scheme)):
+                    cands = fused_candidates(m, n, k, info["limits"], quick, variant,
+                                             old_rule=scheme in OLD_RULE_SCHEMES, changes=CONFIG_SCHEMES.get(scheme),
+                                             device_name=info["card"], rule=scheme in RULE_SCHEMES)
+                    rule_cfg = launch_or_rule(m, n, k, info["limits"], variant, info["card"], rule=True)
+                    for j, cfg in enumerate(cands):
+                        # tune_table.py compares the fastest with the heuristic's configuration: the row marked "rule"
+                        role = "+".join((["launch"] if j == 0 else []) + (["rule"] if cfg == rule_cfg else []))
                         res = kernel_resources(x8, pw, cfg)
                         y = w4a8_matmul(x8, pw, 1.0, out_dtype="float32", config=cfg)
                         err = float((y.double() - ref).norm() / ref.norm())
@@ -290,7 +308,7 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
                         tune_writer.writerow({"card": info["card"], "scheme": scheme, "model": model, "layer": layer,
                                               "m": m, "n": n,
                                               "k": k, "config": repr(cfg), "latency_s": f"{t:.6e}",
-                                              "rel_error_vs_f64": f"{err:.2e}", **res})
+                                              "rel_error_vs_f64": f"{err:.2e}", **res, "role": role})
                         if best is None or t < best[0]:
                             best = (t, spread, cfg, res)
                     t, spread, cfg, res = best
@@ -326,6 +344,7 @@ CHAIN_SCHEMES = {
     "fp8_triton": ("fp8", {}), "fp8_triton_pdl": ("fp8", {"pdl": True}),
     "default": (None, {}), "pdl": (None, {"pdl": True}),
     "auto": (None, {}),  # w4a8_linear: the fused kernel below the card's expand_from_tokens, the prefill path from it
+    "auto_rule": (None, {}),  # the same with the tile heuristic instead of the card's tuned configurations
     "pdl_pf1": (None, {"pdl": True, "l2_prefetch_steps": 1}),
     "pdl_pf2": (None, {"pdl": True, "l2_prefetch_steps": 2}),
     "pdl_pf4": (None, {"pdl": True, "l2_prefetch_steps": 4}),
@@ -347,7 +366,7 @@ LAYER_FIELDS = ["card", "driver", "torch", "triton", "cuda", "sm_count", "date",
 def bench_layer_chain(torch, info, model, m_values, chain_schemes, args, writer, summary):
     """Time one decoder layer's four GEMMs run back to back in one CUDA graph (per scheme and M); check the
     graph's last layer against the same calls run one by one, bit for bit."""
-    from dpq.kernels.w4a8_triton import (PackedW4A8Weight, SMLimits, default_config, uses_prefill_path, w4a8_linear,
+    from dpq.kernels.w4a8_triton import (PackedW4A8Weight, SMLimits, uses_prefill_path, w4a8_linear,
                                          w4a8_matmul)
     from dpq.torch_backend import expanded_weight_values
 
@@ -393,15 +412,15 @@ def bench_layer_chain(torch, info, model, m_values, chain_schemes, args, writer,
                     ws = [first] + [[PackedW4A8Weight.from_arrays(c.clone(), s_.clone(), z.clone(), GROUP_SIZE, 0.01,
                                                                   448.0, "cuda", variant) for c, s_, z in packed]
                                     for _ in range(copies - 1)]
-                    cfgs = [replace(default_config(m, n, k, limits.num_sms, GROUP_SIZE, variant, sm_limits=limits),
+                    cfgs = [replace(launch_or_rule(m, n, k, limits, variant, info["card"], rule=scheme == "auto_rule"),
                                     **spec[1]) for _, n, k in shapes]
 
                     def gemm(c, i):
-                        if scheme == "auto":
+                        if scheme in ("auto", "auto_rule"):
                             return w4a8_linear(x8s[i], ws[c][i], 1.0, config=cfgs[i])
                         return w4a8_matmul(x8s[i], ws[c][i], 1.0, config=cfgs[i])
 
-                    if scheme == "auto":
+                    if scheme in ("auto", "auto_rule"):
                         variant += "+expand" if uses_prefill_path(m, first[0]) else ""
                 n_layers = max(copies, min(args.max_calls, math.ceil(2e-3 / max(layer_bytes / 3e12, 5e-6))))
                 # reference: the graph's last layer's calls one at a time, synchronised in between (no overlap)
@@ -521,7 +540,7 @@ def main(argv=None) -> int:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         tune = csv.DictWriter(ft, fieldnames=["card", "scheme", "model", "layer", "m", "n", "k", "config", "latency_s",
-                                              "rel_error_vs_f64", "registers", "shared_bytes", "spills"])
+                                              "rel_error_vs_f64", "registers", "shared_bytes", "spills", "role"])
         tune.writeheader()
         for model, layer, n, k in sorted(SHAPES, key=lambda r: models.index(r[0]) if r[0] in models else 99):
             if model in models:

@@ -268,8 +268,15 @@ class FusedKernelSpec:
         "warpgroup MMAs with their A operand in registers and each one's m n k), rows by increasing max_m; the first "
         "row whose max_m >= M is used (the last beyond)",
         lo=1)
+    tuned_configs: tuple[tuple[int, ...], ...] = _spec(
+        "the kernel's launch configurations measured fastest on this card for given GEMMs, used instead of the "
+        "launch heuristic there (dpq.kernels.w4a8_triton.launch_config; kernel_variant weights of groups of "
+        "block_k): [n, k, min_m, max_m, block_n, block_t, split_k, warps, stages, reduce_in_kernel (0/1)] "
+        "(scripts/tune_table.py); may be empty", lo=0)
 
 
+TUNED_CONFIG_COLUMNS = ("n", "k", "min_m", "max_m", "block_n", "block_t", "split_k", "warps", "stages",
+                        "reduce_in_kernel")
 TILE_CONFIG_COLUMNS = ("max_m", "block_n", "block_t", "warps", "stages", "registers_per_thread",
                        "shared_bytes_per_program", "loop_instructions_per_thread", "fp32_instructions",
                        "int_instructions", "conversion_instructions", "register_a_mma_instructions",
@@ -571,6 +578,32 @@ def _check_tile_configs(value: Any, source: str, key: str) -> tuple:
     return tuple(out)
 
 
+def _check_tuned_configs(value: Any, source: str, key: str) -> tuple:
+    expected = "[" + ", ".join(TUNED_CONFIG_COLUMNS) + "]"
+    if not isinstance(value, list):
+        raise ConfigError(source, key, f"value {describe_value(value)}: expected a (possibly empty) list of {expected}")
+    out, seen = [], {}
+    for i, item in enumerate(value):
+        if not isinstance(item, list) or len(item) != len(TUNED_CONFIG_COLUMNS):
+            raise ConfigError(source, f"{key}[{i}]", f"value {describe_value(item)}: expected {expected}")
+        row = tuple(_check_number(v, source, f"{key}[{i}][{j}] ({col})", {"lo": 0 if col == "reduce_in_kernel" else 1},
+                                  integer=True) for j, (col, v) in enumerate(zip(TUNED_CONFIG_COLUMNS, item)))
+        n, k, lo_m, hi_m, block_n, block_t, split, warps, stages, reduce = row
+        if lo_m > hi_m:
+            raise ConfigError(source, f"{key}[{i}][2:4] (min_m, max_m)",
+                              f"values {lo_m}, {hi_m}: expected min_m <= max_m")
+        if block_n not in (64, 128, 256) or block_t not in (16, 32, 64, 128, 256) or stages < 2 or reduce > 1:
+            raise ConfigError(source, f"{key}[{i}]", f"value {list(row)}: expected block_n 64/128/256, block_t "
+                              f"16..256, stages >= 2, reduce_in_kernel 0 or 1")
+        for j, (a, b) in seen.get((n, k), {}).items():
+            if lo_m <= b and a <= hi_m:
+                raise ConfigError(source, f"{key}[{i}]", f"M range {lo_m}..{hi_m} of n={n}, k={k} overlaps row {j}'s "
+                                  f"{a}..{b}")
+        seen.setdefault((n, k), {})[i] = (lo_m, hi_m)
+        out.append(row)
+    return tuple(out)
+
+
 def _validate_section(cls, value: Any, source: str, prefix: str):
     if not isinstance(value, dict):
         raise ConfigError(source, prefix, f"value {describe_value(value)}: expected a mapping")
@@ -599,6 +632,8 @@ def _validate_section(cls, value: Any, source: str, prefix: str):
             kwargs[f.name] = _check_tiles(v, source, key, meta)
         elif f.type == "tuple[tuple[float, ...], ...]":
             kwargs[f.name] = _check_tile_configs(v, source, key)
+        elif f.type == "tuple[tuple[int, ...], ...]":
+            kwargs[f.name] = _check_tuned_configs(v, source, key)
         elif f.type in ("bool", bool):
             if not isinstance(v, bool):
                 raise ConfigError(source, key, f"value {describe_value(v)}: expected true or false")

@@ -76,7 +76,9 @@ Public API::
         tells which one (and so which numerics) a call of m tokens gets; expand_from_tokens_for(device_name)
     kernel_resources(x8, weight, config) -> registers, shared bytes, spills of the launched kernel
     KernelConfig (tiles, split, stages; pdl: programmatic dependent launch, off by default: slower on an H100),
-    default_config(m, n, k, num_sms, group_size, variant, sm_limits), split_k_parts(k, config, group_size)
+    default_config(m, n, k, num_sms, group_size, variant, sm_limits), split_k_parts(k, config, group_size);
+    launch_config(m, n, k, weight, device): what a launch without a config runs (the card's tuned configuration of
+    the GEMM, tuned_config_for, else default_config)
     SMLimits (.of_device), resident_programs, wave_split_cost, V5_KERNEL_RESOURCES: the "v5" decode split rule
     expansion_lut (torch, on the GPU) and expansion_lut_np; lut_expand_np, lut_expand_row_np, prmt_np, mulhi_np,
     table_build_np: plain twins of the kernels' inline asm (LUT_ASM and LUT_ASM_WORD, LUT_ASM_ROW,
@@ -131,6 +133,28 @@ def expand_from_tokens_for(device_name: str) -> int | None:
         raise TypeError(f"device_name={device_name!r}: expected the CUDA device name as a string")
     found = _card_spec(device_name)
     return None if found is None else found[1].expand_from_tokens
+
+
+def tuned_config_for(device_name: str, variant: str, m: int, n: int, k: int,
+                     group_size: int = 128) -> "KernelConfig | None":
+    """The launch configuration measured fastest on the CUDA card named ``device_name`` for this GEMM, or None.
+
+    From ``fused_kernel.tuned_configs`` of the card's *-triton-w4a8 profile (scripts/tune_table.py: the fastest of
+    a bench_gpu.py sweep where it beat the heuristic by 3% or more): the row of (n, k) whose M range holds m, for
+    weights of the profile's kernel variant in groups of its block_k. The configuration decides the numerics (its
+    split-K parts), so every launch and every emulation of it gets it from here (``launch_config``).
+    """
+    found = _card_spec(device_name)
+    if found is None:
+        return None
+    spec = found[1]
+    if variant != spec.kernel_variant or group_size != spec.block_k:
+        return None
+    for tn, tk, lo_m, hi_m, block_n, block_t, split, warps, stages, reduce in spec.tuned_configs:
+        if (tn, tk) == (n, k) and lo_m <= m <= hi_m:
+            return KernelConfig(block_n=block_n, block_t=block_t, split_k=split, num_warps=warps, num_stages=stages,
+                                reduce_in_kernel=bool(reduce))
+    return None
 
 
 def _card_spec(device_name: str):
@@ -357,6 +381,19 @@ def default_config(m: int, n: int, k: int, num_sms: int, group_size: int = 128,
             split = max(1, min(math.ceil(target / tiles), k_steps // 4 or 1))
     return KernelConfig(block_n=block_n, block_t=block_t, split_k=split, num_warps=warps, num_stages=stages,
                         groups_per_step=gps)
+
+
+def launch_config(m: int, n: int, k: int, weight: "PackedW4A8Weight", device=None) -> KernelConfig:
+    """The configuration ``w4a8_matmul`` launches without an explicit one on CUDA ``device`` (default: the current
+    one): the card's tuned configuration for this GEMM if it has one (``tuned_config_for``), else
+    ``default_config`` with the card's SM limits."""
+    import torch
+
+    tuned = tuned_config_for(torch.cuda.get_device_name(device), weight.variant, m, n, k, weight.group_size)
+    if tuned is not None:
+        return tuned
+    limits = SMLimits.of_device(device)
+    return default_config(m, n, k, limits.num_sms, weight.group_size, weight.variant, sm_limits=limits)
 
 
 def k_step(config: KernelConfig, group_size: int) -> int:
@@ -1220,7 +1257,7 @@ def w4a8_matmul(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: st
         weight: the packed weight (N rows of K).
         act_scale: s_x.
         out_dtype: "bfloat16" or "float32".
-        config: tile/launch parameters; None = ``default_config``.
+        config: tile/launch parameters; None = ``launch_config`` (the card's tuned one, else ``default_config``).
         workspace: optional float32 tensor of at least split_k * M * N elements for split-K parts.
     Returns:
         torch tensor (M, N) of ``out_dtype``.
@@ -1242,8 +1279,7 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
         raise ValueError(f"out_dtype={out_dtype!r}: expected 'bfloat16' or 'float32'")
     m, k, n = x8.shape[0], weight.k, weight.n
     if config is None:
-        limits = SMLimits.of_device(x8.device)
-        config = default_config(m, n, k, limits.num_sms, weight.group_size, weight.variant, sm_limits=limits)
+        config = launch_config(m, n, k, weight, x8.device)
     step = k_step(config, weight.group_size)
     if weight.variant in ("lut", "v2") and config.groups_per_step != 1:
         raise ValueError(f"variant {weight.variant!r} takes groups_per_step=1, got {config.groups_per_step}")

@@ -17,8 +17,9 @@ pytestmark = [pytest.mark.gpu,
                                  reason="bit-exact numerics are modelled for Hopper (sm_90) only")]
 
 from dpq.kernels.w4a8_triton import (KernelConfig, PackedW4A8Weight, SMLimits, default_config,  # noqa: E402
-                                     expansion_lut, expansion_lut_np, fp8_weight_from_lut, split_k_parts, v4_codes,
-                                     v4_codes_np, w4a8_matmul)
+                                     default_variant_for, expansion_lut, expansion_lut_np, fp8_weight_from_lut,
+                                     launch_config, split_k_parts, tuned_config_for, v4_codes, v4_codes_np,
+                                     w4a8_matmul)
 from dpq.torch_backend import weight_fp8  # noqa: E402
 from dpq.packed import PackedLinear, pack_nibbles  # noqa: E402
 from dpq.torch_backend import TorchLinear, emulator_inputs  # noqa: E402
@@ -61,14 +62,48 @@ def test_triton_path_bit_exact(m, n, k, gs, split, hi, variant):
     rng = np.random.default_rng(m * 7 + n)
     p = _layer(rng, n, k, gs, hi)
     x = (rng.standard_normal((m, k)) * np.exp2(rng.uniform(-4, 4, (m, k)))).astype(np.float32)
-    limits = SMLimits.of_device(0)
-    cfg = default_config(m, n, k, limits.num_sms, gs, variant, sm_limits=limits)  # what w4a8_matmul picks
+    cfg = launch_config(m, n, k, PackedW4A8Weight.from_packed(p, variant=variant))  # what w4a8_matmul picks
     if split is not None:
         cfg = KernelConfig(**(cfg.__dict__ | {"split_k": split}))
     got = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant=variant)(x)
     want = fp8_gemm(hw="h100-triton-w4a8", out_dtype="bfloat16", split_k=split_k_parts(k, cfg, gs),
                     **emulator_inputs(p, x))
     assert np.array_equal(_bits(got), _bits(want))
+
+
+def _card_tuned_configs():
+    from sim.profiles import list_profiles, load_profile
+
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+    for profile in list_profiles():
+        fk = load_profile(profile).fused_kernel
+        if fk is not None and fk.device_name_contains in name:
+            return [(profile,) + row for row in fk.tuned_configs]
+    return []
+
+
+@pytest.mark.parametrize("row", _card_tuned_configs() or [None])
+def test_every_tuned_configuration_is_bit_exact(row):
+    """Each configuration the card's profile tunes (fused_kernel.tuned_configs) is what a launch of that GEMM picks,
+    and gives the emulator's bits with its split-K parts: run at its K and M range with fewer rows (the numerics of
+    an output depend on K, the tile and the split, not on N)."""
+    if row is None:
+        pytest.skip("no tuned configurations for this card")
+    profile, n, k, lo_m, hi_m, *_ = row
+    variant = default_variant_for(torch.cuda.get_device_name())
+    rng = np.random.default_rng(n + k + hi_m)
+    for m in sorted({lo_m, hi_m}):
+        cfg = tuned_config_for(torch.cuda.get_device_name(), variant, m, n, k, 128)
+        assert cfg is not None
+        weight = PackedW4A8Weight.from_packed(_layer(rng, 128, k, 128), variant=variant)
+        assert launch_config(m, n, k, weight) == cfg  # a launch of the full GEMM runs the tuned configuration
+        for rows in (cfg.block_n * 2, cfg.block_n * 2 + 72):  # whole tiles, and a masked last tile
+            p = _layer(rng, rows, k, 128)
+            x = (rng.standard_normal((m, k)) * np.exp2(rng.uniform(-4, 4, (m, k)))).astype(np.float32)
+            got = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant=variant)(x)
+            want = fp8_gemm(hw=profile, out_dtype="bfloat16", split_k=split_k_parts(k, cfg, 128),
+                            **emulator_inputs(p, x))
+            assert np.array_equal(_bits(got), _bits(want)), (profile, n, k, m, cfg)
 
 
 @pytest.mark.parametrize("fp8_max,hi", [(448.0, 7), (240.0, 6)])

@@ -143,6 +143,19 @@ def test_profile_sections_are_validated(tmp_path):
     bad["fused_kernel"]["tile_configs"][0][9] = bad["fused_kernel"]["tile_configs"][0][7] + 1
     with pytest.raises(ConfigError, match=r"fused_kernel\.tile_configs\[0\]\[8:11\].*sum <= loop_instructions"):
         load_profile(write(bad, "f"))
+    good = [[4096, 4096, 1, 1, 64, 16, 4, 4, 3, 0], [4096, 4096, 2, 16, 64, 16, 4, 4, 3, 1]]
+    for name, rows, match in (("t1", [good[0][:9]], r"tuned_configs\[0\].*expected \[n, k, min_m"),
+                              ("t2", good + [[4096, 4096, 8, 20, 128, 16, 4, 4, 3, 0]],
+                               r"tuned_configs\[2\].*M range 8\.\.20 of n=4096, k=4096 overlaps row 1"),
+                              ("t3", [good[0][:4] + [96] + good[0][5:]], r"tuned_configs\[0\].*block_n 64/128/256"),
+                              ("t4", [good[0][:2] + [16, 2] + good[0][4:]], r"min_m <= max_m")):
+        bad = yaml.safe_load(yaml.safe_dump(raw))
+        bad["fused_kernel"]["tuned_configs"] = rows
+        with pytest.raises(ConfigError, match=match):
+            load_profile(write(bad, name))
+    ok = yaml.safe_load(yaml.safe_dump(raw))
+    ok["fused_kernel"]["tuned_configs"] = good
+    assert load_profile(write(ok, "t5")).fused_kernel.tuned_configs == tuple(map(tuple, good))
     bad = yaml.safe_load(yaml.safe_dump(raw))
     bad["fused_kernel"]["device_name_contains"] = ""  # would claim every card
     with pytest.raises(ConfigError, match=r"fused_kernel\.device_name_contains.*non-empty string"):
@@ -494,3 +507,58 @@ def test_validate_script_ranks_a_sweeps_configurations(monkeypatch, tmp_path):
     assert cells[5:8] == ["30.00", "20.00", "128x16 s2 st3"]
     assert cells[8] == f"{measured[pick] * 1e6:.2f}" and cells[9] == f"128x16 s{pick} st3"
     assert cells[10] == f"{measured[pick] / 20e-6 - 1:+.1%}"
+
+
+def test_tune_table_keeps_the_fastest_where_it_beats_the_heuristic(tmp_path):
+    """scripts/tune_table.py: the fastest configuration per (n, k, M) if it beat the heuristic's ("rule" row, or the
+    first row of a sweep without the role column) by --min-gain; register-capped ones are not taken; M ranges by
+    token tile."""
+    t = _script("tune_table")
+    fields = ["card", "scheme", "model", "layer", "m", "n", "k", "config", "latency_s", "role"]
+
+    def cfg(block_n, block_t, split, maxnreg=None):
+        return (f"KernelConfig(block_n={block_n}, block_t={block_t}, split_k={split}, num_warps=4, num_stages=3, "
+                f"groups_per_step=1, reduce_in_kernel=False, maxnreg={maxnreg})")
+    rows = [(1, cfg(128, 16, 8), 10e-6, "launch+rule"), (1, cfg(64, 16, 4), 9e-6, ""),
+            (1, cfg(128, 16, 8, 56), 5e-6, ""),                       # faster, but register-capped: not taken
+            (16, cfg(128, 16, 8), 10e-6, "launch+rule"), (16, cfg(64, 16, 4), 9.9e-6, ""),   # 1% gain: not kept
+            (64, cfg(64, 64, 2), 11e-6, "launch"), (64, cfg(128, 64, 8), 13e-6, "rule"), (64, cfg(128, 64, 4), 12e-6, "")]
+    path = tmp_path / "tuning.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for m, c, sec, role in rows:
+            w.writerow({"card": "c", "scheme": "w4a8_fused", "model": "x", "layer": "o_proj", "m": m, "n": 4096,
+                        "k": 4096, "config": c, "latency_s": repr(sec), "role": role})
+    got = t.tuned_rows([path], 0.03)
+    assert [(r["m"], r["min_m"], r["max_m"], r["config"]["block_n"], r["config"]["split_k"]) for r in got] == \
+        [(1, 1, 1, 64, 4), (64, 33, 64, 64, 2)]
+    assert got[1]["heuristic_s"] == 13e-6  # the "rule" row, not the first (a tuned launch configuration)
+    legacy = tmp_path / "legacy.csv"  # no role column: the first row of a case is the heuristic's
+    with open(legacy, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields[:-1])
+        w.writeheader()
+        for m, c, sec, _ in rows[:5]:
+            w.writerow({"card": "c", "scheme": "w4a8_fused", "model": "x", "layer": "o_proj", "m": m, "n": 4096,
+                        "k": 4096, "config": c, "latency_s": repr(sec)})
+    assert [(r["m"], r["min_m"], r["max_m"]) for r in t.tuned_rows([legacy], 0.03)] == [(1, 1, 1)]
+
+
+def test_tuned_configs_of_the_card_and_what_a_launch_looks_up():
+    """The H100's tuned configurations come back for its kernel variant and group size only; other cards none."""
+    from dpq.kernels.w4a8_triton import KernelConfig, tuned_config_for
+
+    hw = load_profile("h100-triton-w4a8")
+    name = "NVIDIA H100 80GB HBM3"
+    assert hw.fused_kernel.tuned_configs, "the H100 profile ships measured configurations"
+    for n, k, lo_m, hi_m, block_n, block_t, split, warps, stages, reduce in hw.fused_kernel.tuned_configs:
+        want = KernelConfig(block_n=block_n, block_t=block_t, split_k=split, num_warps=warps, num_stages=stages,
+                            reduce_in_kernel=bool(reduce))
+        for m in {lo_m, hi_m}:
+            assert tuned_config_for(name, "v5", m, n, k, 128) == want
+        assert tuned_config_for(name, "v4", hi_m, n, k, 128) is None  # another variant: the heuristic
+        assert tuned_config_for(name, "v5", hi_m, n, k, 64) is None   # another group size
+        assert tuned_config_for(name, "v5", hi_m, n + 128, k, 128) is None
+    assert tuned_config_for(name, "v5", 20, 57344, 8192, 128) is None  # M 17-32: not measured
+    assert tuned_config_for("NVIDIA H200", "v4", 1, 4096, 4096, 128) is None
+    assert tuned_config_for("NVIDIA A100-SXM4-80GB", "v5", 1, 4096, 4096, 128) is None
