@@ -225,6 +225,7 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
     variant_bytes = {"v5": packed_bytes, "v4": table_bytes, "lut": table_bytes, "v2": packed_bytes, "fp8": n * k}
     w_bytes = {"bf16": n * k * 2, "fp8": n * k, "w4a8_fused_v4": table_bytes, "w4a8_fused_v5": packed_bytes,
                "w4a8_fused": variant_bytes[fused_variant], "w4a8_fused_default": variant_bytes[fused_variant],
+               "w4a8_fused_rule": variant_bytes[fused_variant],
                "w4a8_fused_pdl": variant_bytes[fused_variant], "w4a8_fused_pdl_late": variant_bytes[fused_variant],
                "w4a8_fused_nowait": variant_bytes[fused_variant], "w4a8_expand": variant_bytes[fused_variant],
                "w4a8_fused_v5old": packed_bytes,

@@ -44,7 +44,8 @@ if str(ROOT) not in sys.path:
 SCHEME_OF = {"bf16": ("bf16", None), "fp8": ("fp8", None), "w4a8_fused": ("w4a8", None),
              "w4a8_fused_v5": ("w4a8", None), "w4a8_fused_v4": ("w4a8", None), "w4a8_fused_v3": ("w4a8", None),
              "w4a8_fused_v2": ("w4a8", None), "fp8_triton": ("fp8", None),
-             "w4a8_fused_default": ("w4a8", None), "w4a8_fused_v5old": ("w4a8", None),
+             "w4a8_fused_default": ("w4a8", None), "w4a8_fused_rule": ("w4a8", None),
+             "w4a8_fused_v5old": ("w4a8", None),
              "w4a8_unfused": ("fp8", None),  # w4a8_unfused: the FP8 GEMM after the torch expansion chain (below)
              "w4a8_expand": ("fp8", None),  # the prefill path: the FP8 GEMM after one expansion kernel (below)
              # the default configuration with launch changes the structure model does not see (predicted as the
@@ -108,11 +109,12 @@ def variants_of(schemes: set[str], default_variant: str | None = None) -> dict[s
     DEFAULT_VARIANT at the measured commit, which plain ``w4a8_fused`` ran once the variants got their own schemes
     and until the default became per card (``default_variant_for``, 637039f); benches since then write the variant
     each row ran, which ``variants_used`` and the predictions take."""
-    if schemes & {"w4a8_fused_v5", "w4a8_fused_v4", "w4a8_fused_default", "w4a8_fused_v5old"}:
+    if schemes & {"w4a8_fused_v5", "w4a8_fused_v4", "w4a8_fused_default", "w4a8_fused_rule", "w4a8_fused_v5old"}:
         out = {"w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2",
                "fp8_triton": "fp8", "w4a8_fused_v5old": "v5"}
         out["w4a8_fused"] = default_variant or "v4"
-        for same in ("w4a8_fused_default", "w4a8_fused_pdl", "w4a8_fused_pdl_late", "w4a8_fused_nowait"):
+        for same in ("w4a8_fused_default", "w4a8_fused_rule", "w4a8_fused_pdl", "w4a8_fused_pdl_late",
+                     "w4a8_fused_nowait"):
             out[same] = out["w4a8_fused"]
         return out
     if "w4a8_fused_v3" in schemes or "fp8_triton" in schemes:
