@@ -297,8 +297,29 @@ def fp8_triton_rows(paths: list[Path]) -> list[tuple[dict, object]]:
     return out
 
 
+def v5_tuning_rows(paths: list[Path]) -> list[tuple[dict, object]]:
+    """(measured row, LoopStructure) for the W4A8 v5 rows of scripts/bench_gpu.py sweeps (``tuning_<card>*.csv``,
+    scheme ``w4a8_fused`` on a card whose variant is v5): configurations whose costs the model has terms for only -
+    no in-kernel split-K reduction (its serial tail is not modelled), no register cap (spills, serialised wgmmas),
+    3 or more stages (SASS of the kernel code of the commit that added each CSV)."""
+    from scripts.validate_perf_on_gpu import fused_structure, kernel_commit_of, load_structures
+
+    out, structures = [], load_structures()
+    for path in paths:
+        commit = kernel_commit_of(path)
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                c = r.get("config") or ""
+                if (r["scheme"] != "w4a8_fused" or not r.get("latency_s") or "reduce_in_kernel=True" in c
+                        or "maxnreg=None" not in c or "num_stages=2" in c):
+                    continue
+                out.append((dict(r, experiment="v5_tuning", alu="0", half="0", variant="v5"),
+                            fused_structure(dict(r, variant="v5"), "v5", structures, commit)))
+    return out
+
+
 def fit(paths: list[Path], profile: str, spread: str | None, bench: list[Path] | None = None,
-        only: list[str] | None = None) -> int:
+        only: list[str] | None = None, tuning: list[Path] | None = None) -> int:
     """Fit the triton_loop parameters to the probe rows (and the fp8_triton rows of ``bench`` CSVs); print them
     as YAML and the per-row errors. ``only``: fit just these FIT_PARAMETERS (profile keys as printed), keeping the
     profile's values of the others."""
@@ -319,7 +340,7 @@ def fit(paths: list[Path], profile: str, spread: str | None, bench: list[Path] |
             raise SystemExit(f"--fit-only: unknown parameter(s) {sorted(unknown)}; expected some of "
                              f"{[full(p[0]) for p in FIT_PARAMETERS]}")
         params = tuple(p for p in FIT_PARAMETERS if full(p[0]) in only)
-    rows = probe_rows(paths) + fp8_triton_rows(bench or [])
+    rows = probe_rows(paths) + fp8_triton_rows(bench or []) + v5_tuning_rows(tuning or [])
     measured = np.array([float(r["latency_s"]) for r, _ in rows])
 
     def profile_with(x):
@@ -419,6 +440,9 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="h200-triton-w4a8", help="profile whose sm/memory sections --fit uses")
     ap.add_argument("--fit-bench", type=Path, nargs="+", default=None,
                     help="bench_gpu.py CSVs whose fp8_triton rows join the --fit calibration")
+    ap.add_argument("--fit-tuning", type=Path, nargs="+", default=None,
+                    help="bench_gpu.py sweeps (tuning_<card>*.csv) of the v5 kernel whose rows join the --fit "
+                         "calibration (those configurations the model has terms for)")
     ap.add_argument("--spread", choices=("ceil", "even"), default=None, help="program_spread to fit with")
     ap.add_argument("--fit-only", default=None,
                     help="comma list of the FIT_PARAMETERS to fit (e.g. the memory-side ones); the rest as profiled")
@@ -435,7 +459,7 @@ def main(argv=None) -> int:
         if str(root) not in sys.path:
             sys.path.insert(0, str(root))
         return fit(args.fit, args.profile, args.spread, args.fit_bench,
-                   args.fit_only.split(",") if args.fit_only else None)
+                   args.fit_only.split(",") if args.fit_only else None, args.fit_tuning)
     if args.structure:
         print(f"wrote {write_structure(args.structure)}")
         return 0

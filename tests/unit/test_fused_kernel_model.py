@@ -237,7 +237,7 @@ def test_validate_script_names_the_v5_variant_and_its_bytes():
     assert v.variants_of(schemes, "v5") == {"w4a8_fused": "v5", "w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4",
                                             "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2", "fp8_triton": "fp8",
                                             "w4a8_fused_v5old": "v5", "w4a8_fused_default": "v5",
-                                            "w4a8_fused_pdl": "v5", "w4a8_fused_pdl_late": "v5",
+                                            "w4a8_fused_rule": "v5", "w4a8_fused_pdl": "v5", "w4a8_fused_pdl_late": "v5",
                                             "w4a8_fused_nowait": "v5"}
     assert v.variants_of(schemes, None)["w4a8_fused"] == "v4"
     # a bench of the default kernel only (bench_h200_final.csv): its rows are fused rows of the measured default
