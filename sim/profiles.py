@@ -268,11 +268,23 @@ class FusedKernelSpec:
         "warpgroup MMAs with their A operand in registers and each one's m n k), rows by increasing max_m; the first "
         "row whose max_m >= M is used (the last beyond)",
         lo=1)
+    tuned_tile_structures: tuple[tuple[float, ...], ...] = _spec(
+        "the structure of tuned_configs' tiles that tile_configs does not hold: [block_n, block_t, warps, stages, "
+        "registers_per_thread, shared_bytes_per_program, loop_instructions_per_thread, fp32_instructions, "
+        "int_instructions, conversion_instructions, register_a_mma_instructions, mma_macs_per_instruction] (as "
+        "tile_configs' columns); may be empty", lo=0)
     tuned_configs: tuple[tuple[int, ...], ...] = _spec(
         "the kernel's launch configurations measured fastest on this card for given GEMMs, used instead of the "
         "launch heuristic there (dpq.kernels.w4a8_triton.launch_config; kernel_variant weights of groups of "
         "block_k): [n, k, min_m, max_m, block_n, block_t, split_k, warps, stages, reduce_in_kernel (0/1)] "
         "(scripts/tune_table.py); may be empty", lo=0)
+
+    def tile_structure(self, block_n: int, block_t: int, warps: int, stages: int) -> tuple | None:
+        """The tile_configs or tuned_tile_structures row (max_m first; 0 for the latter) of this tile, or None."""
+        for row in self.tile_configs + self.tuned_tile_structures:
+            if tuple(row[1:5]) == (block_n, block_t, warps, stages):
+                return row
+        return None
 
 
 TUNED_CONFIG_COLUMNS = ("n", "k", "min_m", "max_m", "block_n", "block_t", "split_k", "warps", "stages",
@@ -553,25 +565,29 @@ def _check_tiles(value: Any, source: str, key: str, meta: Mapping) -> tuple:
     return tuple(out)
 
 
-def _check_tile_configs(value: Any, source: str, key: str) -> tuple:
-    expected = "[" + ", ".join(TILE_CONFIG_COLUMNS) + "]"
-    if not isinstance(value, list) or not value:
+def _check_tile_configs(value: Any, source: str, key: str, with_max_m: bool = True) -> tuple:
+    """tile_configs rows (with_max_m) or tuned_tile_structures rows (the same columns without max_m, may be empty);
+    the rows come back with max_m first either way (0 for the latter)."""
+    columns = TILE_CONFIG_COLUMNS if with_max_m else TILE_CONFIG_COLUMNS[1:]
+    expected = "[" + ", ".join(columns) + "]"
+    if not isinstance(value, list) or (with_max_m and not value):
         raise ConfigError(source, key, f"value {describe_value(value)}: expected a list of {expected}")
     out = []
+    skip = 0 if with_max_m else 1
     for i, item in enumerate(value):
-        if not isinstance(item, list) or len(item) != len(TILE_CONFIG_COLUMNS):
+        if not isinstance(item, list) or len(item) != len(columns):
             raise ConfigError(source, f"{key}[{i}]", f"value {describe_value(item)}: expected {expected}")
-        row = []
-        for j, col in enumerate(TILE_CONFIG_COLUMNS):
+        row = [] if with_max_m else [0]
+        for j, col in enumerate(columns):
             integer = not col.endswith("instructions") and col != "loop_instructions_per_thread"
             lo = 0 if col.endswith("_instructions") and col != "loop_instructions_per_thread" else 1
             row.append(_check_number(item[j], source, f"{key}[{i}][{j}] ({col})", {"lo": lo}, integer=integer))
-        if out and row[0] <= out[-1][0]:
+        if with_max_m and out and row[0] <= out[-1][0]:
             raise ConfigError(source, f"{key}[{i}][0] (max_m)", f"value {row[0]}: expected max_m increasing")
         if row[4] < 2:
-            raise ConfigError(source, f"{key}[{i}][4] (stages)", f"value {row[4]}: expected >= 2")
+            raise ConfigError(source, f"{key}[{i}][{4 - skip}] (stages)", f"value {row[4]}: expected >= 2")
         if row[8] + row[9] + row[10] > row[7]:
-            raise ConfigError(source, f"{key}[{i}][8:11] (fp32, int, conversion instructions)",
+            raise ConfigError(source, f"{key}[{i}][{8 - skip}:{11 - skip}] (fp32, int, conversion instructions)",
                               f"values {row[8]}, {row[9]}, {row[10]}: expected their sum <= "
                               f"loop_instructions_per_thread {row[7]} (they are a part of it)")
         out.append(tuple(row))
@@ -630,6 +646,8 @@ def _validate_section(cls, value: Any, source: str, prefix: str):
             kwargs[f.name] = _check_dtype_map(v, source, key, meta, _check_curve)
         elif f.type == "tuple[tuple[int, int, float], ...]":
             kwargs[f.name] = _check_tiles(v, source, key, meta)
+        elif f.type == "tuple[tuple[float, ...], ...]" and f.name == "tuned_tile_structures":
+            kwargs[f.name] = _check_tile_configs(v, source, key, with_max_m=False)
         elif f.type == "tuple[tuple[float, ...], ...]":
             kwargs[f.name] = _check_tile_configs(v, source, key)
         elif f.type == "tuple[tuple[int, ...], ...]":
@@ -686,6 +704,12 @@ def validate_profile(raw: Mapping, source: str) -> HardwareProfile:
     if "fused_kernel" in optional and ("sm" not in optional or "triton_loop" not in optional):
         raise ConfigError(source, "fused_kernel", "the fused-kernel model needs the 'sm' and 'triton_loop' "
                                                   "sections too")
+    fk = optional.get("fused_kernel")
+    for i, row in enumerate(fk.tuned_configs if fk is not None else ()):
+        if fk.tile_structure(*row[4:6], *row[7:9]) is None:
+            raise ConfigError(source, f"fused_kernel.tuned_configs[{i}]",
+                              f"tile {row[4]} x {row[5]}, {row[7]} warps, {row[8]} stages: no row of tile_configs or "
+                              f"tuned_tile_structures gives its structure")
     known = {f"{sec}.{f.name}" for sec, cls in _SECTIONS + _OPTIONAL_SECTIONS for f in fields(cls)}
     for key in sources:
         if ".".join(str(key).split(".")[:2]) not in known:

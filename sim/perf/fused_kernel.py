@@ -285,12 +285,24 @@ def prefill_split(tiles: int, k_steps: int, sms: int, programs_per_sm: int, max_
 
 
 def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStructure:
-    """The structure the profile's fused kernel launches for an m x n x k GEMM: the tile row of
-    ``fused_kernel.tile_configs`` for M, and the split-K parts of the kernel's launch heuristic
-    (``fused_kernel.split_policy``)."""
+    """The structure the profile's fused kernel launches for an m x n x k GEMM: the card's tuned configuration of
+    the GEMM if ``fused_kernel.tuned_configs`` has one (its tile's structure from ``tile_configs`` or
+    ``tuned_tile_structures``), else the tile row of ``fused_kernel.tile_configs`` for M and the split-K parts of
+    the kernel's launch heuristic (``fused_kernel.split_policy``)."""
     fk = hw.fused_kernel
     if fk is None or hw.sm is None:
         raise ValueError(f"profile {hw.name!r} has no 'fused_kernel' section (see hw_profiles/h200-triton-w4a8.yaml)")
+    tuned = next((t for t in fk.tuned_configs if (t[0], t[1]) == (n, k) and t[2] <= m <= t[3]), None)
+    if tuned is not None:
+        _, block_n, block_t, warps, stages, regs, smem, instr, fp32, integer, conversion, register_a, macs = \
+            fk.tile_structure(tuned[4], tuned[5], tuned[7], tuned[8])  # the profile's loader checked it exists
+        return LoopStructure(block_n=int(block_n), block_t=int(block_t), block_k=fk.block_k, split_k=int(tuned[6]),
+                             warps=int(warps), stages=int(stages), registers_per_thread=int(regs),
+                             shared_bytes_per_program=int(smem), loop_instructions_per_thread=float(instr),
+                             weight_bytes_per_weight=fk.weight_bytes_per_weight,
+                             split_reduction=fk.split_reduction and not tuned[9], fp32_instructions=float(fp32),
+                             int_instructions=float(integer), conversion_instructions=float(conversion),
+                             register_a_mma_instructions=float(register_a), mma_macs_per_instruction=float(macs))
     row = next((r for r in fk.tile_configs if m <= r[0]), fk.tile_configs[-1])
     _, block_n, block_t, warps, stages, regs, smem, instr, fp32, integer, conversion, register_a, macs = row
     tiles = math.ceil(n / block_n) * math.ceil(m / block_t)

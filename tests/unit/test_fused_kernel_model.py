@@ -143,7 +143,7 @@ def test_profile_sections_are_validated(tmp_path):
     bad["fused_kernel"]["tile_configs"][0][9] = bad["fused_kernel"]["tile_configs"][0][7] + 1
     with pytest.raises(ConfigError, match=r"fused_kernel\.tile_configs\[0\]\[8:11\].*sum <= loop_instructions"):
         load_profile(write(bad, "f"))
-    good = [[4096, 4096, 1, 1, 64, 16, 4, 4, 3, 0], [4096, 4096, 2, 16, 64, 16, 4, 4, 3, 1]]
+    good = [[4096, 4096, 1, 1, 128, 16, 4, 4, 3, 0], [4096, 4096, 2, 16, 128, 16, 4, 4, 3, 1]]
     for name, rows, match in (("t1", [good[0][:9]], r"tuned_configs\[0\].*expected \[n, k, min_m"),
                               ("t2", good + [[4096, 4096, 8, 20, 128, 16, 4, 4, 3, 0]],
                                r"tuned_configs\[2\].*M range 8\.\.20 of n=4096, k=4096 overlaps row 1"),
@@ -156,6 +156,15 @@ def test_profile_sections_are_validated(tmp_path):
     ok = yaml.safe_load(yaml.safe_dump(raw))
     ok["fused_kernel"]["tuned_configs"] = good
     assert load_profile(write(ok, "t5")).fused_kernel.tuned_configs == tuple(map(tuple, good))
+    # a tuned tile needs its structure: from tile_configs (above) or tuned_tile_structures
+    ok["fused_kernel"]["tuned_configs"] = [[4096, 4096, 1, 1, 64, 16, 4, 4, 3, 0]]
+    with pytest.raises(ConfigError, match=r"tuned_configs\[0\]: tile 64 x 16, 4 warps, 3 stages: no row"):
+        load_profile(write(ok, "t6"))
+    ok["fused_kernel"]["tuned_tile_structures"] = [[64, 16, 4, 3, 51, 15360, 229, 60, 83, 4, 4, 32768]]
+    assert load_profile(write(ok, "t7")).fused_kernel.tile_structure(64, 16, 4, 3)[5] == 51
+    ok["fused_kernel"]["tuned_tile_structures"] = [[64, 16, 4, 3, 51, 15360, 229, 60, 83, 4, 4]]
+    with pytest.raises(ConfigError, match=r"tuned_tile_structures\[0\].*expected \[block_n, block_t"):
+        load_profile(write(ok, "t8"))
     bad = yaml.safe_load(yaml.safe_dump(raw))
     bad["fused_kernel"]["device_name_contains"] = ""  # would claim every card
     with pytest.raises(ConfigError, match=r"fused_kernel\.device_name_contains.*non-empty string"):
@@ -345,20 +354,27 @@ def test_waves_split_policy_follows_the_kernels_launch_heuristic():
     # the H100 profile describes v5, whose launch heuristic cuts K by the wave rule (dpq/kernels/w4a8_triton.py);
     # the model's 'waves' policy must pick the same split for every decode shape (measured picks on the 70B layer,
     # results/gpu/bench_h100_v6.csv: qkv / o / gate_up / down = 8 / 4 / 4 / 4 at M <= 16, 3 / 4 / 4 / 4 at M = 64)
-    from dpq.kernels.w4a8_triton import SMLimits, default_config
+    from dpq.kernels.w4a8_triton import SMLimits, default_config, tuned_config_for
 
     hw = load_profile("h100-triton-w4a8")
     assert hw.fused_kernel.split_policy == "waves"
     h100 = SMLimits(num_sms=132, registers_per_sm=65536, shared_bytes_per_sm=233472, max_threads_per_sm=2048)
     shapes = [(10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672), (12288, 4096), (4096, 4096),
               (22016, 4096), (4096, 11008), (6144, 4096), (28672, 4096), (4096, 14336)]
+    plain = dataclasses.replace(hw, fused_kernel=dataclasses.replace(hw.fused_kernel, tuned_configs=()))
     for m in (1, 4, 16, 32, 64):
         for n, k in shapes:
-            model = default_structure(hw, m, n, k)
+            model = default_structure(plain, m, n, k)
             kernel = default_config(m, n, k, 132, 128, "v5", sm_limits=h100)
-            assert (model.block_t, model.split_k) == (kernel.block_t, kernel.split_k), (m, n, k)
-    assert [default_structure(hw, 1, n, k).split_k for n, k in shapes[:4]] == [8, 4, 4, 4]
-    assert [default_structure(hw, 64, n, k).split_k for n, k in shapes[:4]] == [3, 4, 4, 4]
+            assert (model.block_n, model.block_t, model.split_k) == (kernel.block_n, kernel.block_t,
+                                                                     kernel.split_k), (m, n, k)
+            # with the card's tuned configurations, the model follows what a launch runs
+            launch = tuned_config_for("NVIDIA H100 80GB HBM3", "v5", m, n, k, 128) or kernel
+            tuned = default_structure(hw, m, n, k)
+            assert (tuned.block_n, tuned.block_t, tuned.split_k, tuned.stages, tuned.split_reduction) == \
+                (launch.block_n, launch.block_t, launch.split_k, launch.num_stages, not launch.reduce_in_kernel)
+    assert [default_structure(plain, 1, n, k).split_k for n, k in shapes[:4]] == [8, 4, 4, 4]
+    assert [default_structure(plain, 64, n, k).split_k for n, k in shapes[:4]] == [3, 4, 4, 4]
 
 
 def test_validate_script_parses_kernel_config_reprs():
