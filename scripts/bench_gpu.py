@@ -83,8 +83,8 @@ SHAPES = [
 ]
 M_VALUES = (1, 4, 16, 64, 256, 1024, 4096)
 SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_default", "w4a8_fused_rule", "w4a8_fused_pdl",
-           "w4a8_fused_pdl_late", "w4a8_fused_nowait", "w4a8_expand", "w4a8_fused_v5", "w4a8_fused_v5old", "w4a8_fused_v4",
-           "w4a8_fused_v3", "w4a8_fused_v2", "fp8_triton", "w4a8_unfused")
+           "w4a8_fused_pdl_late", "w4a8_fused_nowait", "w4a8_expand", "w4a8_fused_v5", "w4a8_fused_v5old",
+           "w4a8_fused_v4", "w4a8_fused_v3", "w4a8_fused_v2", "fp8_triton", "w4a8_unfused")
 FUSED_VARIANTS = {"w4a8_fused": None, "w4a8_fused_default": None, "w4a8_fused_rule": None,
                   "w4a8_fused_pdl": None, "w4a8_fused_pdl_late": None, "w4a8_fused_nowait": None, "w4a8_fused_v5": "v5",
                   "w4a8_fused_v5old": "v5",

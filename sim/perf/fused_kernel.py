@@ -293,22 +293,17 @@ def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStruct
     if fk is None or hw.sm is None:
         raise ValueError(f"profile {hw.name!r} has no 'fused_kernel' section (see hw_profiles/h200-triton-w4a8.yaml)")
     tuned = next((t for t in fk.tuned_configs if (t[0], t[1]) == (n, k) and t[2] <= m <= t[3]), None)
-    if tuned is not None:
-        _, block_n, block_t, warps, stages, regs, smem, instr, fp32, integer, conversion, register_a, macs = \
-            fk.tile_structure(tuned[4], tuned[5], tuned[7], tuned[8])  # the profile's loader checked it exists
-        return LoopStructure(block_n=int(block_n), block_t=int(block_t), block_k=fk.block_k, split_k=int(tuned[6]),
-                             warps=int(warps), stages=int(stages), registers_per_thread=int(regs),
-                             shared_bytes_per_program=int(smem), loop_instructions_per_thread=float(instr),
-                             weight_bytes_per_weight=fk.weight_bytes_per_weight,
-                             split_reduction=fk.split_reduction and not tuned[9], fp32_instructions=float(fp32),
-                             int_instructions=float(integer), conversion_instructions=float(conversion),
-                             register_a_mma_instructions=float(register_a), mma_macs_per_instruction=float(macs))
-    row = next((r for r in fk.tile_configs if m <= r[0]), fk.tile_configs[-1])
+    if tuned is not None:  # the profile's loader checked that its tile has a structure row
+        row = fk.tile_structure(tuned[4], tuned[5], tuned[7], tuned[8])
+    else:
+        row = next((r for r in fk.tile_configs if m <= r[0]), fk.tile_configs[-1])
     _, block_n, block_t, warps, stages, regs, smem, instr, fp32, integer, conversion, register_a, macs = row
     tiles = math.ceil(n / block_n) * math.ceil(m / block_t)
     k_steps = math.ceil(k / fk.block_k)
     split = 1
-    if m > 64 and fk.split_policy != "programs_per_sm":
+    if tuned is not None:
+        split = tuned[6]
+    elif m > 64 and fk.split_policy != "programs_per_sm":
         split = prefill_split(tiles, k_steps, hw.sm.count, fk.prefill_programs_per_sm, fk.prefill_max_split)
     elif fk.split_policy == "programs_per_sm":
         target = fk.programs_per_sm_target * hw.sm.count
@@ -334,10 +329,12 @@ def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStruct
             if best is None or cost < best[0] - 1e-9:
                 best = (cost, parts)
         split = best[1]
-    return LoopStructure(block_n=int(block_n), block_t=int(block_t), block_k=fk.block_k, split_k=split,
+    in_kernel_reduction = tuned is not None and bool(tuned[9])
+    return LoopStructure(block_n=int(block_n), block_t=int(block_t), block_k=fk.block_k, split_k=int(split),
                          warps=int(warps), stages=int(stages), registers_per_thread=int(regs),
                          shared_bytes_per_program=int(smem), loop_instructions_per_thread=float(instr),
-                         weight_bytes_per_weight=fk.weight_bytes_per_weight, split_reduction=fk.split_reduction,
+                         weight_bytes_per_weight=fk.weight_bytes_per_weight,
+                         split_reduction=fk.split_reduction and not in_kernel_reduction,
                          fp32_instructions=float(fp32), int_instructions=float(integer),
                          conversion_instructions=float(conversion), register_a_mma_instructions=float(register_a),
                          mma_macs_per_instruction=float(macs))

@@ -246,7 +246,8 @@ def test_validate_script_names_the_v5_variant_and_its_bytes():
     assert v.variants_of(schemes, "v5") == {"w4a8_fused": "v5", "w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4",
                                             "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2", "fp8_triton": "fp8",
                                             "w4a8_fused_v5old": "v5", "w4a8_fused_default": "v5",
-                                            "w4a8_fused_rule": "v5", "w4a8_fused_pdl": "v5", "w4a8_fused_pdl_late": "v5",
+                                            "w4a8_fused_rule": "v5", "w4a8_fused_pdl": "v5",
+                                            "w4a8_fused_pdl_late": "v5",
                                             "w4a8_fused_nowait": "v5"}
     assert v.variants_of(schemes, None)["w4a8_fused"] == "v4"
     # a bench of the default kernel only (bench_h200_final.csv): its rows are fused rows of the measured default
@@ -538,7 +539,8 @@ def test_tune_table_keeps_the_fastest_where_it_beats_the_heuristic(tmp_path):
     rows = [(1, cfg(128, 16, 8), 10e-6, "launch+rule"), (1, cfg(64, 16, 4), 9e-6, ""),
             (1, cfg(128, 16, 8, 56), 5e-6, ""),                       # faster, but register-capped: not taken
             (16, cfg(128, 16, 8), 10e-6, "launch+rule"), (16, cfg(64, 16, 4), 9.9e-6, ""),   # 1% gain: not kept
-            (64, cfg(64, 64, 2), 11e-6, "launch"), (64, cfg(128, 64, 8), 13e-6, "rule"), (64, cfg(128, 64, 4), 12e-6, "")]
+            (64, cfg(64, 64, 2), 11e-6, "launch"), (64, cfg(128, 64, 8), 13e-6, "rule"),
+            (64, cfg(128, 64, 4), 12e-6, "")]
     path = tmp_path / "tuning.csv"
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
