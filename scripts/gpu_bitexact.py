@@ -190,16 +190,20 @@ TRITON_VARIANTS = {  # "variant" picks the kernel variant (default: the card's, 
 
 
 def triton_setup(over, m, n, k, limits, group_size):
-    """(kernel variant, KernelConfig) of one named variant: the heuristic (with the card's SMLimits, as
-    ``w4a8_matmul`` runs it; without them for ``old_rule``) with the overrides applied."""
+    """(kernel variant, KernelConfig) of one named variant: what ``w4a8_matmul`` runs without a configuration (the
+    card's tuned configuration of the GEMM, else the heuristic with the card's SMLimits; the heuristic without them
+    for ``old_rule``) with the overrides applied."""
     import torch
 
-    from dpq.kernels.w4a8_triton import KernelConfig, default_config, default_variant_for
+    from dpq.kernels.w4a8_triton import KernelConfig, default_config, default_variant_for, tuned_config_for
 
     over = dict(over or {})
-    variant = over.pop("variant", None) or default_variant_for(torch.cuda.get_device_name())
+    name = torch.cuda.get_device_name()
+    variant = over.pop("variant", None) or default_variant_for(name)
     old_rule = over.pop("old_rule", False)
-    base = default_config(m, n, k, limits.num_sms, group_size, variant, sm_limits=None if old_rule else limits)
+    tuned = None if old_rule else tuned_config_for(name, variant, m, n, k, group_size)
+    base = tuned or default_config(m, n, k, limits.num_sms, group_size, variant,
+                                   sm_limits=None if old_rule else limits)
     return variant, KernelConfig(**(base.__dict__ | over))
 
 
