@@ -190,7 +190,9 @@ def test_in_kernel_split_reduction_is_ordered_and_race_free(variant):
                                  KernelConfig(128, 16, 1, 8, 3), KernelConfig(128, 32, 5, 4, 3),
                                  KernelConfig(128, 64, 2, 4, 3), KernelConfig(128, 128, 1, 8, 3),
                                  KernelConfig(128, 16, 3, 4, 3, maxnreg=64), KernelConfig(128, 16, 4, 4, 2, maxnreg=56),
-                                 KernelConfig(128, 16, 4, 4, 3, reduce_in_kernel=True, maxnreg=64)])
+                                 KernelConfig(128, 16, 4, 4, 3, reduce_in_kernel=True, maxnreg=64),
+                                 KernelConfig(64, 16, 4, 4, 3), KernelConfig(64, 64, 2, 4, 3),
+                                 KernelConfig(256, 16, 4, 8, 3)])
 def test_v5_tiles_bit_exact(cfg):
     """The in-loop table build (quad lanes share rows, row % 4 from the lane id) on every tile shape and launch option
     (register caps, 2 stages, the in-kernel reduction) the bench tries."""
