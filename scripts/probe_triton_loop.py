@@ -219,9 +219,11 @@ def write_structure(csv_path: Path) -> Path:
     return out
 
 
-FIT_PARAMETERS = (  # (profile key, unit the optimizer works in, start value, lower, upper)
-    ("sm.int_issue_cycles", 1.0, 2.0, 0.25, 16.0),
-    ("sm.conversion_issue_cycles", 1.0, 2.0, 0.25, 16.0),
+# (profile key, unit the optimizer works in, start value, lower, upper); a scheduler issues at most one warp
+# instruction per cycle, so no pipe's issue cycles go below 1
+FIT_PARAMETERS = (
+    ("sm.int_issue_cycles", 1.0, 2.0, 1.0, 16.0),
+    ("sm.conversion_issue_cycles", 1.0, 2.0, 1.0, 16.0),
     ("iteration_fixed_s", 1e-6, 0.1, 0.0, 2.0),
     ("sm_load_bandwidth_bytes_per_s", 1e9, 45.0, 1.0, 1000.0),
     ("program_fixed_s", 1e-6, 0.2, 0.0, 5.0),

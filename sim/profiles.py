@@ -196,7 +196,8 @@ class TritonLoopSpec:
     iteration_fixed_s: float = _spec("SM time of one main-loop iteration beyond its loads and its instruction "
                                      "issue (barriers, cp.async waits; a waited MMA is counted apart)", lo=0)
     sm_load_bandwidth_bytes_per_s: float = _spec(
-        "bytes per second one SM's cp.async path stages into shared memory for a software-pipelined Triton loop",
+        "bytes per second of weight tiles one SM's cp.async path stages into shared memory for a software-pipelined "
+        "Triton loop (the token tile, the same for every program of a token tile, comes from L2 and is not counted)",
         lo=0, lo_open=True)
     cycles_per_instruction: float = _spec("factor on the loop body's issue cycles (per pipe from the sm section); 1 "
                                           "= as the sm section's cycles say", lo=0, lo_open=True)
@@ -209,8 +210,9 @@ class TritonLoopSpec:
                                   "first wave's ramp, last wave's tail)", lo=0)
     mma_wait_latency_s: float = _spec("latency of a warpgroup MMA beyond its tensor-core cycles, paid by a loop "
                                       "that waits on the MMA to completion at once (wgmma wait 0; "
-                                      "waited_mma_instructions of the loop's structure); the chain of a loop's "
-                                      "pipelined MMAs with A in registers bounds its iteration from below", lo=0)
+                                      "waited_mma_instructions of the loop's structure); the tensor-core time of "
+                                      "a loop's MMAs with A in registers, waited for at the end of each step, "
+                                      "follows the step's issue", lo=0)
     resident_program_slowdown: float = _spec(
         "how much longer each program's iterations take per other program running on its SM at the same time: "
         "1 = the SM serves its resident programs one after another, 0 = they overlap completely", lo=0, hi=1)

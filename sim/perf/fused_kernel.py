@@ -19,13 +19,13 @@ Model (times in seconds; per launch of an m x n x k GEMM)::
     k_steps   = k / block_k,  per = ceil(k_steps / split),  parts = ceil(k_steps / per)
     programs  = ceil(n / block_n) * ceil(m / block_t) * parts
     resident  = min(register file, shared memory, warp slots, block slots) / one program's use
-    bytes_it  = block_n * block_k * weight_bytes_per_weight + block_t * block_k * activation_bytes  (one step)
+    bytes_it  = block_n * block_k * weight_bytes_per_weight        (one step's weight tile)
     issue     = (fp32 * fp32_issue_cycles + int * int_issue_cycles + conversion * conversion_issue_cycles
                  + other * other_issue_cycles) * ceil(warps / schedulers_per_sm) * cycles_per_instruction
     mma_s     = mma_wait_latency_s + mma_macs / (tensor_macs_per_cycle * clock_hz)   one MMA, issue to done
-    chain     = register_a_mma * (mma_wait_latency_s + warpgroups * mma_macs / (tensor_macs_per_cycle * clock_hz))
+    chain     = register_a_mma * warpgroups * mma_macs / (tensor_macs_per_cycle * clock_hz)
     t_it      = iteration_fixed_s + bytes_it / sm_load_bandwidth_bytes_per_s
-                + max(issue / clock_hz, chain) + waited_mma * mma_s          (warpgroups = ceil(warps / 4))
+                + issue / clock_hz + chain + waited_mma * mma_s          (warpgroups = ceil(warps / 4))
     q         = programs / sms (at least 1; 'ceil': rounded up)       programs on the busiest SM
     round(p)  = per * t_it * (1 + resident_program_slowdown * (p - 1)) + program_fixed_s   p programs together
     sm_s      = loaded_hbm_latency_s + floor(q / resident) * round(resident) + round(r) [* r if r < 1],
@@ -36,7 +36,9 @@ Model (times in seconds; per launch of an m x n x k GEMM)::
                 [+ reduction kernel: launch_overhead_s + its bytes at the HBM rate]
 
 ``sm_s``: programs sharing an SM share its issue slots and its load path; a slowdown of 1 means the SM serves
-them one after another, 0 that they overlap completely (the probe loops measured about 0.9). The busiest SM runs
+them one after another, 0 that they overlap completely (the fits give about 0.8). The weight tile is what a step
+streams through the SM's load path; the token tile is the same for every program of a token tile and comes from
+L2 (it counts in the launch's HBM bytes only). The busiest SM runs
 its q programs in waves of ``resident`` (the block scheduler starts a program when one finishes): the last, partial
 wave of r programs runs at r programs' pace, not at the full waves' throughput. Before the SM's first program
 computes anything, its first K step's loads make one loaded HBM round trip; later programs start while others
@@ -44,9 +46,10 @@ compute, so that fill is paid once per launch (it decides short kernels: 7B/8B G
 per program). A loop that waits on its warpgroup
 MMAs to completion at once (SASS ``WARPGROUP.DEPBAR.LE gsb0, 0x0``: ``waited_mma``) has their latency on its critical
 path; MMAs whose wait leaves groups in flight (Triton's pipelined wgmma) overlap the loop's other work, but those
-whose A operand is in registers (``register_a_mma``: the fused kernels' expanded weights) each start only after their
-expansion and keep the registers the next iteration's expansion reuses, so an iteration takes at least their chain
-(one warpgroup's MMAs in sequence; the program's warpgroups share the SM's tensor cores).
+whose A operand is in registers (``register_a_mma``: the fused kernels' expanded weights) start only after their
+expansion, and the kernels wait for them at the end of every K step (``KernelConfig.mma_wait_each_step``, the
+register hazard fix), so their tensor-core time (``chain``: one warpgroup's MMAs in sequence, the program's
+warpgroups sharing the SM's tensor cores) follows the expansion on the program's critical path.
 ``latency_s``: a program keeps ``stages - 1`` steps in flight, so each step waits at least a loaded HBM round trip
 over that.
 """
@@ -175,7 +178,7 @@ def issue_cycles_per_warp(hw: HardwareProfile, s: LoopStructure) -> float:
 def iteration_time_s(hw: HardwareProfile, s: LoopStructure, with_issue: bool = True) -> float:
     """SM time of one main-loop iteration of one program (the t_it of the module docstring)."""
     sm, loop = hw.sm, hw.triton_loop
-    bytes_it = s.block_n * s.block_k * s.weight_bytes_per_weight + s.block_t * s.block_k * s.activation_bytes
+    bytes_it = s.block_n * s.block_k * s.weight_bytes_per_weight  # the token tile comes from L2 (module docstring)
     issue_s = 0.0
     if with_issue:
         issue_s = (issue_cycles_per_warp(hw, s) * math.ceil(s.warps / sm.schedulers_per_sm)
@@ -183,10 +186,9 @@ def iteration_time_s(hw: HardwareProfile, s: LoopStructure, with_issue: bool = T
     tensor_s = s.mma_macs_per_instruction / (sm.tensor_macs_per_cycle * sm.clock_hz)  # one MMA alone on the SM
     mma_s = loop.mma_wait_latency_s + tensor_s
     if with_issue:
-        # the chain of one warpgroup's register-A MMAs; the program's warpgroups share the SM's tensor cores
+        # register-A MMAs, waited for at the end of each step: their tensor time follows the expansion
         warpgroups = math.ceil(s.warps / sm.schedulers_per_sm)
-        chain_s = s.register_a_mma_instructions * (loop.mma_wait_latency_s + warpgroups * tensor_s)
-        issue_s = max(issue_s, chain_s)
+        issue_s += s.register_a_mma_instructions * warpgroups * tensor_s
     return (loop.iteration_fixed_s + bytes_it / loop.sm_load_bandwidth_bytes_per_s + issue_s
             + s.waited_mma_instructions * mma_s)
 

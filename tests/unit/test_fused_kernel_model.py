@@ -319,23 +319,27 @@ def test_waited_mma_and_partial_last_wave(hw):
     assert t.sm_s == pytest.approx(ceil.triton_loop.loaded_hbm_latency_s + wave4 + wave1)
 
 
-def test_register_a_mma_chain_bounds_an_iteration(hw):
+def test_register_a_mma_time_follows_the_expansion(hw):
+    """The kernels wait for a step's register-A MMAs at its end (mma_wait_each_step): their tensor time adds to the
+    step after the expansion's issue, one warpgroup's MMAs in sequence, the program's warpgroups sharing the SM's
+    tensor cores; and a step streams only its weight tile through the SM's load path (the token tile is L2's)."""
     small = lut_decode(loop_instructions_per_thread=40.0, fp32_instructions=0.0, int_instructions=0.0)
     chained = dataclasses.replace(small, register_a_mma_instructions=8.0, mma_macs_per_instruction=64 * 64 * 32)
-    mma_s = hw.triton_loop.mma_wait_latency_s + 64 * 64 * 32 / (hw.sm.tensor_macs_per_cycle * hw.sm.clock_hz)
-    no_issue = fused_gemm_timing(hw, small, 1, 8192, 8192).iteration_s - 40 / hw.sm.clock_hz
-    assert fused_gemm_timing(hw, chained, 1, 8192, 8192).iteration_s == pytest.approx(no_issue + 8 * mma_s)
-    # two warpgroups (8 warps) share the SM's tensor cores: each one's chain takes twice the tensor cycles
     tensor_s = 64 * 64 * 32 / (hw.sm.tensor_macs_per_cycle * hw.sm.clock_hz)
+    base = fused_gemm_timing(hw, small, 1, 8192, 8192).iteration_s
+    assert fused_gemm_timing(hw, chained, 1, 8192, 8192).iteration_s == pytest.approx(base + 8 * tensor_s)
     eight = dataclasses.replace(chained, warps=8, registers_per_thread=64)
-    no_issue8 = fused_gemm_timing(hw, dataclasses.replace(eight, register_a_mma_instructions=0.0), 1, 8192,
-                                  8192).iteration_s - 2 * 40 / hw.sm.clock_hz
-    assert fused_gemm_timing(hw, eight, 1, 8192, 8192).iteration_s == pytest.approx(
-        no_issue8 + 8 * (hw.triton_loop.mma_wait_latency_s + 2 * tensor_s))
-    # a loop whose issue takes longer than the chain hides it
+    base8 = fused_gemm_timing(hw, dataclasses.replace(eight, register_a_mma_instructions=0.0), 1, 8192,
+                              8192).iteration_s
+    assert fused_gemm_timing(hw, eight, 1, 8192, 8192).iteration_s == pytest.approx(base8 + 8 * 2 * tensor_s)
+    # a busy loop does not hide it: the wait comes after the expansion
     busy = dataclasses.replace(chained, loop_instructions_per_thread=2000.0)
     assert fused_gemm_timing(hw, busy, 1, 8192, 8192).iteration_s == pytest.approx(
-        fused_gemm_timing(hw, dataclasses.replace(busy, register_a_mma_instructions=0.0), 1, 8192, 8192).iteration_s)
+        fused_gemm_timing(hw, dataclasses.replace(busy, register_a_mma_instructions=0.0), 1, 8192, 8192).iteration_s
+        + 8 * tensor_s)
+    # the token tile costs the SM's load path nothing (same step time at 16 and 64 tokens without MMAs)
+    wide = dataclasses.replace(small, block_t=64, registers_per_thread=64)
+    assert fused_gemm_timing(hw, wide, 64, 8192, 8192).iteration_s == pytest.approx(base)
 
 
 def test_validate_script_takes_bytes_per_weight_from_the_row():
