@@ -10,9 +10,11 @@ shared-memory loads, the in-register expansion, one wgmma and its wait). This mo
   instructions per thread of one main-loop iteration by pipe (scripts/fused_kernel_structure.py);
 * the **SM's resources** (profile section ``sm``: datasheet numbers, and the issue cycles per warp instruction of
   each pipe), and
-* the **loop's hardware costs** (profile section ``triton_loop``), measured on Triton loops that are *not* the
-  W4A8 kernel (scripts/probe_triton_loop.py: the same loop with FP8 weights and a synthetic register pass, and
-  the W4A8 kernel's own loop with FP8 weights, bench scheme ``fp8_triton``).
+* the **loop's hardware costs** (profile section ``triton_loop``), fitted on Triton loops that are not the W4A8
+  kernel (scripts/probe_triton_loop.py: the same loop with FP8 weights and a synthetic register pass, and the W4A8
+  kernel's own loop with FP8 weights, bench scheme ``fp8_triton``) and, where a card has them, on sweeps of the
+  W4A8 kernel's configurations (``--fit-tuning``); the W4A8 rows a profile's errors are reported on are never in
+  its fit.
 
 Model (times in seconds; per launch of an m x n x k GEMM)::
 
