@@ -584,3 +584,38 @@ def test_tuned_configs_of_the_card_and_what_a_launch_looks_up():
     assert tuned_config_for(name, "v5", 20, 57344, 8192, 128) is None  # M 17-32: not measured
     assert tuned_config_for("NVIDIA H200", "v4", 1, 4096, 4096, 128) is None
     assert tuned_config_for("NVIDIA A100-SXM4-80GB", "v5", 1, 4096, 4096, 128) is None
+
+
+def test_fit_takes_only_the_sweep_configurations_the_model_has_terms_for(monkeypatch, tmp_path):
+    """probe_triton_loop.py --fit-tuning: the v5 sweep rows join the calibration except in-kernel reductions,
+    register caps and 2-stage pipelines (no term in the model), each with the structure of what it ran."""
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    ptl = _script("probe_triton_loop")
+    import scripts.validate_perf_on_gpu as v
+
+    _cache_v5_decode_structure(v, monkeypatch)
+    monkeypatch.setattr(v, "kernel_commit_of", lambda path: "c0")
+
+    def cfg(**kw):
+        c = dict(block_n=128, block_t=16, split_k=4, num_warps=4, num_stages=3, groups_per_step=1,
+                 reduce_in_kernel=False, maxnreg=None) | kw
+        return "KernelConfig(" + ", ".join(f"{k}={val}" for k, val in c.items()) + ")"
+    rows = [("w4a8_fused", cfg()), ("w4a8_fused", cfg(split_k=2)), ("w4a8_fused", cfg(reduce_in_kernel=True)),
+            ("w4a8_fused", cfg(maxnreg=64)), ("w4a8_fused", cfg(num_stages=2)), ("fp8", "")]
+    path = tmp_path / "tuning.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["card", "scheme", "model", "layer", "m", "n", "k", "config", "latency_s",
+                                          "registers", "shared_bytes"])
+        w.writeheader()
+        for scheme, c in rows:
+            w.writerow({"card": "NVIDIA H100 80GB HBM3", "scheme": scheme, "model": "x", "layer": "o_proj", "m": 1,
+                        "n": 4096, "k": 4096, "config": c, "latency_s": "1e-5", "registers": "75",
+                        "shared_bytes": "24576"})
+    got = ptl.v5_tuning_rows([path])
+    assert [s.split_k for _, s in got] == [4, 2]
+    assert all(s.loop_instructions_per_thread == 363 and s.register_a_mma_instructions == 8 for _, s in got)
