@@ -143,10 +143,11 @@ V5_SWEEP_SPLITS = (1, 2, 3, 4, 5, 6, 8, 12, 16)  # split-K counts every v5 decod
 def launch_or_rule(m: int, n: int, k: int, limits, variant: str, device_name: str, rule: bool = False):
     """What ``w4a8_matmul`` launches without a config (the card's tuned configuration, else the heuristic), or with
     ``rule`` the heuristic alone."""
-    from dpq.kernels.w4a8_triton import default_config, tuned_config_for
+    from dpq.kernels.w4a8_triton import default_config, launch_config_for
 
-    tuned = None if rule else tuned_config_for(device_name, variant, m, n, k, GROUP_SIZE)
-    return tuned or default_config(m, n, k, limits.num_sms, GROUP_SIZE, variant, sm_limits=limits)
+    if rule:
+        return default_config(m, n, k, limits.num_sms, GROUP_SIZE, variant, sm_limits=limits)
+    return launch_config_for(device_name, limits, m, n, k, GROUP_SIZE, variant)
 
 
 def fused_candidates(m: int, n: int, k: int, limits, quick: bool, variant: str, old_rule: bool = False,

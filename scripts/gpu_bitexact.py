@@ -195,15 +195,15 @@ def triton_setup(over, m, n, k, limits, group_size):
     for ``old_rule``) with the overrides applied."""
     import torch
 
-    from dpq.kernels.w4a8_triton import KernelConfig, default_config, default_variant_for, tuned_config_for
+    from dpq.kernels.w4a8_triton import KernelConfig, default_config, default_variant_for, launch_config_for
 
     over = dict(over or {})
     name = torch.cuda.get_device_name()
     variant = over.pop("variant", None) or default_variant_for(name)
-    old_rule = over.pop("old_rule", False)
-    tuned = None if old_rule else tuned_config_for(name, variant, m, n, k, group_size)
-    base = tuned or default_config(m, n, k, limits.num_sms, group_size, variant,
-                                   sm_limits=None if old_rule else limits)
+    if over.pop("old_rule", False):
+        base = default_config(m, n, k, limits.num_sms, group_size, variant)
+    else:
+        base = launch_config_for(name, limits, m, n, k, group_size, variant)
     return variant, KernelConfig(**(base.__dict__ | over))
 
 

@@ -271,10 +271,8 @@ class FusedKernelSpec:
         "row whose max_m >= M is used (the last beyond)",
         lo=1)
     tuned_tile_structures: tuple[tuple[float, ...], ...] = _spec(
-        "the structure of tuned_configs' tiles that tile_configs does not hold: [block_n, block_t, warps, stages, "
-        "registers_per_thread, shared_bytes_per_program, loop_instructions_per_thread, fp32_instructions, "
-        "int_instructions, conversion_instructions, register_a_mma_instructions, mma_macs_per_instruction] (as "
-        "tile_configs' columns); may be empty", lo=0)
+        "the structure of tuned_configs' tiles that tile_configs does not hold: rows of tile_configs' columns "
+        "without max_m; may be empty", lo=0)
     tuned_configs: tuple[tuple[int, ...], ...] = _spec(
         "the kernel's launch configurations measured fastest on this card for given GEMMs, used instead of the "
         "launch heuristic there (dpq.kernels.w4a8_triton.launch_config; kernel_variant weights of groups of "

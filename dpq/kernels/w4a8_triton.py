@@ -77,8 +77,8 @@ Public API::
     kernel_resources(x8, weight, config) -> registers, shared bytes, spills of the launched kernel
     KernelConfig (tiles, split, stages; pdl: programmatic dependent launch, off by default: slower on an H100),
     default_config(m, n, k, num_sms, group_size, variant, sm_limits), split_k_parts(k, config, group_size);
-    launch_config(m, n, k, weight, device): what a launch without a config runs (the card's tuned configuration of
-    the GEMM, tuned_config_for, else default_config)
+    launch_config(m, n, k, weight, device), launch_config_for(device_name, sm_limits, ...): what a launch without a
+    config runs (the card's tuned configuration of the GEMM, tuned_config_for, else default_config)
     SMLimits (.of_device), resident_programs, wave_split_cost, V5_KERNEL_RESOURCES: the "v5" decode split rule
     expansion_lut (torch, on the GPU) and expansion_lut_np; lut_expand_np, lut_expand_row_np, prmt_np, mulhi_np,
     table_build_np: plain twins of the kernels' inline asm (LUT_ASM and LUT_ASM_WORD, LUT_ASM_ROW,
@@ -383,17 +383,21 @@ def default_config(m: int, n: int, k: int, num_sms: int, group_size: int = 128,
                         groups_per_step=gps)
 
 
+def launch_config_for(device_name: str, sm_limits: SMLimits, m: int, n: int, k: int, group_size: int,
+                      variant: str) -> KernelConfig:
+    """What a launch without a configuration runs on the card named ``device_name`` with ``sm_limits``: the card's
+    tuned configuration for this GEMM if it has one (``tuned_config_for``), else ``default_config``."""
+    return (tuned_config_for(device_name, variant, m, n, k, group_size)
+            or default_config(m, n, k, sm_limits.num_sms, group_size, variant, sm_limits=sm_limits))
+
+
 def launch_config(m: int, n: int, k: int, weight: "PackedW4A8Weight", device=None) -> KernelConfig:
     """The configuration ``w4a8_matmul`` launches without an explicit one on CUDA ``device`` (default: the current
-    one): the card's tuned configuration for this GEMM if it has one (``tuned_config_for``), else
-    ``default_config`` with the card's SM limits."""
+    one): ``launch_config_for`` that card."""
     import torch
 
-    tuned = tuned_config_for(torch.cuda.get_device_name(device), weight.variant, m, n, k, weight.group_size)
-    if tuned is not None:
-        return tuned
-    limits = SMLimits.of_device(device)
-    return default_config(m, n, k, limits.num_sms, weight.group_size, weight.variant, sm_limits=limits)
+    return launch_config_for(torch.cuda.get_device_name(device), SMLimits.of_device(device), m, n, k,
+                             weight.group_size, weight.variant)
 
 
 def k_step(config: KernelConfig, group_size: int) -> int:
@@ -850,6 +854,40 @@ def _kernels():
                                   is_pure=False, pack=1)
 
     @triton.jit
+    def store_result(acc, out_ptr, part_ptr, count_ptr, offs_n, offs_t, n_mask, t_mask, M, N, stride_om, out_scale,
+                     pid_n, pid_t, pid_s, n_parts, SPLIT_K: tl.constexpr, OUT_BF16: tl.constexpr,
+                     REDUCE: tl.constexpr):
+        # the kernels' epilogue: y = acc * (s_x s_t) stored, or the split-K part stored (and, with REDUCE, the
+        # ordered in-kernel reduction: the program that finishes a tile's parts last - an arrival counter per tile -
+        # adds all parts in order, part 0 first, in float32, as the separate reduction kernel does; the counter is
+        # reset for the next launch; the "v2" and "lut" kernels store through it without REDUCE)
+        out_offs = offs_t[None, :].to(tl.int64) * stride_om + offs_n[:, None]
+        out_mask = n_mask[:, None] & t_mask[None, :]
+        if SPLIT_K == 1:
+            y = acc * out_scale
+            if OUT_BF16:
+                tl.store(out_ptr + out_offs, y.to(tl.bfloat16), mask=out_mask)
+            else:
+                tl.store(out_ptr + out_offs, y, mask=out_mask)
+        else:
+            tl.store(part_ptr + pid_s.to(tl.int64) * M * N + out_offs, acc, mask=out_mask)
+            if REDUCE:
+                tl.debug_barrier()  # every thread's part stored before the release below
+                tile = pid_t * tl.num_programs(0) + pid_n
+                arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
+                if arrived == n_parts - 1:
+                    total = tl.load(part_ptr + out_offs, mask=out_mask, other=0.0, cache_modifier=".cg")
+                    for ps in range(1, n_parts):
+                        total = total + tl.load(part_ptr + ps * M * N + out_offs, mask=out_mask, other=0.0,
+                                                cache_modifier=".cg")
+                    y = total * out_scale
+                    if OUT_BF16:
+                        tl.store(out_ptr + out_offs, y.to(tl.bfloat16), mask=out_mask)
+                    else:
+                        tl.store(out_ptr + out_offs, y, mask=out_mask)
+                    tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed", scope="gpu")
+
+    @triton.jit
     def w4a8_kernel(x_ptr, codes_ptr, scales_ptr, zeros_ptr, out_ptr, part_ptr,
                     M, N, K, stride_xm, stride_cn, stride_sn, stride_zn, stride_om,
                     out_scale, k_tiles_per_split,
@@ -889,16 +927,8 @@ def _kernels():
             w8 = w.to(tl.float8e4nv)
             x8 = tl.load(x_rows + (kt * BLOCK_K + offs_k)[None, :], mask=t_mask[:, None], other=0.0)
             acc = tl.dot(w8, tl.trans(x8), acc)
-        out_offs = offs_t[None, :].to(tl.int64) * stride_om + offs_n[:, None]
-        out_mask = n_mask[:, None] & t_mask[None, :]
-        if SPLIT_K == 1:
-            y = acc * out_scale
-            if OUT_BF16:
-                tl.store(out_ptr + out_offs, y.to(tl.bfloat16), mask=out_mask)
-            else:
-                tl.store(out_ptr + out_offs, y, mask=out_mask)
-        else:
-            tl.store(part_ptr + pid_s.to(tl.int64) * M * N + out_offs, acc, mask=out_mask)
+        store_result(acc, out_ptr, part_ptr, part_ptr, offs_n, offs_t, n_mask, t_mask, M, N, stride_om, out_scale,
+                     pid_n, pid_t, pid_s, 1, SPLIT_K, OUT_BF16, False)
 
     lut_asm, lut_constraints = tl.constexpr(LUT_ASM), tl.constexpr(LUT_CONSTRAINTS)
     lut_asm_row, lut_row_constraints = tl.constexpr(LUT_ASM_ROW), tl.constexpr(LUT_ROW_CONSTRAINTS)
@@ -953,16 +983,8 @@ def _kernels():
             acc = tl.dot(w8, tl.trans(x8), acc)
             if MMA_WAIT:
                 wgmma_wait_all()
-        out_offs = offs_t[None, :].to(tl.int64) * stride_om + offs_n[:, None]
-        out_mask = n_mask[:, None] & t_mask[None, :]
-        if SPLIT_K == 1:
-            y = acc * out_scale
-            if OUT_BF16:
-                tl.store(out_ptr + out_offs, y.to(tl.bfloat16), mask=out_mask)
-            else:
-                tl.store(out_ptr + out_offs, y, mask=out_mask)
-        else:
-            tl.store(part_ptr + pid_s.to(tl.int64) * M * N + out_offs, acc, mask=out_mask)
+        store_result(acc, out_ptr, part_ptr, part_ptr, offs_n, offs_t, n_mask, t_mask, M, N, stride_om, out_scale,
+                     pid_n, pid_t, pid_s, 1, SPLIT_K, OUT_BF16, False)
 
     @triton.jit
     def program_tile(M, N, K, k_steps_per_split, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, STEP: tl.constexpr):
@@ -981,40 +1003,6 @@ def _kernels():
         # accumulator initialisation) out of the loop's wgmma pipeline, which ptxas would otherwise serialise
         tl.assume(ks_end > ks_begin)
         return pid_n, pid_t, pid_s, offs_n, offs_t, offs_n < N, offs_t < M, ks_begin, ks_end
-
-    @triton.jit
-    def store_result(acc, out_ptr, part_ptr, count_ptr, offs_n, offs_t, n_mask, t_mask, M, N, stride_om, out_scale,
-                     pid_n, pid_t, pid_s, n_parts, SPLIT_K: tl.constexpr, OUT_BF16: tl.constexpr,
-                     REDUCE: tl.constexpr):
-        # the "v5"/"v4" epilogue: y = acc * (s_x s_t) stored, or the split-K part stored (and, with REDUCE, the
-        # ordered in-kernel reduction: the program that finishes a tile's parts last - an arrival counter per tile -
-        # adds all parts in order, part 0 first, in float32, as the separate reduction kernel does; the counter is
-        # reset for the next launch)
-        out_offs = offs_t[None, :].to(tl.int64) * stride_om + offs_n[:, None]
-        out_mask = n_mask[:, None] & t_mask[None, :]
-        if SPLIT_K == 1:
-            y = acc * out_scale
-            if OUT_BF16:
-                tl.store(out_ptr + out_offs, y.to(tl.bfloat16), mask=out_mask)
-            else:
-                tl.store(out_ptr + out_offs, y, mask=out_mask)
-        else:
-            tl.store(part_ptr + pid_s.to(tl.int64) * M * N + out_offs, acc, mask=out_mask)
-            if REDUCE:
-                tl.debug_barrier()  # every thread's part stored before the release below
-                tile = pid_t * tl.num_programs(0) + pid_n
-                arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
-                if arrived == n_parts - 1:
-                    total = tl.load(part_ptr + out_offs, mask=out_mask, other=0.0, cache_modifier=".cg")
-                    for ps in range(1, n_parts):
-                        total = total + tl.load(part_ptr + ps * M * N + out_offs, mask=out_mask, other=0.0,
-                                                cache_modifier=".cg")
-                    y = total * out_scale
-                    if OUT_BF16:
-                        tl.store(out_ptr + out_offs, y.to(tl.bfloat16), mask=out_mask)
-                    else:
-                        tl.store(out_ptr + out_offs, y, mask=out_mask)
-                    tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed", scope="gpu")
 
     @triton.jit
     def w4a8_v4_kernel(x_ptr, w_ptr, lut_ptr, out_ptr, part_ptr, count_ptr,

@@ -72,14 +72,10 @@ def test_triton_path_bit_exact(m, n, k, gs, split, hi, variant):
 
 
 def _card_tuned_configs():
-    from sim.profiles import list_profiles, load_profile
+    from dpq.kernels.w4a8_triton import _card_spec
 
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
-    for profile in list_profiles():
-        fk = load_profile(profile).fused_kernel
-        if fk is not None and fk.device_name_contains in name:
-            return [(profile,) + row for row in fk.tuned_configs]
-    return []
+    found = _card_spec(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+    return [] if found is None else [(found[0],) + row for row in found[1].tuned_configs]
 
 
 @pytest.mark.parametrize("row", _card_tuned_configs() or [None])
