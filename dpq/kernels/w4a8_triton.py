@@ -100,7 +100,7 @@ from sim.perf.fused_kernel import prefill_split
 from sim.perf.fused_kernel import wave_split_cost as _wave_split_cost
 
 GROUP_SIZES = (32, 64, 128)  # whole groups of the packed format per K step of the kernel
-VARIANTS = ("v5", "v4", "lut", "v2", "fp8")
+VARIANTS = ("v5", "v6", "v4", "lut", "v2", "fp8")
 DEFAULT_VARIANT = "v5"
 TABLE_VARIANTS = ("v4", "lut")  # the variants that read the 16-byte expansion tables from HBM
 
@@ -214,6 +214,7 @@ class KernelConfig:
     l2_prefetch_steps: int = 0
     pdl_trigger: str = "start"
     mma_wait_each_step: bool = True
+    a_buffers: int = 2
 
     def __post_init__(self):
         for name in ("block_n", "block_t", "split_k", "num_warps", "num_stages", "groups_per_step"):
@@ -241,6 +242,9 @@ class KernelConfig:
         if self.maxnreg is not None and (isinstance(self.maxnreg, bool) or not isinstance(self.maxnreg, int)
                                          or not 24 <= self.maxnreg <= 255):
             raise ValueError(f"KernelConfig.maxnreg={self.maxnreg!r}: expected None or an integer in 24..255")
+        if self.a_buffers not in (1, 2) or isinstance(self.a_buffers, bool):
+            raise ValueError(f"KernelConfig.a_buffers={self.a_buffers!r}: expected 1 or 2 (\"v6\": expanded weight "
+                             f"tiles in shared memory)")
 
 
 @dataclass(frozen=True)
@@ -700,6 +704,9 @@ class PackedW4A8Weight:
     variant "v2": codes as for "lut"; group_scales torch.float32 (N, K / group_size); zeros torch.uint8.
     variant "v5": codes as for "v4"; group_scales torch.float32 (G, N) (group-major); zeros torch.uint8 (G, N4),
     N4 = N rounded up to a multiple of 4 (``v5_zeros``: group-major bytes, read 4 rows to a 32-bit word).
+    variant "v6": codes torch.int32 (G N, group_size / 8) (``w4a8_gluon.v6_codes``: group-major, each row's bytes
+    as packed); group_scales torch.float32 and zeros torch.uint8, both (G N16,) (``w4a8_gluon.v6_group_data``:
+    group-major, each group's rows padded to N16 = N rounded up to 16).
     variant "fp8": codes torch.uint8 (G, N, group_size) = the expanded FP8 weight, group-major (no INT4: the
     same loop with 1-byte weights, for measuring the loop's cost; bit-equal to the table variants).
     tensor_scale: s_t; fp8_max: the FP8 format's largest finite value; n, k: the weight's shape (N rows of K).
@@ -723,6 +730,8 @@ class PackedW4A8Weight:
             return int(self.codes.numel() * self.codes.element_size() + self.lut.numel() * 4)
         if self.variant == "v5":  # codes + float32 scale + the zero byte per (group, row) (padding rows excluded)
             return int(self.codes.numel() * self.codes.element_size() + self.group_scales.numel() * 5)
+        if self.variant == "v6":
+            return int(self.codes.numel() * self.codes.element_size() + self.n * (self.k // self.group_size) * 5)
         if self.variant == "fp8":
             return int(self.codes.numel())
         return int(self.codes.numel() + self.group_scales.numel() * 5)
@@ -762,6 +771,10 @@ class PackedW4A8Weight:
             return cls(c, s, z, **common)
         if variant == "v5":
             return cls(v4_codes(c, group_size), s.t().contiguous(), v5_zeros(z), **common)
+        if variant == "v6":
+            from dpq.kernels.w4a8_gluon import v6_codes, v6_group_data
+
+            return cls(v6_codes(c, group_size), *v6_group_data(s, z), **common)
         lut = expansion_lut(s, z, float(fp8_max))
         if variant == "lut":
             return cls(c, None, None, lut=lut, **common)
@@ -1308,7 +1321,11 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
         launch["MMA_WAIT"] = config.mma_wait_each_step and weight.variant != "fp8"
     # SPLIT_K is only tested against 1 in the lut/v4 kernels: 1 or 2 keeps one compilation for every split count
     reduce_in_kernel = split > 1 and config.reduce_in_kernel and weight.variant in ("v5", "v4", "fp8")
-    if weight.variant == "v5":
+    if weight.variant == "v6":
+        from dpq.kernels.w4a8_gluon import launch_v6
+
+        compiled = launch_v6(x8, weight, out, part, scale, config, k_steps, per, split)
+    elif weight.variant == "v5":
         if config.groups_per_step != 1:
             raise ValueError(f"variant 'v5' takes groups_per_step=1, got {config.groups_per_step}")
         counters = _tile_counters(x8.device, grid[0] * grid[1]) if reduce_in_kernel else part
@@ -1333,7 +1350,7 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
                             m, n, k, x8.stride(0), weight.codes.stride(0), weight.group_scales.stride(0),
                             weight.zeros.stride(0), out.stride(0), scale, per, SPLIT_K=split, FP8_MAX=weight.fp8_max,
                             BLOCK_K=weight.group_size, **launch)
-    if config.mma_wait_each_step:
+    if config.mma_wait_each_step and weight.variant != "v6":  # v6's MMAs read their A tile from shared memory
         _check_mma_pipeline(compiled)
     if split > 1 and not reduce_in_kernel:
         block = 1024

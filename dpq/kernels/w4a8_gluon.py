@@ -1,0 +1,287 @@
+"""The "v6" fused W4A8 kernel for Hopper, written in Gluon: the weights are expanded into shared memory.
+
+The Triton kernels ("v4", "v5") expand the INT4 codes straight into the registers of the tensor-core operand. That
+layout gives each thread 4 rows of 32 weights per K step, so the 4 lanes of a quad must build and trade the same
+tables (shuffles), and each K step must wait for its MMAs before the registers are written again. "v6" gives each
+thread one whole weight row of the K step instead (128 threads, 128 rows, one group of 128 codes each):
+
+1. TMA brings the step's codes (group-major, 64 bytes per row), float32 scales, zero bytes and FP8 token tile into
+   a ring of ``STAGES`` shared-memory slots (one mbarrier each);
+2. each thread builds its row's 16-entry table (``TABLE_ROW_ASM``: exact 4a + b - z, one float32 multiply by s_g,
+   ``cvt.rn.satfinite.e4m3x2``, as the packed format defines the expansion) and looks up its 128 codes with the
+   same byte permutes as "v4"/"v5" (``LUT_ASM_ROW``);
+3. the FP8 row is stored to one of two shared-memory A tiles (NVMMA 128-byte swizzle), and the warpgroup MMA reads
+   it from there asynchronously: the MMA of step j runs while the threads expand step j + 1 (wait with one group
+   outstanding), and no register of a running MMA is ever rewritten.
+
+The MMA instructions, their order and the split-K parts are the "v5" kernel's (wgmma m64nBLOCK_Tk32, K steps in
+order, parts summed by the same reduction kernel), so the numerics are those of the ``h100-triton-w4a8`` profile.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dpq.kernels.w4a8_triton import LUT_ASM_ROW, LUT_ROW_CONSTRAINTS
+
+V6_BLOCK_N = 128  # weight rows per program = threads of its one warpgroup (one row each)
+V6_NUM_WARPS = 4
+
+
+def _table_row_asm(clamp: bool) -> str:
+    # $0..$3: the row's table words (byte b of word a = FP8(s_g (4 a + b - z))); $4 = s_g (float32 bits); $5 = z;
+    # with the clamp, $6 = +fp8_max and $7 = -fp8_max. 0x4B000000 | z is the float 2^23 + z, and the float with bits
+    # 0x4B000000 + 4a is 2^23 + 4a, so their difference 4a - z is exact; so are the + 1.0 steps.
+    lines = ["{", ".reg .b32 zb;", ".reg .f32 zf, d, p0, p1, p2, p3;", ".reg .b16 h0, h1;",
+             "or.b32 zb, $5, 0x4B000000;", "mov.b32 zf, zb;"]
+    for a in range(4):
+        lines.append(f"sub.f32 d, 0f4B0000{4 * a:02X}, zf;")
+        for t in range(4):
+            if t:
+                lines.append("add.f32 d, d, 0f3F800000;")
+            lines.append(f"mul.rn.f32 p{t}, d, $4;")
+            if clamp:
+                lines += [f"min.f32 p{t}, p{t}, $6;", f"max.f32 p{t}, p{t}, $7;"]
+        lines += ["cvt.rn.satfinite.e4m3x2.f32 h0, p1, p0;", "cvt.rn.satfinite.e4m3x2.f32 h1, p3, p2;",
+                  f"mov.b32 ${a}, {{h0, h1}};"]
+    return "\n".join(lines + ["}"])
+
+
+TABLE_ROW_ASM = _table_row_asm(False)
+TABLE_ROW_ASM_CLAMP = _table_row_asm(True)
+TABLE_ROW_CONSTRAINTS = "=r,=r,=r,=r,r,r"
+TABLE_ROW_CONSTRAINTS_CLAMP = TABLE_ROW_CONSTRAINTS + ",f,f"
+
+
+def table_row_np(scales: np.ndarray, zeros: np.ndarray, fp8_max: float = 448.0) -> tuple[np.ndarray, ...]:
+    """Plain twin of ``TABLE_ROW_ASM`` (and ``TABLE_ROW_ASM_CLAMP`` when fp8_max != 448), instruction for instruction.
+
+    scales: float32 array (s_g of each row); zeros: uint8 array of the same shape. Returns the 4 table words
+    (uint32 arrays): byte b of word a = the FP8 E4M3FN code of float32(s_g (4 a + b - z)), clamped to +-fp8_max.
+    """
+    from sim.formats import encode
+
+    s = np.asarray(scales, dtype=np.float32)
+    zf = (np.asarray(zeros, dtype=np.uint32) | np.uint32(0x4B000000)).view(np.float32)
+    words = []
+    for a in range(4):
+        d = (np.array(0x4B000000 + 4 * a, np.uint32).view(np.float32) - zf).astype(np.float32)  # sub.f32, exact
+        word = np.zeros(s.shape, np.uint32)
+        for t in range(4):
+            if t:
+                d = (d + np.float32(1.0)).astype(np.float32)   # add.f32, exact
+            p = (d * s).astype(np.float32)                     # mul.rn.f32
+            if fp8_max != 448.0:
+                p = np.maximum(np.minimum(p, np.float32(fp8_max)), np.float32(-fp8_max))
+            word |= encode(p, "float8_e4m3fn", saturate=True).astype(np.uint32) << np.uint32(8 * t)
+        words.append(word)
+    return tuple(words)
+
+
+def v6_codes(codes, group_size: int):
+    """torch int32 (G * N, group_size / 8): packed codes (N, K / 2) uint8 made group-major (rows of group g are
+    rows g N .. g N + N - 1), the bytes of each (group, row) unchanged (column 2j in the low nibble), so word w of a
+    row holds columns 8w .. 8w + 7 in nibbles 0 .. 7."""
+    n, kb = codes.shape
+    g = kb * 2 // group_size
+    return codes.contiguous().reshape(n, g, group_size // 2).permute(1, 0, 2).contiguous().view(
+        codes.new_empty(0).int().dtype).reshape(g * n, group_size // 8)
+
+
+def v6_group_data(group_scales, zeros):
+    """(scales float32 (G * N16,), zeros uint8 (G * N16,)): group-major, each group's N rows padded with 0 to N16 = N
+    rounded up to 16 (a program's rows of one group are one 16-byte-aligned TMA box)."""
+    import torch
+
+    n, g = group_scales.shape
+    n16 = -(-n // 16) * 16
+    s = torch.zeros((g, n16), dtype=torch.float32, device=group_scales.device)
+    s[:, :n] = group_scales.t()
+    z = torch.zeros((g, n16), dtype=torch.uint8, device=zeros.device)
+    z[:, :n] = zeros.t()
+    return s.reshape(-1), z.reshape(-1)
+
+
+_KERNELS = {}
+
+
+def _gluon_kernels():
+    """Compile-on-first-use: Gluon is imported only when the kernel runs (or is compiled for inspection)."""
+    # the kernels resolve these names as module globals when they are compiled
+    global gluon, gl, fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+    if _KERNELS:
+        return _KERNELS
+    try:
+        from triton.experimental import gluon
+        from triton.experimental.gluon import language as gl
+        from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
+                                                                       warpgroup_mma, warpgroup_mma_wait)
+    except ImportError as exc:
+        raise ImportError("the 'v6' W4A8 kernel needs Triton's Gluon (Triton >= 3.5, installed with CUDA builds of "
+                          'torch): pip install -e ".[torch]"') from exc
+
+    table_asm, table_constraints = gl.constexpr(TABLE_ROW_ASM), gl.constexpr(TABLE_ROW_CONSTRAINTS)
+    table_asm_clamp = gl.constexpr(TABLE_ROW_ASM_CLAMP)
+    table_constraints_clamp = gl.constexpr(TABLE_ROW_CONSTRAINTS_CLAMP)
+    lut_asm_row, lut_row_constraints = gl.constexpr(LUT_ASM_ROW), gl.constexpr(LUT_ROW_CONSTRAINTS)
+
+    @gluon.jit
+    def load_partition(w_desc, s_desc, z_desc, x_desc, w_smem, s_smem, z_smem, x_smem, ready, empty,
+                       ks_begin, n_steps, N, n_pad, n0, t0, GROUP: gl.constexpr, STAGES: gl.constexpr):
+        # one warp: the TMA loads of every K step into the ring, a slot as soon as the MMA warps free it
+        nbytes: gl.constexpr = (w_desc.block_type.nbytes + s_desc.block_type.nbytes + z_desc.block_type.nbytes
+                                + x_desc.block_type.nbytes)
+        for j in range(n_steps):
+            slot = j % STAGES
+            if j >= STAGES:
+                mbarrier.wait(empty.index(slot), ((j // STAGES) - 1) & 1)
+            bar = ready.index(slot)
+            ks = ks_begin + j
+            mbarrier.expect(bar, nbytes)
+            tma.async_copy_global_to_shared(w_desc, [ks * N + n0, 0], bar, w_smem.index(slot))
+            tma.async_copy_global_to_shared(s_desc, [ks * n_pad + n0], bar, s_smem.index(slot))
+            tma.async_copy_global_to_shared(z_desc, [ks * n_pad + n0], bar, z_smem.index(slot))
+            tma.async_copy_global_to_shared(x_desc, [t0, ks * GROUP], bar, x_smem.index(slot))
+
+    @gluon.jit
+    def mma_partition(w_smem, s_smem, z_smem, x_smem, a_smem, ready, empty, n_steps,
+                      BLOCK_N: gl.constexpr, BLOCK_T: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr,
+                      A_BUFS: gl.constexpr, FP8_MAX: gl.constexpr, num_warps: gl.constexpr):
+        # the warpgroup: expand each step's rows (one per thread) into an A tile, MMA it with the token tile
+        WORDS: gl.constexpr = GROUP // 8  # 32-bit code words of one row and group (8 codes each)
+        row_layout: gl.constexpr = gl.BlockedLayout([1, WORDS], [32, 1], [num_warps, 1], [1, 0])
+        fp8_words_layout: gl.constexpr = gl.BlockedLayout([1, GROUP // 4], [32, 1], [num_warps, 1], [1, 0])
+        vec_layout: gl.constexpr = gl.SliceLayout(1, row_layout)
+        mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                             instr_shape=[16, BLOCK_T, 32])
+        a_words_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=a_smem.type.layout.swizzle_byte_width,
+                                                            element_bitwidth=32, rank=2)
+        acc = gl.zeros([BLOCK_N, BLOCK_T], gl.float32, mma_layout)
+        for j in range(n_steps):
+            slot = j % STAGES
+            mbarrier.wait(ready.index(slot), (j // STAGES) & 1)
+            words = w_smem.index(slot).load(row_layout)                       # [BLOCK_N, WORDS] codes
+            sg = s_smem.index(slot).load(vec_layout)                          # [BLOCK_N] float32
+            zg = z_smem.index(slot).load(vec_layout).to(gl.uint32)            # [BLOCK_N]
+            if FP8_MAX == 448.0:  # cvt.rn.satfinite saturates at E4M3FN's 448 by itself
+                l0, l1, l2, l3 = gl.inline_asm_elementwise(
+                    table_asm, table_constraints, [sg.to(gl.uint32, bitcast=True), zg],
+                    dtype=(gl.uint32, gl.uint32, gl.uint32, gl.uint32), is_pure=True, pack=1)
+            else:
+                hi = gl.full([BLOCK_N], FP8_MAX, gl.float32, vec_layout)
+                l0, l1, l2, l3 = gl.inline_asm_elementwise(
+                    table_asm_clamp, table_constraints_clamp, [sg.to(gl.uint32, bitcast=True), zg, hi, -hi],
+                    dtype=(gl.uint32, gl.uint32, gl.uint32, gl.uint32), is_pure=True, pack=1)
+            q_lo, q_hi = gl.inline_asm_elementwise(
+                lut_asm_row, lut_row_constraints,
+                [words, l0[:, None], l1[:, None], l2[:, None], l3[:, None]],
+                dtype=(gl.uint32, gl.uint32), is_pure=True, pack=1)          # columns 8w..8w+3, 8w+4..8w+7
+            fp8_words = gl.convert_layout(gl.reshape(gl.join(q_lo, q_hi), [BLOCK_N, GROUP // 4]), fp8_words_layout)
+            if A_BUFS == 1:  # the MMA of step j - 1 still reads the one A tile
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+            a_buf = a_smem.index(j % A_BUFS)  # with 2: the MMA of step j - 2, the last to read it, finished below
+            a_buf._reinterpret(gl.uint32, [BLOCK_N, GROUP // 4], a_words_layout).store(fp8_words)
+            fence_async_shared()
+            gl.thread_barrier()  # every row stored
+            acc = warpgroup_mma(a_buf, x_smem.index(slot).permute((1, 0)), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
+            if j > 0:  # step j - 1's MMA is done: its slot (codes read before the barrier above) is free
+                mbarrier.arrive(empty.index((j - 1) % STAGES))
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+        return (acc, )
+
+    @gluon.jit
+    def w4a8_v6_kernel(x_desc, w_desc, s_desc, z_desc, out_ptr, part_ptr, M, N, n_pad, stride_om, out_scale,
+                       k_steps, k_steps_per_split,
+                       BLOCK_N: gl.constexpr, BLOCK_T: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr,
+                       A_BUFS: gl.constexpr, SPLIT_K: gl.constexpr, OUT_BF16: gl.constexpr, FP8_MAX: gl.constexpr,
+                       num_warps: gl.constexpr):
+        pid_n = gl.program_id(0)
+        pid_t = gl.program_id(1)
+        pid_s = gl.program_id(2)
+        n0 = pid_n * BLOCK_N
+        t0 = pid_t * BLOCK_T
+        ks_begin = pid_s * k_steps_per_split
+        n_steps = gl.minimum(k_steps - ks_begin, k_steps_per_split)
+        # >= 1 (the host makes every part non-empty); saying so keeps the zero-trip path's accumulator out of the
+        # MMA pipeline, which ptxas would otherwise serialise (C7515)
+        gl.assume(n_steps > 0)
+        WORDS: gl.constexpr = GROUP // 8
+        a_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=x_desc.layout.swizzle_byte_width,
+                                                      element_bitwidth=8, rank=2)
+        w_smem = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, WORDS], w_desc.layout)
+        s_smem = gl.allocate_shared_memory(s_desc.dtype, [STAGES, BLOCK_N], s_desc.layout)
+        z_smem = gl.allocate_shared_memory(z_desc.dtype, [STAGES, BLOCK_N], z_desc.layout)
+        x_smem = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_T, GROUP], x_desc.layout)
+        a_smem = gl.allocate_shared_memory(gl.float8e4nv, [A_BUFS, BLOCK_N, GROUP], a_layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+            mbarrier.init(empty.index(i), count=1)
+        (acc, ) = gl.warp_specialize(
+            [(mma_partition, (w_smem, s_smem, z_smem, x_smem, a_smem, ready, empty, n_steps, BLOCK_N, BLOCK_T,
+                              GROUP, STAGES, A_BUFS, FP8_MAX, num_warps)),
+             (load_partition, (w_desc, s_desc, z_desc, x_desc, w_smem, s_smem, z_smem, x_smem, ready, empty,
+                               ks_begin, n_steps, N, n_pad, n0, t0, GROUP, STAGES))],
+            [1], [24])
+        mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                             instr_shape=[16, BLOCK_T, 32])
+        offs_n = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma_layout))
+        offs_t = t0 + gl.arange(0, BLOCK_T, layout=gl.SliceLayout(0, mma_layout))
+        out_offs = offs_t[None, :].to(gl.int64) * stride_om + offs_n[:, None]
+        out_mask = (offs_n < N)[:, None] & (offs_t < M)[None, :]
+        if SPLIT_K == 1:
+            y = acc * out_scale
+            if OUT_BF16:
+                gl.store(out_ptr + out_offs, y.to(gl.bfloat16), mask=out_mask)
+            else:
+                gl.store(out_ptr + out_offs, y, mask=out_mask)
+        else:  # the split-K part, summed in order by the "v5" reduction kernel
+            gl.store(part_ptr + pid_s.to(gl.int64) * M * N + out_offs, acc, mask=out_mask)
+
+    _KERNELS.update(v6=w4a8_v6_kernel)
+    return _KERNELS
+
+
+V6_DEFAULT_MAXNREG = 64  # registers per thread at launch: 4 programs of 256 threads per SM; the MMA warps then
+# take 104 each (setmaxnreg), the load warp 24
+
+
+def _swizzle_bytes(row_bytes: int) -> int:
+    """The widest NVMMA shared-memory swizzle a tile with rows of ``row_bytes`` bytes takes (TMA and wgmma)."""
+    return next(w for w in (128, 64, 32, 0) if row_bytes >= w and (w == 0 or row_bytes % w == 0))
+
+
+def launch_v6(x8, weight, out, part, out_scale: float, config, k_steps: int, k_steps_per_split: int, split: int):
+    """Launch the "v6" kernel for ``dpq.kernels.w4a8_triton._launch`` (which checked x8 and made out / part);
+    returns the compiled kernel. The split-K parts are summed by the caller's reduction kernel."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    if config.block_n != V6_BLOCK_N or config.num_warps != V6_NUM_WARPS:
+        raise ValueError(f"variant 'v6': block_n={config.block_n}, num_warps={config.num_warps}; expected "
+                         f"{V6_BLOCK_N} and {V6_NUM_WARPS} (one warpgroup, one weight row per thread)")
+    if config.block_t > 64 or config.groups_per_step != 1 or config.reduce_in_kernel or config.pdl:
+        raise ValueError(f"variant 'v6' takes block_t <= 64, groups_per_step=1, no in-kernel reduction and no "
+                         f"dependent launch; got {config}")
+    if x8.data_ptr() % 16 or x8.stride(0) % 16 or x8.stride(1) != 1:
+        raise ValueError(f"variant 'v6': x8 must be 16-byte aligned with rows a multiple of 16 bytes apart (TMA), "
+                         f"got strides {tuple(x8.stride())}")
+    gs = weight.group_size
+    m, n = x8.shape[0], weight.n
+    n_pad = weight.group_scales.numel() // (weight.k // gs)
+    nvmma = gl.NVMMASharedLayout
+    x_desc = TensorDescriptor(x8, list(x8.shape), list(x8.stride()), [config.block_t, gs],
+                              nvmma(_swizzle_bytes(gs), 8))
+    w_desc = TensorDescriptor(weight.codes, list(weight.codes.shape), list(weight.codes.stride()),
+                              [V6_BLOCK_N, gs // 8], nvmma(_swizzle_bytes(gs // 2), 32))
+    s_desc = TensorDescriptor(weight.group_scales, [weight.group_scales.numel()], [1], [V6_BLOCK_N],
+                              nvmma(0, 32, rank=1))
+    z_desc = TensorDescriptor(weight.zeros, [weight.zeros.numel()], [1], [V6_BLOCK_N], nvmma(0, 8, rank=1))
+    grid = (-(-n // V6_BLOCK_N), -(-m // config.block_t), split)
+    return _gluon_kernels()["v6"][grid](
+        x_desc, w_desc, s_desc, z_desc, out, part, m, n, n_pad, out.stride(0), out_scale, k_steps, k_steps_per_split,
+        BLOCK_N=V6_BLOCK_N, BLOCK_T=config.block_t, GROUP=gs, STAGES=config.num_stages, A_BUFS=config.a_buffers,
+        SPLIT_K=min(split, 2), OUT_BF16=out.dtype.itemsize == 2, FP8_MAX=weight.fp8_max, num_warps=V6_NUM_WARPS,
+        maxnreg=config.maxnreg or V6_DEFAULT_MAXNREG)
