@@ -84,10 +84,10 @@ SHAPES = [
 M_VALUES = (1, 4, 16, 64, 256, 1024, 4096)
 SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_default", "w4a8_fused_rule", "w4a8_fused_pdl",
            "w4a8_fused_pdl_late", "w4a8_fused_nowait", "w4a8_expand", "w4a8_fused_v5", "w4a8_fused_v5old",
-           "w4a8_fused_v4", "w4a8_fused_v3", "w4a8_fused_v2", "fp8_triton", "w4a8_unfused")
+           "w4a8_fused_v6", "w4a8_fused_v4", "w4a8_fused_v3", "w4a8_fused_v2", "fp8_triton", "w4a8_unfused")
 FUSED_VARIANTS = {"w4a8_fused": None, "w4a8_fused_default": None, "w4a8_fused_rule": None,
                   "w4a8_fused_pdl": None, "w4a8_fused_pdl_late": None, "w4a8_fused_nowait": None, "w4a8_fused_v5": "v5",
-                  "w4a8_fused_v5old": "v5",
+                  "w4a8_fused_v5old": "v5", "w4a8_fused_v6": "v6",
                   "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2",
                   "fp8_triton": "fp8"}  # None: --fused-variant (the card's)
 OLD_RULE_SCHEMES = ("w4a8_fused_v5old",)  # the split rule without the card's SM limits
@@ -103,9 +103,9 @@ FIELDS = ["card", "driver", "torch", "triton", "cuda", "sm_count", "date", "mode
           "latency_s", "spread_rel", "calls_per_graph", "weight_copies", "weight_bytes", "hbm_bytes",
           "achieved_tb_per_s", "achieved_tflop_per_s", "variant", "config", "block_n", "block_t", "split_k",
           "num_warps", "num_stages", "groups_per_step", "reduce_in_kernel", "maxnreg", "registers", "shared_bytes",
-          "pdl", "l2_prefetch_steps", "pdl_trigger", "mma_wait_each_step"]
+          "pdl", "l2_prefetch_steps", "pdl_trigger", "mma_wait_each_step", "a_buffers"]
 CONFIG_FIELDS = ("block_n", "block_t", "split_k", "num_warps", "num_stages", "groups_per_step", "reduce_in_kernel",
-                 "maxnreg", "pdl", "l2_prefetch_steps", "pdl_trigger", "mma_wait_each_step")
+                 "maxnreg", "pdl", "l2_prefetch_steps", "pdl_trigger", "mma_wait_each_step", "a_buffers")
 
 
 def log(msg: str) -> None:
@@ -166,7 +166,17 @@ def fused_candidates(m: int, n: int, k: int, limits, quick: bool, variant: str, 
     if quick:
         return cands[:1]
     s = base.split_k
-    if m <= 64 and variant == "v5":
+    if m <= 64 and variant == "v6":
+        # split counts at 3 and 4 stages (one A tile: 4 and 3 programs per SM), and two A tiles at 3 stages
+        steps = k // GROUP_SIZE
+        for v in (1, 2, 3, 4, 6, 8, 12):
+            if v <= max(1, steps // 2):
+                cands += [replace(base, split_k=v, num_stages=st, a_buffers=1) for st in (3, 4)]
+        cands += [replace(base, num_stages=3, a_buffers=2)]
+    elif m > 64 and variant == "v6":
+        cands += [replace(base, split_k=v) for v in (1, 2, 3, 4)] + [replace(base, num_stages=4, a_buffers=1),
+                                                                     replace(base, block_t=32)]
+    elif m <= 64 and variant == "v5":
         # the split rules (this one and the one before), a sweep of split counts, the in-kernel split-K reduction
         # (fewer parts now), pipeline depth, and register caps for more resident programs (maxnreg: 64 -> 8
         # programs of 4 warps per SM, 56 -> 9; ptxas then serialises the wgmmas, C7512, and spills a few bytes)
@@ -223,8 +233,10 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
     codes, scales, zeros = make_weights(torch, n, k, gen)
     fused_variant = args.fused_variant
     table_bytes, packed_bytes = codes.numel() + scales.numel() * 16, codes.numel() + scales.numel() * 5
-    variant_bytes = {"v5": packed_bytes, "v4": table_bytes, "lut": table_bytes, "v2": packed_bytes, "fp8": n * k}
+    variant_bytes = {"v5": packed_bytes, "v6": packed_bytes, "v4": table_bytes, "lut": table_bytes,
+                     "v2": packed_bytes, "fp8": n * k}
     w_bytes = {"bf16": n * k * 2, "fp8": n * k, "w4a8_fused_v4": table_bytes, "w4a8_fused_v5": packed_bytes,
+               "w4a8_fused_v6": packed_bytes,
                "w4a8_fused": variant_bytes[fused_variant], "w4a8_fused_default": variant_bytes[fused_variant],
                "w4a8_fused_rule": variant_bytes[fused_variant],
                "w4a8_fused_pdl": variant_bytes[fused_variant], "w4a8_fused_pdl_late": variant_bytes[fused_variant],
@@ -353,7 +365,7 @@ CHAIN_SCHEMES = {
     "pdl_reduce": (None, {"pdl": True, "reduce_in_kernel": True}),
     "pdl_pf2_reduce": (None, {"pdl": True, "l2_prefetch_steps": 2, "reduce_in_kernel": True}),
     "v4": ("v4", {}), "v4_pdl": ("v4", {"pdl": True}), "v4_pdl_pf2": ("v4", {"pdl": True, "l2_prefetch_steps": 2}),
-    "v5": ("v5", {}), "v5_pdl": ("v5", {"pdl": True}), "v5_pdl_pf2": ("v5", {"pdl": True, "l2_prefetch_steps": 2}),
+    "v5": ("v5", {}), "v6": ("v6", {}), "v5_pdl": ("v5", {"pdl": True}), "v5_pdl_pf2": ("v5", {"pdl": True, "l2_prefetch_steps": 2}),
     "pdl_late": (None, {"pdl": True, "pdl_trigger": "after_loop"}),
     "pdl_late_pf2": (None, {"pdl": True, "pdl_trigger": "after_loop", "l2_prefetch_steps": 2}),
     "nowait": (None, {"mma_wait_each_step": False}), "v4_nowait": ("v4", {"mma_wait_each_step": False}),

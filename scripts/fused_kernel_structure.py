@@ -83,16 +83,17 @@ _MMA_WAIT = re.compile(r"/\*([0-9a-f]{4,})\*/\s+WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*
 
 
 def main_loop_range(sass: str) -> tuple[int, int] | None:
-    """(first, last) address of the main loop: the largest backward branch whose body holds a warpgroup MMA (the
-    K loop; a split-K reduction loop in the epilogue can be longer), else the largest backward branch."""
+    """(first, last) address of the main loop: the smallest backward branch whose body holds every warpgroup MMA
+    (the K loop: a split-K reduction loop in the epilogue has none, and in a warp-specialized kernel a spin loop of
+    another partition can jump back across the MMA partition's code), else the largest backward branch."""
     mma_at = [int(a, 16) for a, *_ in _MMA.findall(sass)]
     best = best_mma = None
     for here_hex, target_hex in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?BRA\s+0x([0-9a-f]+)", sass):
         here, target = int(here_hex, 16), int(target_hex, 16)
         if target < here and (best is None or here - target > best[1] - best[0]):
             best = (target, here)
-        if target < here and any(target <= a <= here for a in mma_at) and (
-                best_mma is None or here - target > best_mma[1] - best_mma[0]):
+        if target < here and mma_at and all(target <= a <= here for a in mma_at) and (
+                best_mma is None or here - target < best_mma[1] - best_mma[0]):
             best_mma = (target, here)
     return best_mma or best
 

@@ -29,15 +29,62 @@ from dpq.kernels.sass import wgmma_register_hazards  # noqa: E402
 _INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)[\s.;]")
 
 
+def _cubin_sass(k, name: str):
+    import triton
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"w4a8_{name}.cubin"
+    tmp.write_bytes(k.asm["cubin"])
+    sass = subprocess.run([cuobjdump, "--dump-sass", str(tmp)], capture_output=True, text=True, check=True).stdout
+    res = subprocess.run([cuobjdump, "--dump-resource-usage", str(tmp)], capture_output=True, text=True).stdout
+    usage = re.search(r"REG:\d+.*", res)
+    return sass, usage.group(0) if usage else "?"
+
+
+def _compile_gluon_v6(block_t: int, block_k: int, split_k: int, stages: int, a_buffers: int, maxnreg: int | None):
+    """The "v6" Gluon kernel (dpq/kernels/w4a8_gluon.py) for sm_90, with the TMA descriptors' types of a launch."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from dpq.kernels import w4a8_gluon as G
+
+    nvmma = gl.NVMMASharedLayout
+    bn = G.V6_BLOCK_N
+
+    def desc(dtype, shape, layout):
+        return f"tensordesc<{dtype}[{', '.join(map(str, shape))}],{layout!r}>"
+    sig = {"x_desc": desc("fp8e4nv", [block_t, block_k], nvmma(G._swizzle_bytes(block_k), 8)),
+           "w_desc": desc("i32", [bn, block_k // 8], nvmma(G._swizzle_bytes(block_k // 2), 32)),
+           "s_desc": desc("fp32", [bn], nvmma(0, 32, rank=1)), "z_desc": desc("u8", [bn], nvmma(0, 8, rank=1)),
+           "out_ptr": "*bf16", "part_ptr": "*fp32", "M": "i32", "N": "i32", "stride_zg": "i32", "stride_om": "i32",
+           "out_scale": "fp32", "k_steps": "i32", "k_steps_per_split": "i32"}
+    consts = dict(BLOCK_N=bn, BLOCK_T=block_t, GROUP=block_k, STAGES=stages, A_BUFS=a_buffers,
+                  SPLIT_K=min(split_k, 2), OUT_BF16=True, FP8_MAX=448.0, num_warps=G.V6_NUM_WARPS)
+    for c in consts:
+        sig[c] = "constexpr"
+    names = list(sig)
+    attrs = {(names.index(d),): [["tt.divisibility", 16]] for d in ("out_ptr", "part_ptr", "N", "stride_zg",
+                                                                    "stride_om")}
+    k = triton.compile(GluonASTSource(fn=G._gluon_kernels()["v6"], signature=sig, constexprs=consts, attrs=attrs),
+                       target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": G.V6_NUM_WARPS, "maxnreg": maxnreg or G.V6_DEFAULT_MAXNREG})
+    return (k, *_cubin_sass(k, "v6"))
+
+
 def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split_k: int, warps: int, stages: int,
                    groups_per_step: int = 1, reduce_in_kernel: bool = False, maxnreg: int | None = None,
-                   pdl: bool = False, prefetch_steps: int = 0, mma_wait: bool = True, pdl_trigger: str = "start"):
+                   pdl: bool = False, prefetch_steps: int = 0, mma_wait: bool = True, pdl_trigger: str = "start",
+                   a_buffers: int = 1):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from dpq.kernels import w4a8_triton as W
 
+    if variant == "v6":
+        return _compile_gluon_v6(block_t, block_k, split_k, stages, a_buffers, maxnreg)
     fn = W._kernels()[variant]
     if variant == "v5":
         sig = {"x_ptr": "*fp8e4nv", "w_ptr": "*i16", "s_ptr": "*fp32", "z_ptr": "*u8",
@@ -90,23 +137,15 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
         options["launch_pdl"] = True
     k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
                        target=GPUTarget("cuda", 90, 32), options=options)
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
-    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"w4a8_{variant}.cubin"
-    tmp.write_bytes(k.asm["cubin"])
-    sass = subprocess.run([cuobjdump, "--dump-sass", str(tmp)], capture_output=True, text=True, check=True).stdout
-    res = subprocess.run([cuobjdump, "--dump-resource-usage", str(tmp)], capture_output=True, text=True).stdout
-    usage = re.search(r"REG:\d+.*", res)
-    return k, sass, usage.group(0) if usage else "?"
+    return (k, *_cubin_sass(k, variant))
 
 
 def loop_mix(sass: str):
-    """(all instructions, main-loop instructions) as Counters; the main loop = the largest backward branch."""
+    """(all instructions, main-loop instructions) as Counters; the main loop: ``main_loop_range``."""
+    from scripts.fused_kernel_structure import main_loop_range
+
     insns = [(int(a, 16), op) for a, op in _INSN.findall(sass)]
-    best = None
-    for here_hex, target_hex in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?BRA\s+0x([0-9a-f]+)", sass):
-        here, target = int(here_hex, 16), int(target_hex, 16)
-        if target < here and (best is None or here - target > best[1] - best[0]):
-            best = (target, here)
+    best = main_loop_range(sass)
     total = collections.Counter(op for _, op in insns)
     loop = collections.Counter(op for a, op in insns if best and best[0] <= a <= best[1])
     return total, loop
@@ -114,7 +153,7 @@ def loop_mix(sass: str):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variant", default="v5", help="v5, v4, fp8, lut or v2")
+    ap.add_argument("--variant", default="v5", help="v6 (Gluon; block_n 128, 4 MMA warps), v5, v4, fp8, lut or v2")
     ap.add_argument("--block-n", type=int, default=64)
     ap.add_argument("--block-t", type=int, default=16)
     ap.add_argument("--block-k", type=int, default=128, help="= the group size")
@@ -132,13 +171,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-mma-wait", action="store_true",
                     help="v5/v4/lut: without the wait for each K step's wgmmas (KernelConfig.mma_wait_each_step=False; "
                          "fp8 never waits: its A operand is in shared memory)")
+    ap.add_argument("--a-buffers", type=int, default=1, help="v6: expanded A tiles in shared memory (1 or 2)")
     ap.add_argument("--dump", type=Path)
     a = ap.parse_args(argv)
     if (a.prefetch_steps or a.pdl_trigger != "start") and not a.pdl:
         raise SystemExit("--prefetch-steps / --pdl-trigger: need --pdl")
     k, sass, usage = compile_kernel(a.variant, a.block_n, a.block_t, a.block_k, a.split_k, a.warps, a.stages,
                                     a.groups_per_step, a.reduce_in_kernel, a.maxnreg, a.pdl, a.prefetch_steps,
-                                    not a.no_mma_wait, a.pdl_trigger)
+                                    not a.no_mma_wait, a.pdl_trigger, a.a_buffers)
     total, loop = loop_mix(sass)
     weights_per_thread = a.block_n * a.block_k * a.groups_per_step / (32 * a.warps)
     print(f"{a.variant} BLOCK_N={a.block_n} BLOCK_T={a.block_t} BLOCK_K={a.block_k}x{a.groups_per_step} "

@@ -265,10 +265,10 @@ class FusedKernelSpec:
     tile_configs: tuple[tuple[float, ...], ...] = _spec(
         "launch configurations by token count: [max_m, block_n, block_t, warps, stages, registers_per_thread, "
         "shared_bytes_per_program, loop_instructions_per_thread, fp32_instructions, int_instructions, "
-        "conversion_instructions, register_a_mma_instructions, mma_macs_per_instruction] (main-loop SASS "
-        "instructions per thread: all, and those of the FP32/FMA, integer and conversion pipes; the pipelined "
-        "warpgroup MMAs with their A operand in registers and each one's m n k), rows by increasing max_m; the first "
-        "row whose max_m >= M is used (the last beyond)",
+        "conversion_instructions, register_a_mma_instructions, mma_macs_per_instruction, launched_warps] (main-loop "
+        "SASS instructions per thread: all, and those of the FP32/FMA, integer and conversion pipes; the pipelined "
+        "warpgroup MMAs with their A operand in registers and each one's m n k; the warps a program holds registers "
+        "for, >= warps), rows by increasing max_m; the first row whose max_m >= M is used (the last beyond)",
         lo=1)
     tuned_tile_structures: tuple[tuple[float, ...], ...] = _spec(
         "the structure of tuned_configs' tiles that tile_configs does not hold: rows of tile_configs' columns "
@@ -292,7 +292,7 @@ TUNED_CONFIG_COLUMNS = ("n", "k", "min_m", "max_m", "block_n", "block_t", "split
 TILE_CONFIG_COLUMNS = ("max_m", "block_n", "block_t", "warps", "stages", "registers_per_thread",
                        "shared_bytes_per_program", "loop_instructions_per_thread", "fp32_instructions",
                        "int_instructions", "conversion_instructions", "register_a_mma_instructions",
-                       "mma_macs_per_instruction")
+                       "mma_macs_per_instruction", "launched_warps")
 
 
 @dataclass(frozen=True)
@@ -586,6 +586,9 @@ def _check_tile_configs(value: Any, source: str, key: str, with_max_m: bool = Tr
             raise ConfigError(source, f"{key}[{i}][0] (max_m)", f"value {row[0]}: expected max_m increasing")
         if row[4] < 2:
             raise ConfigError(source, f"{key}[{i}][{4 - skip}] (stages)", f"value {row[4]}: expected >= 2")
+        if row[13] < row[3]:
+            raise ConfigError(source, f"{key}[{i}][{13 - skip}] (launched_warps)",
+                              f"value {row[13]}: expected >= warps ({row[3]})")
         if row[8] + row[9] + row[10] > row[7]:
             raise ConfigError(source, f"{key}[{i}][{8 - skip}:{11 - skip}] (fp32, int, conversion instructions)",
                               f"values {row[8]}, {row[9]}, {row[10]}: expected their sum <= "

@@ -25,7 +25,8 @@ import numpy as np
 from dpq.kernels.w4a8_triton import LUT_ASM_ROW, LUT_ROW_CONSTRAINTS
 
 V6_BLOCK_N = 128  # weight rows per program = threads of its one warpgroup (one row each)
-V6_NUM_WARPS = 4
+V6_NUM_WARPS = 4  # the MMA warpgroup (Triton's num_warps)
+V6_LAUNCHED_WARPS = 8  # with the load warp's partition, which setmaxnreg pads to a warpgroup
 
 
 def _table_row_asm(clamp: bool) -> str:
@@ -78,30 +79,6 @@ def table_row_np(scales: np.ndarray, zeros: np.ndarray, fp8_max: float = 448.0) 
     return tuple(words)
 
 
-def v6_codes(codes, group_size: int):
-    """torch int32 (G * N, group_size / 8): packed codes (N, K / 2) uint8 made group-major (rows of group g are
-    rows g N .. g N + N - 1), the bytes of each (group, row) unchanged (column 2j in the low nibble), so word w of a
-    row holds columns 8w .. 8w + 7 in nibbles 0 .. 7."""
-    n, kb = codes.shape
-    g = kb * 2 // group_size
-    return codes.contiguous().reshape(n, g, group_size // 2).permute(1, 0, 2).contiguous().view(
-        codes.new_empty(0).int().dtype).reshape(g * n, group_size // 8)
-
-
-def v6_group_data(group_scales, zeros):
-    """(scales float32 (G * N16,), zeros uint8 (G * N16,)): group-major, each group's N rows padded with 0 to N16 = N
-    rounded up to 16 (a program's rows of one group are one 16-byte-aligned TMA box)."""
-    import torch
-
-    n, g = group_scales.shape
-    n16 = -(-n // 16) * 16
-    s = torch.zeros((g, n16), dtype=torch.float32, device=group_scales.device)
-    s[:, :n] = group_scales.t()
-    z = torch.zeros((g, n16), dtype=torch.uint8, device=zeros.device)
-    z[:, :n] = zeros.t()
-    return s.reshape(-1), z.reshape(-1)
-
-
 _KERNELS = {}
 
 
@@ -127,7 +104,7 @@ def _gluon_kernels():
 
     @gluon.jit
     def load_partition(w_desc, s_desc, z_desc, x_desc, w_smem, s_smem, z_smem, x_smem, ready, empty,
-                       ks_begin, n_steps, N, n_pad, n0, t0, GROUP: gl.constexpr, STAGES: gl.constexpr):
+                       ks_begin, n_steps, N, stride_zg, n0, t0, GROUP: gl.constexpr, STAGES: gl.constexpr):
         # one warp: the TMA loads of every K step into the ring, a slot as soon as the MMA warps free it
         nbytes: gl.constexpr = (w_desc.block_type.nbytes + s_desc.block_type.nbytes + z_desc.block_type.nbytes
                                 + x_desc.block_type.nbytes)
@@ -139,8 +116,8 @@ def _gluon_kernels():
             ks = ks_begin + j
             mbarrier.expect(bar, nbytes)
             tma.async_copy_global_to_shared(w_desc, [ks * N + n0, 0], bar, w_smem.index(slot))
-            tma.async_copy_global_to_shared(s_desc, [ks * n_pad + n0], bar, s_smem.index(slot))
-            tma.async_copy_global_to_shared(z_desc, [ks * n_pad + n0], bar, z_smem.index(slot))
+            tma.async_copy_global_to_shared(s_desc, [ks * N + n0], bar, s_smem.index(slot))
+            tma.async_copy_global_to_shared(z_desc, [ks * stride_zg + n0], bar, z_smem.index(slot))
             tma.async_copy_global_to_shared(x_desc, [t0, ks * GROUP], bar, x_smem.index(slot))
 
     @gluon.jit
@@ -176,7 +153,11 @@ def _gluon_kernels():
                 lut_asm_row, lut_row_constraints,
                 [words, l0[:, None], l1[:, None], l2[:, None], l3[:, None]],
                 dtype=(gl.uint32, gl.uint32), is_pure=True, pack=1)          # columns 8w..8w+3, 8w+4..8w+7
-            fp8_words = gl.convert_layout(gl.reshape(gl.join(q_lo, q_hi), [BLOCK_N, GROUP // 4]), fp8_words_layout)
+            # FP8 words in stored order (16-bit code word s = a W/4 + j holds K word 4 j + a, W = GROUP / 4: the
+            # v4/v5 layout's reorder); each thread holds its whole row, so putting them in K order moves no data
+            stored = gl.reshape(gl.join(q_lo, q_hi), [BLOCK_N, 4, GROUP // 16])
+            fp8_words = gl.convert_layout(gl.reshape(gl.permute(stored, [0, 2, 1]), [BLOCK_N, GROUP // 4]),
+                                          fp8_words_layout)
             if A_BUFS == 1:  # the MMA of step j - 1 still reads the one A tile
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
             a_buf = a_smem.index(j % A_BUFS)  # with 2: the MMA of step j - 2, the last to read it, finished below
@@ -191,7 +172,7 @@ def _gluon_kernels():
         return (acc, )
 
     @gluon.jit
-    def w4a8_v6_kernel(x_desc, w_desc, s_desc, z_desc, out_ptr, part_ptr, M, N, n_pad, stride_om, out_scale,
+    def w4a8_v6_kernel(x_desc, w_desc, s_desc, z_desc, out_ptr, part_ptr, M, N, stride_zg, stride_om, out_scale,
                        k_steps, k_steps_per_split,
                        BLOCK_N: gl.constexpr, BLOCK_T: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr,
                        A_BUFS: gl.constexpr, SPLIT_K: gl.constexpr, OUT_BF16: gl.constexpr, FP8_MAX: gl.constexpr,
@@ -223,7 +204,7 @@ def _gluon_kernels():
             [(mma_partition, (w_smem, s_smem, z_smem, x_smem, a_smem, ready, empty, n_steps, BLOCK_N, BLOCK_T,
                               GROUP, STAGES, A_BUFS, FP8_MAX, num_warps)),
              (load_partition, (w_desc, s_desc, z_desc, x_desc, w_smem, s_smem, z_smem, x_smem, ready, empty,
-                               ks_begin, n_steps, N, n_pad, n0, t0, GROUP, STAGES))],
+                               ks_begin, n_steps, N, stride_zg, n0, t0, GROUP, STAGES))],
             [1], [24])
         mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                              instr_shape=[16, BLOCK_T, 32])
@@ -253,35 +234,43 @@ def _swizzle_bytes(row_bytes: int) -> int:
     return next(w for w in (128, 64, 32, 0) if row_bytes >= w and (w == 0 or row_bytes % w == 0))
 
 
+def gluon_kernel_applies(config, n: int) -> bool:
+    """Whether a "v6" launch of this configuration on a weight of ``n`` rows runs the Gluon kernel (else the "v5"
+    Triton kernel on the same layout, with the same numerics): decode tiles (128 rows, one warpgroup, at most 64
+    tokens) and scale rows that start 16-byte aligned for TMA (n a multiple of 4)."""
+    return (config.block_n == V6_BLOCK_N and config.num_warps == V6_NUM_WARPS and config.block_t <= 64
+            and n % 4 == 0)
+
+
 def launch_v6(x8, weight, out, part, out_scale: float, config, k_steps: int, k_steps_per_split: int, split: int):
-    """Launch the "v6" kernel for ``dpq.kernels.w4a8_triton._launch`` (which checked x8 and made out / part);
-    returns the compiled kernel. The split-K parts are summed by the caller's reduction kernel."""
+    """Launch the Gluon kernel for ``dpq.kernels.w4a8_triton._launch`` (which checked x8, made out / part and
+    checked ``gluon_kernel_applies``) on a weight in the "v5" layout; returns the compiled kernel. The split-K parts
+    are summed by the caller's reduction kernel."""
+    import torch
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    if config.block_n != V6_BLOCK_N or config.num_warps != V6_NUM_WARPS:
-        raise ValueError(f"variant 'v6': block_n={config.block_n}, num_warps={config.num_warps}; expected "
-                         f"{V6_BLOCK_N} and {V6_NUM_WARPS} (one warpgroup, one weight row per thread)")
-    if config.block_t > 64 or config.groups_per_step != 1 or config.reduce_in_kernel or config.pdl:
-        raise ValueError(f"variant 'v6' takes block_t <= 64, groups_per_step=1, no in-kernel reduction and no "
-                         f"dependent launch; got {config}")
+    if config.groups_per_step != 1 or config.reduce_in_kernel or config.pdl:
+        raise ValueError(f"variant 'v6' takes groups_per_step=1, no in-kernel reduction and no dependent launch; "
+                         f"got {config}")
     if x8.data_ptr() % 16 or x8.stride(0) % 16 or x8.stride(1) != 1:
         raise ValueError(f"variant 'v6': x8 must be 16-byte aligned with rows a multiple of 16 bytes apart (TMA), "
                          f"got strides {tuple(x8.stride())}")
     gs = weight.group_size
-    m, n = x8.shape[0], weight.n
-    n_pad = weight.group_scales.numel() // (weight.k // gs)
+    m, n, groups = x8.shape[0], weight.n, weight.k // gs
     nvmma = gl.NVMMASharedLayout
+    codes = weight.codes.view(torch.int32).reshape(groups * n, gs // 8)  # (G, N, gs / 4) 16-bit words, group-major
+    scales = weight.group_scales.reshape(-1)                              # (G, N)
+    zeros = weight.zeros.reshape(-1)                                      # (G, N16)
     x_desc = TensorDescriptor(x8, list(x8.shape), list(x8.stride()), [config.block_t, gs],
                               nvmma(_swizzle_bytes(gs), 8))
-    w_desc = TensorDescriptor(weight.codes, list(weight.codes.shape), list(weight.codes.stride()),
-                              [V6_BLOCK_N, gs // 8], nvmma(_swizzle_bytes(gs // 2), 32))
-    s_desc = TensorDescriptor(weight.group_scales, [weight.group_scales.numel()], [1], [V6_BLOCK_N],
-                              nvmma(0, 32, rank=1))
-    z_desc = TensorDescriptor(weight.zeros, [weight.zeros.numel()], [1], [V6_BLOCK_N], nvmma(0, 8, rank=1))
+    w_desc = TensorDescriptor(codes, list(codes.shape), list(codes.stride()), [V6_BLOCK_N, gs // 8],
+                              nvmma(_swizzle_bytes(gs // 2), 32))
+    s_desc = TensorDescriptor(scales, [scales.numel()], [1], [V6_BLOCK_N], nvmma(0, 32, rank=1))
+    z_desc = TensorDescriptor(zeros, [zeros.numel()], [1], [V6_BLOCK_N], nvmma(0, 8, rank=1))
     grid = (-(-n // V6_BLOCK_N), -(-m // config.block_t), split)
     return _gluon_kernels()["v6"][grid](
-        x_desc, w_desc, s_desc, z_desc, out, part, m, n, n_pad, out.stride(0), out_scale, k_steps, k_steps_per_split,
-        BLOCK_N=V6_BLOCK_N, BLOCK_T=config.block_t, GROUP=gs, STAGES=config.num_stages, A_BUFS=config.a_buffers,
-        SPLIT_K=min(split, 2), OUT_BF16=out.dtype.itemsize == 2, FP8_MAX=weight.fp8_max, num_warps=V6_NUM_WARPS,
-        maxnreg=config.maxnreg or V6_DEFAULT_MAXNREG)
+        x_desc, w_desc, s_desc, z_desc, out, part, m, n, weight.zeros.stride(0), out.stride(0), out_scale, k_steps,
+        k_steps_per_split, BLOCK_N=V6_BLOCK_N, BLOCK_T=config.block_t, GROUP=gs, STAGES=config.num_stages,
+        A_BUFS=config.a_buffers, SPLIT_K=min(split, 2), OUT_BF16=out.dtype.itemsize == 2, FP8_MAX=weight.fp8_max,
+        num_warps=V6_NUM_WARPS, maxnreg=config.maxnreg or V6_DEFAULT_MAXNREG)

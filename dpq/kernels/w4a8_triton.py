@@ -7,7 +7,7 @@ back. Variants (``variant=``), all with the very same numerics:
 * ``"v5"`` (``DEFAULT_VARIANT``, and the default on an H100, where it is faster than v4 at decode; the torch
   backend picks the variant per card with ``default_variant_for``, results/gpu/README.md): v4's loop
   (codes group-major, 16-byte loads, ``LUT_ASM_ROW`` look-ups) with the tables built in the loop
-  instead of streamed: per K step each program reads the group's float32 scales (G, N) and zero bytes (G, N4) -
+  instead of streamed: per K step each program reads the group's float32 scales (G, N) and zero bytes (G, N16) -
   0.539 byte per weight at groups of 128 instead of 0.625 - and the 4 lanes of each quad of the tensor-core layout
   (which hold the same rows) build one table word each for their 4 rows (``TABLE_WORD_ASM``: exact 4a - z by the
   2^23 trick, one float32 multiply, ``cvt.rn.satfinite.e4m3x2``), then 4 ``shfl.sync`` per row give every lane all
@@ -103,6 +103,7 @@ GROUP_SIZES = (32, 64, 128)  # whole groups of the packed format per K step of t
 VARIANTS = ("v5", "v6", "v4", "lut", "v2", "fp8")
 DEFAULT_VARIANT = "v5"
 TABLE_VARIANTS = ("v4", "lut")  # the variants that read the 16-byte expansion tables from HBM
+EXPAND_VARIANTS = ("v5", "v6", "v4")  # the variants expand_to_fp8 reads (the prefill path)
 
 
 def default_variant_for(device_name: str) -> str:
@@ -214,7 +215,7 @@ class KernelConfig:
     l2_prefetch_steps: int = 0
     pdl_trigger: str = "start"
     mma_wait_each_step: bool = True
-    a_buffers: int = 2
+    a_buffers: int = 1
 
     def __post_init__(self):
         for name in ("block_n", "block_t", "split_k", "num_warps", "num_stages", "groups_per_step"):
@@ -350,6 +351,8 @@ def default_config(m: int, n: int, k: int, num_sms: int, group_size: int = 128,
     if isinstance(num_sms, bool) or not isinstance(num_sms, int) or num_sms < 1:
         raise ValueError(f"num_sms={num_sms!r}: expected the card's SM count, a positive integer "
                          f"(torch.cuda.get_device_properties(d).multi_processor_count)")
+    if variant == "v6":
+        return _v6_default_config(m, n, k, num_sms, group_size, sm_limits)
     gps = 1
     if m <= 64:
         block_t = 16 if m <= 16 else 32 if m <= 32 else 64
@@ -385,6 +388,45 @@ def default_config(m: int, n: int, k: int, num_sms: int, group_size: int = 128,
             split = max(1, min(math.ceil(target / tiles), k_steps // 4 or 1))
     return KernelConfig(block_n=block_n, block_t=block_t, split_k=split, num_warps=warps, num_stages=stages,
                         groups_per_step=gps)
+
+
+# "v6" (dpq/kernels/w4a8_gluon.py) at decode: 4 stages, one A tile; the split from the wave rule with the programs
+# its registers and shared memory leave resident. On the first H100 sweep (results/gpu/sweep_h100_s6a.csv,
+# Llama-2-70B, M = 1 and 16) this picked the fastest of 30 configurations on 6 of 8 GEMMs and summed to 374.7 us
+# against 359.9 us for the fastest of each (gate_up: one part, 448 programs, ran 7-12% faster than the rule's 4
+# parts); on the second (results/gpu/tuning_h100_s6b.csv, three models) 4 stages beat 3 on every GEMM at M = 64.
+_V6_PROGRAMS_PER_SM = 4  # without the card's limits: 64 registers x 256 threads per program, 4 per 64K registers
+
+
+def v6_shared_bytes(group_size: int, block_t: int, stages: int, a_buffers: int) -> int:
+    """Shared memory of one "v6" program (an upper bound: the compiled kernels used 196-228 bytes less than this
+    for barriers and alignment): per stage the codes, scales, zeros and token tile of one K step, plus the A tiles."""
+    from dpq.kernels.w4a8_gluon import V6_BLOCK_N
+
+    step = V6_BLOCK_N * (group_size // 2 + 4 + 1) + block_t * group_size
+    return stages * step + a_buffers * V6_BLOCK_N * group_size + 256
+
+
+def _v6_default_config(m: int, n: int, k: int, num_sms: int, group_size: int,
+                       sm_limits: SMLimits | None) -> KernelConfig:
+    from dpq.kernels.w4a8_gluon import V6_BLOCK_N, V6_DEFAULT_MAXNREG, V6_NUM_WARPS, V6_LAUNCHED_WARPS
+
+    if m > 64:  # "v5"'s prefill tiles, on the same layout (the Gluon kernel's 64-token tiles were slower at M = 256)
+        return default_config(m, n, k, num_sms, group_size, "v5", sm_limits)
+    block_t = 16 if m <= 16 else 32 if m <= 32 else 64
+    tiles = math.ceil(n / V6_BLOCK_N) * math.ceil(m / block_t)
+    k_steps = k // group_size
+    stages = 4
+    if sm_limits is None:
+        resident, sms = _V6_PROGRAMS_PER_SM, num_sms
+    else:
+        resident = resident_programs(V6_DEFAULT_MAXNREG * V6_LAUNCHED_WARPS // V6_NUM_WARPS,
+                                     v6_shared_bytes(group_size, block_t, stages, 1), V6_NUM_WARPS, sm_limits)
+        sms = sm_limits.num_sms
+    scored = [wave_split_cost(tiles, k_steps, s, resident, sms)
+              for s in range(1, max(1, k_steps // _WAVE_MIN_STEPS_PER_PART) + 1)]
+    return KernelConfig(block_n=V6_BLOCK_N, block_t=block_t, split_k=min(scored)[1], num_warps=V6_NUM_WARPS,
+                        num_stages=stages, a_buffers=1)
 
 
 def launch_config_for(device_name: str, sm_limits: SMLimits, m: int, n: int, k: int, group_size: int,
@@ -617,21 +659,22 @@ def table_build_np(scales: np.ndarray, zero_words: np.ndarray, row_in_word: int,
 
 
 def v5_zeros_np(zeros: np.ndarray) -> np.ndarray:
-    """uint8 (G, N4): the "v5" kernel's zeros, group-major, rows padded with 0 to N4 = N rounded up to 4 (the
-    kernel reads rows 4m..4m+3 of a group as one 32-bit word and picks byte n % 4)."""
+    """uint8 (G, N16): the "v5" kernel's zeros, group-major, rows padded with 0 to N16 = N rounded up to 16 (the
+    kernel reads rows 4m..4m+3 of a group as one 32-bit word and picks byte n % 4; the "v6" kernel loads a group's
+    rows by TMA, which needs them 16-byte aligned)."""
     z = np.asarray(zeros, dtype=np.uint8)
     n, g = z.shape
-    out = np.zeros((g, -(-n // 4) * 4), np.uint8)
+    out = np.zeros((g, -(-n // 16) * 16), np.uint8)
     out[:, :n] = z.T
     return out
 
 
 def v5_zeros(zeros):
-    """torch twin of ``v5_zeros_np`` (on the zeros' device): uint8 (G, N4)."""
+    """torch twin of ``v5_zeros_np`` (on the zeros' device): uint8 (G, N16)."""
     import torch
 
     n, g = zeros.shape
-    out = torch.zeros((g, -(-n // 4) * 4), dtype=torch.uint8, device=zeros.device)
+    out = torch.zeros((g, -(-n // 16) * 16), dtype=torch.uint8, device=zeros.device)
     out[:, :n] = zeros.t()
     return out
 
@@ -702,11 +745,10 @@ class PackedW4A8Weight:
     4 per little-endian word.
     variant "lut": codes torch.uint8 (N, K / 2) as packed (column 2j in the low nibble); lut as for "v4".
     variant "v2": codes as for "lut"; group_scales torch.float32 (N, K / group_size); zeros torch.uint8.
-    variant "v5": codes as for "v4"; group_scales torch.float32 (G, N) (group-major); zeros torch.uint8 (G, N4),
-    N4 = N rounded up to a multiple of 4 (``v5_zeros``: group-major bytes, read 4 rows to a 32-bit word).
-    variant "v6": codes torch.int32 (G N, group_size / 8) (``w4a8_gluon.v6_codes``: group-major, each row's bytes
-    as packed); group_scales torch.float32 and zeros torch.uint8, both (G N16,) (``w4a8_gluon.v6_group_data``:
-    group-major, each group's rows padded to N16 = N rounded up to 16).
+    variant "v5": codes as for "v4"; group_scales torch.float32 (G, N) (group-major); zeros torch.uint8 (G, N16),
+    N16 = N rounded up to a multiple of 16 (``v5_zeros``: group-major bytes, read 4 rows to a 32-bit word; rows
+    16-byte aligned for the "v6" kernel's TMA loads).
+    variant "v6": the "v5" layout; decode tiles run the Gluon kernel (dpq/kernels/w4a8_gluon.py), the others v5's.
     variant "fp8": codes torch.uint8 (G, N, group_size) = the expanded FP8 weight, group-major (no INT4: the
     same loop with 1-byte weights, for measuring the loop's cost; bit-equal to the table variants).
     tensor_scale: s_t; fp8_max: the FP8 format's largest finite value; n, k: the weight's shape (N rows of K).
@@ -728,10 +770,8 @@ class PackedW4A8Weight:
         """Bytes one call reads of this weight (codes plus per-group data)."""
         if self.variant in TABLE_VARIANTS:
             return int(self.codes.numel() * self.codes.element_size() + self.lut.numel() * 4)
-        if self.variant == "v5":  # codes + float32 scale + the zero byte per (group, row) (padding rows excluded)
+        if self.variant in ("v5", "v6"):  # codes + float32 scale + the zero byte per (group, row) (no padding rows)
             return int(self.codes.numel() * self.codes.element_size() + self.group_scales.numel() * 5)
-        if self.variant == "v6":
-            return int(self.codes.numel() * self.codes.element_size() + self.n * (self.k // self.group_size) * 5)
         if self.variant == "fp8":
             return int(self.codes.numel())
         return int(self.codes.numel() + self.group_scales.numel() * 5)
@@ -769,12 +809,8 @@ class PackedW4A8Weight:
                       variant=variant, n=int(n), k=int(k))
         if variant == "v2":
             return cls(c, s, z, **common)
-        if variant == "v5":
+        if variant in ("v5", "v6"):
             return cls(v4_codes(c, group_size), s.t().contiguous(), v5_zeros(z), **common)
-        if variant == "v6":
-            from dpq.kernels.w4a8_gluon import v6_codes, v6_group_data
-
-            return cls(v6_codes(c, group_size), *v6_group_data(s, z), **common)
         lut = expansion_lut(s, z, float(fp8_max))
         if variant == "lut":
             return cls(c, None, None, lut=lut, **common)
@@ -1108,7 +1144,7 @@ def _kernels():
                        FP8_MAX: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
                        PDL_LATE: tl.constexpr = False, MMA_WAIT: tl.constexpr = True):
         # v5: v4's loop (codes group-major, 16-byte loads, LUT_ASM_ROW look-ups) with the tables built in the loop
-        # from the group's float32 scales (G, N) and zero bytes (G, N4, read 4 rows to a word): each lane of a quad
+        # from the group's float32 scales (G, N) and zero bytes (G, N16, read 4 rows to a word): each lane of a quad
         # builds one word of its 4 rows' tables (TABLE_WORD_ASM), shuffles within the quad hand out the other 3.
         pid_n, pid_t, pid_s, offs_n, offs_t, n_mask, t_mask, ks_begin, ks_end = program_tile(
             M, N, K, k_steps_per_split, BLOCK_N, BLOCK_T, GROUP)
@@ -1303,7 +1339,7 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
                   num_warps=config.num_warps, num_stages=config.num_stages)
     if config.maxnreg is not None:
         launch["maxnreg"] = config.maxnreg
-    if config.pdl and weight.variant not in ("v5", "v4", "fp8"):
+    if config.pdl and weight.variant not in ("v5", "v6", "v4", "fp8"):
         raise ValueError(f"KernelConfig.pdl: variant {weight.variant!r} has no dependent-launch support "
                          f"(only 'v5', 'v4' and 'fp8')")
     pdl = config.pdl
@@ -1316,16 +1352,19 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
     if pdl:
         launch.update(launch_pdl=True, PDL=True, PREFETCH=config.l2_prefetch_steps,
                       PDL_LATE=config.pdl_trigger == "after_loop")
-    if weight.variant in ("v5", "v4", "fp8", "lut"):
+    if weight.variant in ("v5", "v6", "v4", "fp8", "lut"):
         # "fp8" reads its A operand from shared memory: no register hazard, its loop stays Triton's
         launch["MMA_WAIT"] = config.mma_wait_each_step and weight.variant != "fp8"
     # SPLIT_K is only tested against 1 in the lut/v4 kernels: 1 or 2 keeps one compilation for every split count
-    reduce_in_kernel = split > 1 and config.reduce_in_kernel and weight.variant in ("v5", "v4", "fp8")
+    reduce_in_kernel = split > 1 and config.reduce_in_kernel and weight.variant in ("v5", "v6", "v4", "fp8")
+    gluon = False
     if weight.variant == "v6":
-        from dpq.kernels.w4a8_gluon import launch_v6
+        from dpq.kernels.w4a8_gluon import gluon_kernel_applies, launch_v6
 
+        gluon = gluon_kernel_applies(config, n)
+    if gluon:
         compiled = launch_v6(x8, weight, out, part, scale, config, k_steps, per, split)
-    elif weight.variant == "v5":
+    elif weight.variant in ("v5", "v6"):
         if config.groups_per_step != 1:
             raise ValueError(f"variant 'v5' takes groups_per_step=1, got {config.groups_per_step}")
         counters = _tile_counters(x8.device, grid[0] * grid[1]) if reduce_in_kernel else part
@@ -1350,7 +1389,7 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
                             m, n, k, x8.stride(0), weight.codes.stride(0), weight.group_scales.stride(0),
                             weight.zeros.stride(0), out.stride(0), scale, per, SPLIT_K=split, FP8_MAX=weight.fp8_max,
                             BLOCK_K=weight.group_size, **launch)
-    if config.mma_wait_each_step and weight.variant != "v6":  # v6's MMAs read their A tile from shared memory
+    if config.mma_wait_each_step and not gluon:  # the Gluon kernel's MMAs read their A tile from shared memory
         _check_mma_pipeline(compiled)
     if split > 1 and not reduce_in_kernel:
         block = 1024
@@ -1464,8 +1503,8 @@ def expand_to_fp8(weight: PackedW4A8Weight, out=None, *, block_n: int = EXPAND_B
     """
     import torch
 
-    if weight.variant not in ("v5", "v4"):
-        raise ValueError(f"expand_to_fp8: variant {weight.variant!r}; expected a 'v5' or 'v4' weight")
+    if weight.variant not in EXPAND_VARIANTS:
+        raise ValueError(f"expand_to_fp8: variant {weight.variant!r}; expected one of {EXPAND_VARIANTS}")
     if block_n < 16 or block_n & (block_n - 1):
         raise ValueError(f"expand_to_fp8: block_n={block_n}; expected a power of two >= 16")
     n, k, gs = weight.n, weight.k, weight.group_size
@@ -1523,7 +1562,7 @@ def uses_prefill_path(m: int, weight: PackedW4A8Weight, expand_from_tokens="card
     elif expand_from_tokens is not None and (isinstance(expand_from_tokens, bool)
                                              or not isinstance(expand_from_tokens, int) or expand_from_tokens < 1):
         raise ValueError(f"expand_from_tokens={expand_from_tokens!r}: expected 'card', a positive int or None")
-    return weight.variant in ("v5", "v4") and expand_from_tokens is not None and m >= expand_from_tokens
+    return weight.variant in EXPAND_VARIANTS and expand_from_tokens is not None and m >= expand_from_tokens
 
 
 @functools.lru_cache(maxsize=None)

@@ -77,7 +77,9 @@ class LoopStructure:
     weight (codes + expansion metadata); activation_bytes: bytes per activation element; split_reduction: the
     split-K parts are summed by a second kernel; waited_mma_instructions: warpgroup MMAs per iteration the loop
     waits on to completion at once (0 for a pipelined wgmma), register_a_mma_instructions: pipelined MMAs whose A
-    operand is in registers, each of mma_macs_per_instruction (m n k).
+    operand is in registers, each of mma_macs_per_instruction (m n k); launched_warps: warps a program holds
+    registers and warp slots for, when more than the ``warps`` that run the loop (None: the same; the "v6" kernel's
+    load warp, padded to a warpgroup by setmaxnreg: 8 for its 4 MMA warps).
     """
 
     block_n: int
@@ -99,12 +101,18 @@ class LoopStructure:
     waited_mma_instructions: float = 0.0
     register_a_mma_instructions: float = 0.0
     mma_macs_per_instruction: float = 0.0
+    launched_warps: int | None = None
 
     def __post_init__(self):
         for name in ("block_n", "block_t", "block_k", "split_k", "warps", "stages", "registers_per_thread"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"LoopStructure.{name}={v!r}: expected a positive integer")
+        if self.launched_warps is not None and (isinstance(self.launched_warps, bool)
+                                                or not isinstance(self.launched_warps, int)
+                                                or self.launched_warps < self.warps):
+            raise ValueError(f"LoopStructure.launched_warps={self.launched_warps!r}: expected None or an integer "
+                             f">= warps ({self.warps})")
         for name in ("shared_bytes_per_program", "loop_instructions_per_thread", "weight_bytes_per_weight",
                      "activation_bytes", "output_bytes", "waited_mma_instructions", "register_a_mma_instructions",
                      "mma_macs_per_instruction"):
@@ -153,9 +161,10 @@ def resident_programs(hw: HardwareProfile, s: LoopStructure) -> int:
     sm = hw.sm
     unit = sm.register_allocation_unit
     regs_per_warp = math.ceil(s.registers_per_thread * 32 / unit) * unit
-    by_regs = sm.registers_per_sm // (regs_per_warp * s.warps)
+    warps = s.launched_warps or s.warps
+    by_regs = sm.registers_per_sm // (regs_per_warp * warps)
     by_smem = int(sm.shared_bytes_per_sm // (s.shared_bytes_per_program + sm.shared_bytes_reserved_per_program))
-    by_warps = sm.max_warps_per_sm // s.warps
+    by_warps = sm.max_warps_per_sm // warps
     p = min(by_regs, by_smem, by_warps, sm.max_programs_per_sm)
     if p < 1:
         raise ValueError(f"kernel structure {s} does not fit one SM of profile {hw.name!r} "
@@ -301,7 +310,7 @@ def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStruct
         row = fk.tile_structure(tuned[4], tuned[5], tuned[7], tuned[8])
     else:
         row = next((r for r in fk.tile_configs if m <= r[0]), fk.tile_configs[-1])
-    _, block_n, block_t, warps, stages, regs, smem, instr, fp32, integer, conversion, register_a, macs = row
+    _, block_n, block_t, warps, stages, regs, smem, instr, fp32, integer, conversion, register_a, macs, launched = row
     tiles = math.ceil(n / block_n) * math.ceil(m / block_t)
     k_steps = math.ceil(k / fk.block_k)
     split = 1
@@ -317,7 +326,8 @@ def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStruct
         probe = LoopStructure(block_n=int(block_n), block_t=int(block_t), block_k=fk.block_k, split_k=1,
                               warps=int(warps), stages=int(stages), registers_per_thread=int(regs),
                               shared_bytes_per_program=int(smem), loop_instructions_per_thread=float(instr),
-                              weight_bytes_per_weight=fk.weight_bytes_per_weight, split_reduction=fk.split_reduction)
+                              weight_bytes_per_weight=fk.weight_bytes_per_weight, split_reduction=fk.split_reduction,
+                              launched_warps=int(launched))
         resident = resident_programs(hw, probe)
         split = min(wave_split_cost(tiles, k_steps, parts, resident, hw.sm.count,
                                     programs_in_flight=fk.wave_programs_in_flight, fill_steps=fk.wave_fill_steps,
@@ -341,7 +351,7 @@ def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStruct
                          split_reduction=fk.split_reduction and not in_kernel_reduction,
                          fp32_instructions=float(fp32), int_instructions=float(integer),
                          conversion_instructions=float(conversion), register_a_mma_instructions=float(register_a),
-                         mma_macs_per_instruction=float(macs))
+                         mma_macs_per_instruction=float(macs), launched_warps=int(launched))
 
 
 PLAN_CHUNKS = 32

@@ -53,7 +53,7 @@ def test_cublas_path_bit_exact(m, n, k, gs):
     assert np.array_equal(_bits(got), _bits(want))
 
 
-@pytest.mark.parametrize("variant", ["v5", "v4", "lut", "v2", "fp8"])
+@pytest.mark.parametrize("variant", ["v6", "v5", "v4", "lut", "v2", "fp8"])
 @pytest.mark.parametrize("m,n,k,gs,split,hi", [(1, 256, 8192, 128, None, 4), (16, 192, 576, 64, None, 4),
                                                (16, 256, 8192, 128, 1, 4), (70, 384, 2048, 128, 3, 4),
                                                (8, 128, 1024, 32, None, 7),  # hi=7: s_g (q - z) saturates
@@ -202,6 +202,67 @@ def test_v5_tiles_bit_exact(cfg):
     assert np.array_equal(_bits(got), _bits(want))
 
 
+@pytest.mark.parametrize("cfg", [KernelConfig(128, 16, 1, 4, 3, a_buffers=1), KernelConfig(128, 16, 3, 4, 4, a_buffers=1),
+                                 KernelConfig(128, 16, 5, 4, 2, a_buffers=2), KernelConfig(128, 32, 2, 4, 3, a_buffers=2),
+                                 KernelConfig(128, 64, 3, 4, 3, a_buffers=1), KernelConfig(128, 64, 1, 4, 2, a_buffers=2),
+                                 KernelConfig(128, 16, 4, 4, 4, a_buffers=2, maxnreg=80)])
+@pytest.mark.parametrize("gs", [128, 64, 32])
+def test_v6_tiles_bit_exact(cfg, gs):
+    """The Gluon kernel (rows expanded into a shared-memory A tile, TMA loads, MMAs left in flight) at every tile,
+    pipeline depth, A-tile count and group size: the emulator's bits, N and M not multiples of the tile (and, for
+    N not a multiple of 4, "v5"'s kernel on the same weight)."""
+    rng = np.random.default_rng(cfg.block_t + cfg.split_k + gs)
+    m = {16: 5, 32: 29, 64: 61}[cfg.block_t]
+    p = _layer(rng, 388 if gs != 32 else 390, 2048, gs, 7)  # 390 rows: not a multiple of 4, v5's kernel runs
+    x = (rng.standard_normal((m, 2048)) * np.exp2(rng.uniform(-4, 4, (m, 2048)))).astype(np.float32)
+    got = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant="v6")(x)
+    want = fp8_gemm(hw="h100-triton-w4a8", out_dtype="bfloat16", split_k=split_k_parts(2048, cfg, gs),
+                    **emulator_inputs(p, x))
+    assert np.array_equal(_bits(got), _bits(want))
+
+
+@pytest.mark.parametrize("fmt", ["float8_e4m3fn", "float8_e4m3"])
+def test_v6_tables_equal_v4_tables_on_edge_scales(fmt):
+    """TABLE_ROW_ASM on tiny (+0 / -0), subnormal-producing and saturating scales: v4's torch-built tables' bits."""
+    rng = np.random.default_rng(37)
+    p = _layer(rng, 256, 1024, 128, 7)
+    s = p.group_scales.copy()
+    s[::5] = np.float32(2.0 ** -149)
+    s[1::5] = np.float32(2.0 ** -140)
+    s[2::5] = np.float32(2.0 ** 20)
+    s[3::5] = np.float32(2.0 ** -10)
+    p = PackedLinear(**(p.__dict__ | {"group_scales": s, "fp8_format": fmt}))
+    x = (rng.standard_normal((4, 1024)) * np.exp2(rng.uniform(-4, 4, (4, 1024)))).astype(np.float32)
+    cfg = KernelConfig(128, 16, 2, 4, 3, a_buffers=1)
+    got = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant="v6")(x)
+    ref = TorchLinear(p, "cuda", kernel="triton", triton_config=replace_cfg(cfg, a_buffers=2), triton_variant="v4")(x)
+    assert np.array_equal(_bits(got), _bits(ref))
+
+
+def replace_cfg(cfg, **changes):
+    return KernelConfig(**(cfg.__dict__ | changes))
+
+
+def test_v6_is_race_free_under_repeats():
+    """The load warp and the MMA warpgroup hand slots over by mbarriers: 30 launches of a 2-stage ring with many
+    K steps per part (every slot reused often) and one A tile give the same bits each time, eager and in a graph."""
+    rng = np.random.default_rng(41)
+    p = _layer(rng, 512, 8192, 128)
+    w = PackedW4A8Weight.from_packed(p, "cuda", "v6")
+    x8 = (torch.from_numpy(rng.standard_normal((16, 8192)).astype(np.float32)).cuda() * 8).to(torch.float8_e4m3fn)
+    cfg = KernelConfig(128, 16, 2, 4, 2, a_buffers=1)
+    first = w4a8_matmul(x8, w, 0.01, config=cfg)
+    for _ in range(30):
+        assert torch.equal(w4a8_matmul(x8, w, 0.01, config=cfg).view(torch.int16), first.view(torch.int16))
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        outs = [w4a8_matmul(x8, w, 0.01, config=cfg) for _ in range(8)]
+    g.replay()
+    torch.cuda.synchronize()
+    for o in outs:
+        assert torch.equal(o.view(torch.int16), first.view(torch.int16))
+
+
 @pytest.mark.parametrize("fmt", ["float8_e4m3fn", "float8_e4m3"])
 def test_v5_tables_equal_v4_tables_on_edge_scales(fmt):
     """Tiny scales (products that round to +0 and, for q < z, to -0), huge (saturating) and subnormal-producing
@@ -318,7 +379,7 @@ def test_register_a_mma_pipeline_is_deterministic(variant, cfg, m, n, k):
         assert torch.equal(got.view(torch.int16), first.view(torch.int16))
 
 
-@pytest.mark.parametrize("variant", ["v5", "v4"])
+@pytest.mark.parametrize("variant", ["v6", "v5", "v4"])
 @pytest.mark.parametrize("fmt,hi", [("float8_e4m3fn", 7), ("float8_e4m3", 6)])
 @pytest.mark.parametrize("group_size,block_n,warps,groups_fastest",
                          [(128, 64, 4, True), (128, 32, 4, False), (64, 128, 8, True), (32, 16, 4, True)])
@@ -338,7 +399,7 @@ def test_expand_to_fp8_equals_the_torch_expansion(variant, fmt, hi, group_size, 
     assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
 
 
-@pytest.mark.parametrize("variant", ["v5", "v4"])
+@pytest.mark.parametrize("variant", ["v6", "v5", "v4"])
 def test_expanded_matmul_is_the_cublas_path(variant):
     """w4a8_matmul_expanded = expansion kernel + cuBLAS with promotion: the bits of the torch backend's cuBLAS kernel
     and of the emulator's cuBLAS profile."""
@@ -356,7 +417,7 @@ def test_expanded_matmul_is_the_cublas_path(variant):
     assert np.array_equal(_bits(got.float().cpu().numpy()), _bits(want))
 
 
-@pytest.mark.parametrize("variant", ["v5", "v4"])
+@pytest.mark.parametrize("variant", ["v6", "v5", "v4"])
 def test_triton_kernel_switches_to_the_prefill_path_at_its_threshold(variant):
     """TorchLinear(kernel="triton") runs the fused kernel below expand_from_tokens (the fused profile's bits, with
     the default configuration's split-K parts) and expansion + cuBLAS from there (the cuBLAS profile's bits)."""

@@ -160,9 +160,9 @@ def test_profile_sections_are_validated(tmp_path):
     ok["fused_kernel"]["tuned_configs"] = [[4096, 4096, 1, 1, 64, 16, 4, 4, 3, 0]]
     with pytest.raises(ConfigError, match=r"tuned_configs\[0\]: tile 64 x 16, 4 warps, 3 stages: no row"):
         load_profile(write(ok, "t6"))
-    ok["fused_kernel"]["tuned_tile_structures"] = [[64, 16, 4, 3, 51, 15360, 229, 60, 83, 4, 4, 32768]]
+    ok["fused_kernel"]["tuned_tile_structures"] = [[64, 16, 4, 3, 51, 15360, 229, 60, 83, 4, 4, 32768, 4]]
     assert load_profile(write(ok, "t7")).fused_kernel.tile_structure(64, 16, 4, 3)[5] == 51
-    ok["fused_kernel"]["tuned_tile_structures"] = [[64, 16, 4, 3, 51, 15360, 229, 60, 83, 4, 4]]
+    ok["fused_kernel"]["tuned_tile_structures"] = [[64, 16, 4, 3, 51, 15360, 229, 60, 83, 4, 4, 32768]]
     with pytest.raises(ConfigError, match=r"tuned_tile_structures\[0\].*expected \[block_n, block_t"):
         load_profile(write(ok, "t8"))
     bad = yaml.safe_load(yaml.safe_dump(raw))
@@ -356,30 +356,32 @@ def test_validate_script_takes_bytes_per_weight_from_the_row():
 
 
 def test_waves_split_policy_follows_the_kernels_launch_heuristic():
-    # the H100 profile describes v5, whose launch heuristic cuts K by the wave rule (dpq/kernels/w4a8_triton.py);
-    # the model's 'waves' policy must pick the same split for every decode shape (measured picks on the 70B layer,
-    # results/gpu/bench_h100_v6.csv: qkv / o / gate_up / down = 8 / 4 / 4 / 4 at M <= 16, 3 / 4 / 4 / 4 at M = 64)
+    # the H100 profile describes v6, whose launch heuristic cuts K by the wave rule at M <= 64 and runs v5's prefill
+    # tiles above (dpq/kernels/w4a8_triton.py); the model's 'waves' policy must pick the same tile and split for every
+    # shape, and follow the card's tuned configurations where it has them
     from dpq.kernels.w4a8_triton import SMLimits, default_config, tuned_config_for
 
     hw = load_profile("h100-triton-w4a8")
-    assert hw.fused_kernel.split_policy == "waves"
+    assert hw.fused_kernel.split_policy == "waves" and hw.fused_kernel.kernel_variant == "v6"
     h100 = SMLimits(num_sms=132, registers_per_sm=65536, shared_bytes_per_sm=233472, max_threads_per_sm=2048)
     shapes = [(10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672), (12288, 4096), (4096, 4096),
               (22016, 4096), (4096, 11008), (6144, 4096), (28672, 4096), (4096, 14336)]
     plain = dataclasses.replace(hw, fused_kernel=dataclasses.replace(hw.fused_kernel, tuned_configs=()))
-    for m in (1, 4, 16, 32, 64):
+    for m in (1, 4, 16, 32, 64, 200):
         for n, k in shapes:
             model = default_structure(plain, m, n, k)
-            kernel = default_config(m, n, k, 132, 128, "v5", sm_limits=h100)
-            assert (model.block_n, model.block_t, model.split_k) == (kernel.block_n, kernel.block_t,
-                                                                     kernel.split_k), (m, n, k)
+            kernel = default_config(m, n, k, 132, 128, "v6", sm_limits=h100)
+            assert (model.block_n, model.block_t, model.split_k, model.stages, model.warps) == (
+                kernel.block_n, kernel.block_t, kernel.split_k, kernel.num_stages, kernel.num_warps), (m, n, k)
+            assert model.launched_warps == (8 if m <= 64 else kernel.num_warps)  # v6's load warp partition
             # with the card's tuned configurations, the model follows what a launch runs
-            launch = tuned_config_for("NVIDIA H100 80GB HBM3", "v5", m, n, k, 128) or kernel
+            launch = tuned_config_for("NVIDIA H100 80GB HBM3", "v6", m, n, k, 128) or kernel
             tuned = default_structure(hw, m, n, k)
             assert (tuned.block_n, tuned.block_t, tuned.split_k, tuned.stages, tuned.split_reduction) == \
                 (launch.block_n, launch.block_t, launch.split_k, launch.num_stages, not launch.reduce_in_kernel)
-    assert [default_structure(plain, 1, n, k).split_k for n, k in shapes[:4]] == [8, 4, 4, 4]
-    assert [default_structure(plain, 64, n, k).split_k for n, k in shapes[:4]] == [3, 4, 4, 4]
+    # Llama-2-70B qkv / o / gate_up / down: the splits v6's rule chose in the H100 runs (results/gpu/tuning_h100_s6b.csv)
+    assert [default_structure(plain, 1, n, k).split_k for n, k in shapes[:4]] == [3, 4, 4, 4]
+    assert [default_structure(plain, 64, n, k).split_k for n, k in shapes[:4]] == [3, 4, 1, 4]
 
 
 def test_validate_script_parses_kernel_config_reprs():
@@ -516,7 +518,7 @@ def test_validate_script_ranks_a_sweeps_configurations(monkeypatch, tmp_path):
                         "config": f"KernelConfig(block_n=128, block_t=16, split_k={split}, num_warps=4, "
                                   f"num_stages=3, groups_per_step=1, reduce_in_kernel=False, maxnreg=None)",
                         "registers": "75", "shared_bytes": "24576", "rel_error_vs_f64": "", "spills": "0"})
-    args = v.argparse.Namespace(profile=None, kernel_commit="c0", tuning_variant=None, fused_profile=None,
+    args = v.argparse.Namespace(profile=None, kernel_commit="c0", tuning_variant="v5", fused_profile=None,
                                 out=tmp_path, set=[])
     assert v.validate_tuning(path, args, {}) == 0
     text = (tmp_path / "validation_tuning_h100_x.md").read_text()
@@ -577,13 +579,13 @@ def test_tuned_configs_of_the_card_and_what_a_launch_looks_up():
         want = KernelConfig(block_n=block_n, block_t=block_t, split_k=split, num_warps=warps, num_stages=stages,
                             reduce_in_kernel=bool(reduce))
         for m in {lo_m, hi_m}:
-            assert tuned_config_for(name, "v5", m, n, k, 128) == want
-        assert tuned_config_for(name, "v4", hi_m, n, k, 128) is None  # another variant: the heuristic
-        assert tuned_config_for(name, "v5", hi_m, n, k, 64) is None   # another group size
-        assert tuned_config_for(name, "v5", hi_m, n + 128, k, 128) is None
-    assert tuned_config_for(name, "v5", 20, 57344, 8192, 128) is None  # M 17-32: not measured
+            assert tuned_config_for(name, "v6", m, n, k, 128) == want
+        assert tuned_config_for(name, "v5", hi_m, n, k, 128) is None  # another variant: the heuristic
+        assert tuned_config_for(name, "v6", hi_m, n, k, 64) is None   # another group size
+        assert tuned_config_for(name, "v6", hi_m, n + 128, k, 128) is None
+    assert tuned_config_for(name, "v6", 20, 57344, 8192, 128) is None  # M 17-32: not measured
     assert tuned_config_for("NVIDIA H200", "v4", 1, 4096, 4096, 128) is None
-    assert tuned_config_for("NVIDIA A100-SXM4-80GB", "v5", 1, 4096, 4096, 128) is None
+    assert tuned_config_for("NVIDIA A100-SXM4-80GB", "v6", 1, 4096, 4096, 128) is None
 
 
 def test_fit_takes_only_the_sweep_configurations_the_model_has_terms_for(monkeypatch, tmp_path):

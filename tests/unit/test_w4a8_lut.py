@@ -126,8 +126,8 @@ def test_v5_table_build_twin_equals_the_packed_format(fmt, fp8_max, hi):
     scales[5::7] = np.float32(2.0 ** 30)       # saturation
     zeros = rng.integers(0, 16, (n, g)).astype(np.uint8)
     zeros[0, :] = [0, 15, 7, 8, 1, 14]
-    zb = v5_zeros_np(zeros)                                              # (G, N4) bytes
-    words = zb.reshape(g, -1, 4).view("<u4")[..., 0]                     # (G, N4 / 4): rows 4m..4m+3 per word
+    zb = v5_zeros_np(zeros)                                              # (G, N16) bytes
+    words = zb.reshape(g, -1, 4).view("<u4")[..., 0]                     # (G, N16 / 4): rows 4m..4m+3 per word
     rows = np.arange(n)
     lw = table_build_np(scales.T, words[:, rows // 4], 0, fp8_max)      # selector per row below
     for r in range(4):                                                   # lanes whose rows have n % 4 == r
@@ -146,12 +146,12 @@ def test_v5_table_build_twin_equals_the_packed_format(fmt, fp8_max, hi):
     assert np.any(got == 0x80) and np.any(got == top)  # -0 and the saturated maximum were exercised
 
 
-def test_v5_zero_layout_pads_rows_to_words():
+def test_v5_zero_layout_pads_rows_to_16_bytes():
     from dpq.kernels.w4a8_triton import v5_zeros_np
 
     z = np.arange(30, dtype=np.uint8).reshape(10, 3) % 16
     out = v5_zeros_np(z)
-    assert out.shape == (3, 12) and np.array_equal(out[:, :10], z.T) and not out[:, 10:].any()
+    assert out.shape == (3, 16) and np.array_equal(out[:, :10], z.T) and not out[:, 10:].any()
 
 
 def test_v5_layout_guard_on_the_compiled_kernel():
