@@ -42,6 +42,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SCHEME_OF = {"bf16": ("bf16", None), "fp8": ("fp8", None), "w4a8_fused": ("w4a8", None),
+             "w4a8_fused_v6": ("w4a8", None),
              "w4a8_fused_v5": ("w4a8", None), "w4a8_fused_v4": ("w4a8", None), "w4a8_fused_v3": ("w4a8", None),
              "w4a8_fused_v2": ("w4a8", None), "fp8_triton": ("fp8", None),
              "w4a8_fused_default": ("w4a8", None), "w4a8_fused_rule": ("w4a8", None),
@@ -79,7 +80,7 @@ def unfused_kernels(n: int, k: int) -> list[tuple[str, float, float]]:
 # bytes per weight each kernel variant streams (dpq/kernels/w4a8_triton.py): INT4 codes 0.5 + a 16-byte FP8 table
 # per (group of 128, row) (v3 "lut", v4); + float32 scale and uint8 zero per group (v2; v5, which builds the tables
 # in the loop from them); FP8 weights (fp8)
-WEIGHT_BYTES = {"v5": 0.5 + 5 / 128, "v4": 0.5 + 16 / 128, "lut": 0.5 + 16 / 128, "v2": 0.5 + 5 / 128, "fp8": 1.0}
+WEIGHT_BYTES = {"v6": 0.5 + 5 / 128, "v5": 0.5 + 5 / 128, "v4": 0.5 + 16 / 128, "lut": 0.5 + 16 / 128, "v2": 0.5 + 5 / 128, "fp8": 1.0}
 M_RANGES = (("decode M<=16", 1, 16), ("M 17-64", 17, 64), ("M 65-4096", 65, 1 << 30))
 GROUP_SIZE = 128
 STRUCTURE_CACHE = ROOT / "results" / "gpu" / "fused_kernel_structure.csv"
@@ -109,9 +110,10 @@ def variants_of(schemes: set[str], default_variant: str | None = None) -> dict[s
     DEFAULT_VARIANT at the measured commit, which plain ``w4a8_fused`` ran once the variants got their own schemes
     and until the default became per card (``default_variant_for``, 637039f); benches since then write the variant
     each row ran, which ``variants_used`` and the predictions take."""
-    if schemes & {"w4a8_fused_v5", "w4a8_fused_v4", "w4a8_fused_default", "w4a8_fused_rule", "w4a8_fused_v5old"}:
-        out = {"w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2",
-               "fp8_triton": "fp8", "w4a8_fused_v5old": "v5"}
+    if schemes & {"w4a8_fused_v6", "w4a8_fused_v5", "w4a8_fused_v4", "w4a8_fused_default", "w4a8_fused_rule",
+                  "w4a8_fused_v5old"}:
+        out = {"w4a8_fused_v6": "v6", "w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut",
+               "w4a8_fused_v2": "v2", "fp8_triton": "fp8", "w4a8_fused_v5old": "v5"}
         out["w4a8_fused"] = default_variant or "v4"
         for same in ("w4a8_fused_default", "w4a8_fused_rule", "w4a8_fused_pdl", "w4a8_fused_pdl_late",
                      "w4a8_fused_nowait"):
@@ -228,6 +230,15 @@ def fused_structure(r: dict, variant: str, cache: dict, commit: str):
     from sim.perf.fused_kernel import LoopStructure
 
     cfg = row_config(r)
+    launched = None
+    if variant == "v6":  # the Gluon kernel at decode tiles of weights with N a multiple of 4; v5's kernel otherwise
+        from dpq.kernels.w4a8_gluon import V6_BLOCK_N, V6_LAUNCHED_WARPS, V6_NUM_WARPS
+
+        if (cfg["block_n"], cfg["num_warps"]) == (V6_BLOCK_N, V6_NUM_WARPS) and cfg["block_t"] <= 64 \
+                and int(r["n"]) % 4 == 0:
+            launched = V6_LAUNCHED_WARPS
+        else:
+            variant = "v5"
     st = kernel_structure(cache, commit, variant, cfg)
     regs = int(r["registers"]) if r.get("registers") else int(st["registers_per_thread"])
     bytes_per_weight = WEIGHT_BYTES.get(variant)
@@ -247,7 +258,7 @@ def fused_structure(r: dict, variant: str, cache: dict, commit: str):
                          conversion_instructions=float(st["conversion_instructions"]),
                          waited_mma_instructions=float(st["waited_mma_instructions"]),
                          register_a_mma_instructions=float(st["register_a_mma_instructions"]),
-                         mma_macs_per_instruction=float(st["mma_macs_per_instruction"]))
+                         mma_macs_per_instruction=float(st["mma_macs_per_instruction"]), launched_warps=launched)
 
 
 def profile_for_card(card: str) -> str:
@@ -363,7 +374,7 @@ def predict_variant(variant: str, profile: str, kernel_commit: str, fused_profil
 # --layer-csv: a whole decoder layer (scripts/bench_gpu.py --layer-chain) is its four GEMMs in this order
 LAYER_GEMMS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 # the per-GEMM bench scheme whose prediction path a fused layer row's kernel variant takes
-FUSED_SCHEME_OF_VARIANT = {"v5": "w4a8_fused_v5", "v4": "w4a8_fused_v4", "lut": "w4a8_fused_v3",
+FUSED_SCHEME_OF_VARIANT = {"v6": "w4a8_fused_v6", "v5": "w4a8_fused_v5", "v4": "w4a8_fused_v4", "lut": "w4a8_fused_v3",
                            "v2": "w4a8_fused_v2", "fp8": "fp8_triton"}
 KERNEL_CONFIG_TILE_KEYS = ("block_n", "block_t", "split_k", "num_warps", "num_stages")
 PDL_NOTE = "pdl: the model has no dependent-launch overlap"
@@ -552,13 +563,14 @@ def validate_tuning(tuning_csv: Path, args, overrides: dict) -> int:
 
     if args.tuning_variant is not None and args.tuning_variant not in VARIANTS:
         raise SystemExit(f"--tuning-variant: {args.tuning_variant!r} is not one of {VARIANTS}")
-    rows = [r for r in load_rows(tuning_csv) if r["scheme"] in ("w4a8_fused", "w4a8_fused_v5", "w4a8_fused_v4")]
+    rows = [r for r in load_rows(tuning_csv) if r["scheme"] in ("w4a8_fused", "w4a8_fused_v6", "w4a8_fused_v5",
+                                                                 "w4a8_fused_v4")]
     if not rows:
         raise SystemExit(f"{tuning_csv}: no w4a8_fused rows")
     profile = args.profile or profile_for_card(rows[0]["card"])
     kernel_commit = args.kernel_commit or kernel_commit_of(tuning_csv)
     variant = args.tuning_variant or default_variant_for(rows[0]["card"])
-    named = {"w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4"}
+    named = {"w4a8_fused_v6": "v6", "w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4"}
     rows = [dict(r, variant=r.get("variant") or named.get(r["scheme"], variant)) for r in rows]
     pred = predict_rows(rows, profile, overrides, args.fused_profile, kernel_commit)
     cases: dict[tuple, list[tuple[dict, dict]]] = {}
