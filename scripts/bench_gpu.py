@@ -82,20 +82,22 @@ SHAPES = [
     ("llama-2-70b", "gate_up_proj", 57344, 8192), ("llama-2-70b", "down_proj", 8192, 28672),
 ]
 M_VALUES = (1, 4, 16, 64, 256, 1024, 4096)
-SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_default", "w4a8_fused_rule", "w4a8_fused_pdl",
+SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_default", "w4a8_fused_rule", "w4a8_fused_reduce", "w4a8_fused_pdl",
            "w4a8_fused_pdl_late", "w4a8_fused_nowait", "w4a8_expand", "w4a8_fused_v5", "w4a8_fused_v5old",
            "w4a8_fused_v6", "w4a8_fused_v4", "w4a8_fused_v3", "w4a8_fused_v2", "fp8_triton", "w4a8_unfused")
-FUSED_VARIANTS = {"w4a8_fused": None, "w4a8_fused_default": None, "w4a8_fused_rule": None,
+FUSED_VARIANTS = {"w4a8_fused": None, "w4a8_fused_default": None, "w4a8_fused_rule": None, "w4a8_fused_reduce": None,
                   "w4a8_fused_pdl": None, "w4a8_fused_pdl_late": None, "w4a8_fused_nowait": None, "w4a8_fused_v5": "v5",
                   "w4a8_fused_v5old": "v5", "w4a8_fused_v6": "v6",
                   "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2",
                   "fp8_triton": "fp8"}  # None: --fused-variant (the card's)
 OLD_RULE_SCHEMES = ("w4a8_fused_v5old",)  # the split rule without the card's SM limits
 RULE_SCHEMES = ("w4a8_fused_rule", "w4a8_fused_v5old")  # the heuristic, never the card's tuned configuration
-HEURISTIC_ONLY_SCHEMES = ("w4a8_fused_default", "w4a8_fused_rule", "w4a8_fused_v5old", "w4a8_fused_pdl",
+HEURISTIC_ONLY_SCHEMES = ("w4a8_fused_default", "w4a8_fused_rule", "w4a8_fused_reduce", "w4a8_fused_v5old",
+                          "w4a8_fused_pdl",
                           "w4a8_fused_pdl_late", "w4a8_fused_nowait")
 # the default configuration with these KernelConfig changes
-CONFIG_SCHEMES = {"w4a8_fused_pdl": {"pdl": True, "l2_prefetch_steps": 2},
+CONFIG_SCHEMES = {"w4a8_fused_reduce": {"reduce_in_kernel": True},
+                  "w4a8_fused_pdl": {"pdl": True, "l2_prefetch_steps": 2},
                   "w4a8_fused_pdl_late": {"pdl": True, "l2_prefetch_steps": 2, "pdl_trigger": "after_loop"},
                   "w4a8_fused_nowait": {"mma_wait_each_step": False}}  # default configuration with these changes
 GROUP_SIZE = 128
@@ -172,7 +174,7 @@ def fused_candidates(m: int, n: int, k: int, limits, quick: bool, variant: str, 
         for v in (1, 2, 3, 4, 6, 8, 12):
             if v <= max(1, steps // 2):
                 cands += [replace(base, split_k=v, num_stages=st, a_buffers=1) for st in (3, 4)]
-        cands += [replace(base, num_stages=3, a_buffers=2)]
+        cands += [replace(base, num_stages=3, a_buffers=2), replace(base, reduce_in_kernel=True)]
     elif m > 64 and variant == "v6":
         cands += [replace(base, split_k=v) for v in (1, 2, 3, 4)] + [replace(base, num_stages=4, a_buffers=1),
                                                                      replace(base, block_t=32)]
@@ -238,7 +240,7 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
     w_bytes = {"bf16": n * k * 2, "fp8": n * k, "w4a8_fused_v4": table_bytes, "w4a8_fused_v5": packed_bytes,
                "w4a8_fused_v6": packed_bytes,
                "w4a8_fused": variant_bytes[fused_variant], "w4a8_fused_default": variant_bytes[fused_variant],
-               "w4a8_fused_rule": variant_bytes[fused_variant],
+               "w4a8_fused_rule": variant_bytes[fused_variant], "w4a8_fused_reduce": variant_bytes[fused_variant],
                "w4a8_fused_pdl": variant_bytes[fused_variant], "w4a8_fused_pdl_late": variant_bytes[fused_variant],
                "w4a8_fused_nowait": variant_bytes[fused_variant], "w4a8_expand": variant_bytes[fused_variant],
                "w4a8_fused_v5old": packed_bytes,
@@ -368,6 +370,7 @@ CHAIN_SCHEMES = {
     "v5": ("v5", {}), "v6": ("v6", {}), "v5_pdl": ("v5", {"pdl": True}), "v5_pdl_pf2": ("v5", {"pdl": True, "l2_prefetch_steps": 2}),
     "pdl_late": (None, {"pdl": True, "pdl_trigger": "after_loop"}),
     "pdl_late_pf2": (None, {"pdl": True, "pdl_trigger": "after_loop", "l2_prefetch_steps": 2}),
+    "v6_reduce": ("v6", {"reduce_in_kernel": True}),
     "nowait": (None, {"mma_wait_each_step": False}), "v4_nowait": ("v4", {"mma_wait_each_step": False}),
     "v5_nowait": ("v5", {"mma_wait_each_step": False}),
 }

@@ -182,6 +182,7 @@ TRITON_VARIANTS = {  # "variant" picks the kernel variant (default: the card's, 
     "v6_default": {"variant": "v6"},
     "v6_split3": {"variant": "v6", "split_k": 3},
     "v6_split1_st3_2a": {"variant": "v6", "split_k": 1, "num_stages": 3, "a_buffers": 2},
+    "v6_reduce_in_kernel": {"variant": "v6", "reduce_in_kernel": True},
     "pdl": {"pdl": True},  # programmatic dependent launch (main and reduction kernels)
     "nowait": {"mma_wait_each_step": False},  # Triton's wgmma pipelining as is (register hazard: issue 9433)
     "pdl_pf2": {"pdl": True, "l2_prefetch_steps": 2},

@@ -41,7 +41,8 @@ def _cubin_sass(k, name: str):
     return sass, usage.group(0) if usage else "?"
 
 
-def _compile_gluon_v6(block_t: int, block_k: int, split_k: int, stages: int, a_buffers: int, maxnreg: int | None):
+def _compile_gluon_v6(block_t: int, block_k: int, split_k: int, stages: int, a_buffers: int, maxnreg: int | None,
+                      reduce_in_kernel: bool = False):
     """The "v6" Gluon kernel (dpq/kernels/w4a8_gluon.py) for sm_90, with the TMA descriptors' types of a launch."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -58,10 +59,11 @@ def _compile_gluon_v6(block_t: int, block_k: int, split_k: int, stages: int, a_b
     sig = {"x_desc": desc("fp8e4nv", [block_t, block_k], nvmma(G._swizzle_bytes(block_k), 8)),
            "w_desc": desc("i32", [bn, block_k // 8], nvmma(G._swizzle_bytes(block_k // 2), 32)),
            "s_desc": desc("fp32", [bn], nvmma(0, 32, rank=1)), "z_desc": desc("u8", [bn], nvmma(0, 8, rank=1)),
-           "out_ptr": "*bf16", "part_ptr": "*fp32", "M": "i32", "N": "i32", "stride_zg": "i32", "stride_om": "i32",
-           "out_scale": "fp32", "k_steps": "i32", "k_steps_per_split": "i32"}
+           "out_ptr": "*bf16", "part_ptr": "*fp32", "count_ptr": "*i32", "M": "i32", "N": "i32", "stride_zg": "i32",
+           "stride_om": "i32", "out_scale": "fp32", "k_steps": "i32", "k_steps_per_split": "i32", "n_parts": "i32"}
     consts = dict(BLOCK_N=bn, BLOCK_T=block_t, GROUP=block_k, STAGES=stages, A_BUFS=a_buffers,
-                  SPLIT_K=min(split_k, 2), OUT_BF16=True, FP8_MAX=448.0, num_warps=G.V6_NUM_WARPS)
+                  SPLIT_K=min(split_k, 2), OUT_BF16=True, FP8_MAX=448.0, REDUCE=split_k > 1 and reduce_in_kernel,
+                  num_warps=G.V6_NUM_WARPS)
     for c in consts:
         sig[c] = "constexpr"
     names = list(sig)
@@ -84,7 +86,7 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
     from dpq.kernels import w4a8_triton as W
 
     if variant == "v6":
-        return _compile_gluon_v6(block_t, block_k, split_k, stages, a_buffers, maxnreg)
+        return _compile_gluon_v6(block_t, block_k, split_k, stages, a_buffers, maxnreg, reduce_in_kernel)
     fn = W._kernels()[variant]
     if variant == "v5":
         sig = {"x_ptr": "*fp8e4nv", "w_ptr": "*i16", "s_ptr": "*fp32", "z_ptr": "*u8",

@@ -46,6 +46,7 @@ SCHEME_OF = {"bf16": ("bf16", None), "fp8": ("fp8", None), "w4a8_fused": ("w4a8"
              "w4a8_fused_v5": ("w4a8", None), "w4a8_fused_v4": ("w4a8", None), "w4a8_fused_v3": ("w4a8", None),
              "w4a8_fused_v2": ("w4a8", None), "fp8_triton": ("fp8", None),
              "w4a8_fused_default": ("w4a8", None), "w4a8_fused_rule": ("w4a8", None),
+             "w4a8_fused_reduce": ("w4a8", None),
              "w4a8_fused_v5old": ("w4a8", None),
              "w4a8_unfused": ("fp8", None),  # w4a8_unfused: the FP8 GEMM after the torch expansion chain (below)
              "w4a8_expand": ("fp8", None),  # the prefill path: the FP8 GEMM after one expansion kernel (below)
@@ -115,8 +116,8 @@ def variants_of(schemes: set[str], default_variant: str | None = None) -> dict[s
         out = {"w4a8_fused_v6": "v6", "w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut",
                "w4a8_fused_v2": "v2", "fp8_triton": "fp8", "w4a8_fused_v5old": "v5"}
         out["w4a8_fused"] = default_variant or "v4"
-        for same in ("w4a8_fused_default", "w4a8_fused_rule", "w4a8_fused_pdl", "w4a8_fused_pdl_late",
-                     "w4a8_fused_nowait"):
+        for same in ("w4a8_fused_default", "w4a8_fused_rule", "w4a8_fused_reduce", "w4a8_fused_pdl",
+                     "w4a8_fused_pdl_late", "w4a8_fused_nowait"):
             out[same] = out["w4a8_fused"]
         return out
     if "w4a8_fused_v3" in schemes or "fp8_triton" in schemes:

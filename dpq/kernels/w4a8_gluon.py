@@ -172,11 +172,11 @@ def _gluon_kernels():
         return (acc, )
 
     @gluon.jit
-    def w4a8_v6_kernel(x_desc, w_desc, s_desc, z_desc, out_ptr, part_ptr, M, N, stride_zg, stride_om, out_scale,
-                       k_steps, k_steps_per_split,
+    def w4a8_v6_kernel(x_desc, w_desc, s_desc, z_desc, out_ptr, part_ptr, count_ptr, M, N, stride_zg, stride_om,
+                       out_scale, k_steps, k_steps_per_split, n_parts,
                        BLOCK_N: gl.constexpr, BLOCK_T: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr,
                        A_BUFS: gl.constexpr, SPLIT_K: gl.constexpr, OUT_BF16: gl.constexpr, FP8_MAX: gl.constexpr,
-                       num_warps: gl.constexpr):
+                       REDUCE: gl.constexpr, num_warps: gl.constexpr):
         pid_n = gl.program_id(0)
         pid_t = gl.program_id(1)
         pid_s = gl.program_id(2)
@@ -218,8 +218,25 @@ def _gluon_kernels():
                 gl.store(out_ptr + out_offs, y.to(gl.bfloat16), mask=out_mask)
             else:
                 gl.store(out_ptr + out_offs, y, mask=out_mask)
-        else:  # the split-K part, summed in order by the "v5" reduction kernel
+        else:  # the split-K part, summed in order by the "v5" reduction kernel or, with REDUCE, here
             gl.store(part_ptr + pid_s.to(gl.int64) * M * N + out_offs, acc, mask=out_mask)
+            if REDUCE:
+                # the program that stores a tile's last part adds all parts in order, part 0 first, in float32 (the
+                # reduction kernel's sum): an arrival counter per tile, reset for the next launch
+                gl.thread_barrier()  # every thread's part stored before the release below
+                tile = pid_t * gl.num_programs(0) + pid_n
+                arrived = gl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
+                if arrived == n_parts - 1:
+                    total = gl.load(part_ptr + out_offs, mask=out_mask, other=0.0, cache_modifier=".cg")
+                    for ps in range(1, n_parts):
+                        total = total + gl.load(part_ptr + ps * M * N + out_offs, mask=out_mask, other=0.0,
+                                                cache_modifier=".cg")
+                    y = total * out_scale
+                    if OUT_BF16:
+                        gl.store(out_ptr + out_offs, y.to(gl.bfloat16), mask=out_mask)
+                    else:
+                        gl.store(out_ptr + out_offs, y, mask=out_mask)
+                    gl.atomic_xchg(count_ptr + tile, 0, sem="relaxed", scope="gpu")
 
     _KERNELS.update(v6=w4a8_v6_kernel)
     return _KERNELS
@@ -242,17 +259,17 @@ def gluon_kernel_applies(config, n: int) -> bool:
             and n % 4 == 0)
 
 
-def launch_v6(x8, weight, out, part, out_scale: float, config, k_steps: int, k_steps_per_split: int, split: int):
-    """Launch the Gluon kernel for ``dpq.kernels.w4a8_triton._launch`` (which checked x8, made out / part and
-    checked ``gluon_kernel_applies``) on a weight in the "v5" layout; returns the compiled kernel. The split-K parts
-    are summed by the caller's reduction kernel."""
+def launch_v6(x8, weight, out, part, counters, out_scale: float, config, k_steps: int, k_steps_per_split: int,
+              split: int, reduce_in_kernel: bool):
+    """Launch the Gluon kernel for ``dpq.kernels.w4a8_triton._launch`` (which checked x8, made out / part /
+    counters and checked ``gluon_kernel_applies``) on a weight in the "v5" layout; returns the compiled kernel. The
+    split-K parts are summed in the kernel (``reduce_in_kernel``) or by the caller's reduction kernel."""
     import torch
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    if config.groups_per_step != 1 or config.reduce_in_kernel or config.pdl:
-        raise ValueError(f"variant 'v6' takes groups_per_step=1, no in-kernel reduction and no dependent launch; "
-                         f"got {config}")
+    if config.groups_per_step != 1 or config.pdl:
+        raise ValueError(f"variant 'v6' takes groups_per_step=1 and no dependent launch; got {config}")
     if x8.data_ptr() % 16 or x8.stride(0) % 16 or x8.stride(1) != 1:
         raise ValueError(f"variant 'v6': x8 must be 16-byte aligned with rows a multiple of 16 bytes apart (TMA), "
                          f"got strides {tuple(x8.stride())}")
@@ -270,7 +287,8 @@ def launch_v6(x8, weight, out, part, out_scale: float, config, k_steps: int, k_s
     z_desc = TensorDescriptor(zeros, [zeros.numel()], [1], [V6_BLOCK_N], nvmma(0, 8, rank=1))
     grid = (-(-n // V6_BLOCK_N), -(-m // config.block_t), split)
     return _gluon_kernels()["v6"][grid](
-        x_desc, w_desc, s_desc, z_desc, out, part, m, n, weight.zeros.stride(0), out.stride(0), out_scale, k_steps,
-        k_steps_per_split, BLOCK_N=V6_BLOCK_N, BLOCK_T=config.block_t, GROUP=gs, STAGES=config.num_stages,
-        A_BUFS=config.a_buffers, SPLIT_K=min(split, 2), OUT_BF16=out.dtype.itemsize == 2, FP8_MAX=weight.fp8_max,
-        num_warps=V6_NUM_WARPS, maxnreg=config.maxnreg or V6_DEFAULT_MAXNREG)
+        x_desc, w_desc, s_desc, z_desc, out, part, counters, m, n, weight.zeros.stride(0), out.stride(0), out_scale,
+        k_steps, k_steps_per_split, split, BLOCK_N=V6_BLOCK_N, BLOCK_T=config.block_t, GROUP=gs,
+        STAGES=config.num_stages, A_BUFS=config.a_buffers, SPLIT_K=min(split, 2), OUT_BF16=out.dtype.itemsize == 2,
+        FP8_MAX=weight.fp8_max, REDUCE=reduce_in_kernel, num_warps=V6_NUM_WARPS,
+        maxnreg=config.maxnreg or V6_DEFAULT_MAXNREG)

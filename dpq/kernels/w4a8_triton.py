@@ -1363,7 +1363,8 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
 
         gluon = gluon_kernel_applies(config, n)
     if gluon:
-        compiled = launch_v6(x8, weight, out, part, scale, config, k_steps, per, split)
+        counters = _tile_counters(x8.device, grid[0] * grid[1]) if reduce_in_kernel else part
+        compiled = launch_v6(x8, weight, out, part, counters, scale, config, k_steps, per, split, reduce_in_kernel)
     elif weight.variant in ("v5", "v6"):
         if config.groups_per_step != 1:
             raise ValueError(f"variant 'v5' takes groups_per_step=1, got {config.groups_per_step}")

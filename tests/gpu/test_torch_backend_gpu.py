@@ -159,7 +159,7 @@ def test_v4_rejects_a_k_step_that_does_not_divide_k():
         w4a8_matmul(x8, w, 1.0, config=KernelConfig(128, 16, 1, 4, 4, 2))
 
 
-@pytest.mark.parametrize("variant", ["v5", "v4", "fp8"])
+@pytest.mark.parametrize("variant", ["v6", "v5", "v4", "fp8"])
 def test_in_kernel_split_reduction_is_ordered_and_race_free(variant):
     """The last program of a tile adds the parts in order: the same bits as the separate reduction kernel and the
     emulator, on a NaN-poisoned workspace (a part read before it was written would show), many times over."""

@@ -244,6 +244,7 @@ def test_validate_script_names_the_v5_variant_and_its_bytes():
     v = _script("validate_perf_on_gpu")
     schemes = {"fp8", "w4a8_fused", "w4a8_fused_v5", "w4a8_fused_v4", "fp8_triton"}
     assert v.variants_of(schemes, "v5") == {"w4a8_fused": "v5", "w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4",
+                                            "w4a8_fused_v6": "v6", "w4a8_fused_reduce": "v5",
                                             "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2", "fp8_triton": "fp8",
                                             "w4a8_fused_v5old": "v5", "w4a8_fused_default": "v5",
                                             "w4a8_fused_rule": "v5", "w4a8_fused_pdl": "v5",
