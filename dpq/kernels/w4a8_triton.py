@@ -4,8 +4,13 @@ The packed INT4 codes are read from HBM once per tile and expanded to FP8 E4M3 i
 accumulates in float32 registers; the per-tensor scales are applied in the epilogue. Nothing of full size is written
 back. Variants (``variant=``), all with the very same numerics:
 
-* ``"v5"`` (``DEFAULT_VARIANT``, and the default on an H100, where it is faster than v4 at decode; the torch
-  backend picks the variant per card with ``default_variant_for``, results/gpu/README.md): v4's loop
+* ``"v6"`` (the default on an H100, ``default_variant_for``; dpq/kernels/w4a8_gluon.py): the "v5" weight layout run,
+  at decode tiles (128 rows, one warpgroup, up to 64 tokens; N a multiple of 4), by a warp-specialized Gluon kernel
+  that expands each thread's whole row into a shared-memory A tile (TMA loads by a load warp, the MMA from shared
+  memory while the next step expands: 2.26 SASS instructions per weight in the loop); other tiles run v5's kernel on
+  the same layout. 1.65-1.75x FP8 cuBLAS on a Llama-2-70B layer at M <= 16 (v5: 1.50-1.53x, results/gpu/README.md).
+* ``"v5"`` (``DEFAULT_VARIANT``: cards without a profile; the torch backend picks the variant per card with
+  ``default_variant_for``, results/gpu/README.md): v4's loop
   (codes group-major, 16-byte loads, ``LUT_ASM_ROW`` look-ups) with the tables built in the loop
   instead of streamed: per K step each program reads the group's float32 scales (G, N) and zero bytes (G, N16) -
   0.539 byte per weight at groups of 128 instead of 0.625 - and the 4 lanes of each quad of the tensor-core layout
