@@ -118,14 +118,8 @@ def test_v5_table_build_twin_equals_the_packed_format(fmt, fp8_max, hi):
     give the 16 FP8 codes of every (row, group), incl. saturation, subnormals and -0 for q < z at tiny scales."""
     from dpq.kernels.w4a8_triton import table_build_np, v5_zeros_np
 
-    rng = np.random.default_rng(13)
     n, g = 41, 6
-    scales = np.exp2(rng.uniform(-8, hi, (n, g))).astype(np.float32)
-    scales[::7] = np.float32(2.0 ** -149)      # products +-tiny: FP8 +0 and -0
-    scales[3::7] = np.float32(2.0 ** -12)      # FP8 subnormals
-    scales[5::7] = np.float32(2.0 ** 30)       # saturation
-    zeros = rng.integers(0, 16, (n, g)).astype(np.uint8)
-    zeros[0, :] = [0, 15, 7, 8, 1, 14]
+    scales, zeros = _edge_scales_and_zeros(13, n, g, hi)
     zb = v5_zeros_np(zeros)                                              # (G, N16) bytes
     words = zb.reshape(g, -1, 4).view("<u4")[..., 0]                     # (G, N16 / 4): rows 4m..4m+3 per word
     rows = np.arange(n)
@@ -135,7 +129,25 @@ def test_v5_table_build_twin_equals_the_packed_format(fmt, fp8_max, hi):
         part = table_build_np(scales.T[:, sel], words[:, rows[sel] // 4], r, fp8_max)
         for i in range(4):
             lw[i][:, sel] = part[i]
-    got = np.stack([(lw[i] >> (8 * b)) & 0xFF for i in range(4) for b in range(4)], axis=-1).astype(np.uint8)
+    assert_tables_are_the_packed_format(lw, scales, zeros, fmt, fp8_max)
+
+
+def _edge_scales_and_zeros(seed: int, n: int, g: int, hi: float):
+    """Random (N, G) scales with +-0, subnormal and saturating products mixed in, and zeros covering 0..15."""
+    rng = np.random.default_rng(seed)
+    scales = np.exp2(rng.uniform(-8, hi, (n, g))).astype(np.float32)
+    scales[::7] = np.float32(2.0 ** -149)      # products +-tiny: FP8 +0 and -0
+    scales[3::7] = np.float32(2.0 ** -12)      # FP8 subnormals
+    scales[5::7] = np.float32(2.0 ** 30)       # saturation
+    zeros = rng.integers(0, 16, (n, g)).astype(np.uint8)
+    zeros[0, :] = [0, 15, 7, 8, 1, 14][:g]
+    return scales, zeros
+
+
+def assert_tables_are_the_packed_format(words, scales, zeros, fmt: str, fp8_max: float) -> None:
+    """words: the 4 table words of every (group, row), 4 x (G, N) uint32; byte b of word a must be the FP8 E4M3FN
+    code of float32(s_g (4 a + b - z)) (clamped to +-fp8_max first for the smaller format, as the torch path does)."""
+    got = np.stack([(words[a] >> (8 * b)) & 0xFF for a in range(4) for b in range(4)], axis=-1).astype(np.uint8)
     want = expansion_lut_np(scales, zeros, fmt)                          # (G, N, 16)
     if fmt == "float8_e4m3":   # the kernel's table holds E4M3FN codes of the clamped value (the torch path's)
         d = np.arange(16)[None, None, :] - zeros.T.astype(np.int32)[:, :, None]
@@ -144,6 +156,16 @@ def test_v5_table_build_twin_equals_the_packed_format(fmt, fp8_max, hi):
     assert np.array_equal(got, want)
     top = encode(np.float32(fp8_max), "float8_e4m3fn")
     assert np.any(got == 0x80) and np.any(got == top)  # -0 and the saturated maximum were exercised
+
+
+@pytest.mark.parametrize("fmt,fp8_max,hi", [("float8_e4m3fn", 448.0, 4), ("float8_e4m3fn", 448.0, 7),
+                                            ("float8_e4m3", 240.0, 6)])
+def test_v6_table_twin_equals_the_packed_format(fmt, fp8_max, hi):
+    """TABLE_ROW_ASM (one thread builds its whole row's table) gives the 16 FP8 codes of every (row, group)."""
+    from dpq.kernels.w4a8_gluon import table_row_np
+
+    scales, zeros = _edge_scales_and_zeros(17, 53, 5, hi)
+    assert_tables_are_the_packed_format(table_row_np(scales.T, zeros.T, fp8_max), scales, zeros, fmt, fp8_max)
 
 
 def test_v5_zero_layout_pads_rows_to_16_bytes():
