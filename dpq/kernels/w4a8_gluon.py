@@ -2,20 +2,25 @@
 
 The Triton kernels ("v4", "v5") expand the INT4 codes straight into the registers of the tensor-core operand. That
 layout gives each thread 4 rows of 32 weights per K step, so the 4 lanes of a quad must build and trade the same
-tables (shuffles), and each K step must wait for its MMAs before the registers are written again. "v6" gives each
-thread one whole weight row of the K step instead (128 threads, 128 rows, one group of 128 codes each):
+tables (shuffles), and each K step must wait for its MMAs before the registers are written again. "v6" reads the
+"v5" weight layout (codes group-major with v4's per-thread word order, float32 scales (G, N), zero bytes (G, N16))
+and gives each thread one whole weight row of the K step instead (128 threads, 128 rows, one group each):
 
-1. TMA brings the step's codes (group-major, 64 bytes per row), float32 scales, zero bytes and FP8 token tile into
-   a ring of ``STAGES`` shared-memory slots (one mbarrier each);
-2. each thread builds its row's 16-entry table (``TABLE_ROW_ASM``: exact 4a + b - z, one float32 multiply by s_g,
-   ``cvt.rn.satfinite.e4m3x2``, as the packed format defines the expansion) and looks up its 128 codes with the
-   same byte permutes as "v4"/"v5" (``LUT_ASM_ROW``);
-3. the FP8 row is stored to one of two shared-memory A tiles (NVMMA 128-byte swizzle), and the warpgroup MMA reads
-   it from there asynchronously: the MMA of step j runs while the threads expand step j + 1 (wait with one group
-   outstanding), and no register of a running MMA is ever rewritten.
+1. a load warp (a ``gl.warp_specialize`` partition) brings the step's codes, scales, zero bytes and FP8 token tile
+   by TMA into a ring of ``STAGES`` shared-memory slots, each with a ``ready`` and an ``empty`` mbarrier;
+2. the MMA warpgroup builds each row's 16-entry table (``TABLE_ROW_ASM``: exact 4a + b - z, one float32 multiply by
+   s_g, ``cvt.rn.satfinite.e4m3x2``, as the packed format defines the expansion; no shuffles) and looks up its
+   codes with the same byte permutes as "v4"/"v5" (``LUT_ASM_ROW``); the v4 word order is undone at compile time
+   (a thread holds its whole row, so the permutation moves no data);
+3. the FP8 row is stored to a shared-memory A tile (NVMMA swizzle), and the warpgroup MMA reads it from there
+   asynchronously: the MMA of step j runs while the threads expand step j + 1 (with one A tile, the default, the
+   store of step j + 1 waits for it; with two, the MMA may run a step longer); no register of a running MMA is
+   ever rewritten.
 
 The MMA instructions, their order and the split-K parts are the "v5" kernel's (wgmma m64nBLOCK_Tk32, K steps in
-order, parts summed by the same reduction kernel), so the numerics are those of the ``h100-triton-w4a8`` profile.
+order, parts summed in order by the same reduction kernel or, with ``reduce_in_kernel``, by the tile's last
+program), so the numerics are those of the ``h100-triton-w4a8`` profile. ``dpq.kernels.w4a8_triton._launch`` runs
+this kernel for "v6" weights at decode tiles (``gluon_kernel_applies``) and "v5"'s Triton kernel otherwise.
 """
 
 from __future__ import annotations

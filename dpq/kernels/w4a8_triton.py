@@ -8,7 +8,7 @@ back. Variants (``variant=``), all with the very same numerics:
   at decode tiles (128 rows, one warpgroup, up to 64 tokens; N a multiple of 4), by a warp-specialized Gluon kernel
   that expands each thread's whole row into a shared-memory A tile (TMA loads by a load warp, the MMA from shared
   memory while the next step expands: 2.26 SASS instructions per weight in the loop); other tiles run v5's kernel on
-  the same layout. 1.65-1.75x FP8 cuBLAS on a Llama-2-70B layer at M <= 16 (v5: 1.50-1.53x, results/gpu/README.md).
+  the same layout. 1.65-1.73x FP8 cuBLAS on a Llama-2-70B layer at M <= 16 (v5: 1.50-1.53x, results/gpu/README.md).
 * ``"v5"`` (``DEFAULT_VARIANT``: cards without a profile; the torch backend picks the variant per card with
   ``default_variant_for``, results/gpu/README.md): v4's loop
   (codes group-major, 16-byte loads, ``LUT_ASM_ROW`` look-ups) with the tables built in the loop
@@ -1346,7 +1346,7 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
         launch["maxnreg"] = config.maxnreg
     if config.pdl and weight.variant not in ("v5", "v6", "v4", "fp8"):
         raise ValueError(f"KernelConfig.pdl: variant {weight.variant!r} has no dependent-launch support "
-                         f"(only 'v5', 'v4' and 'fp8')")
+                         f"(only 'v5', 'v4', 'fp8' and 'v6' on v5's tiles)")
     pdl = config.pdl
     if config.l2_prefetch_steps:
         for name in ("codes", "lut", "group_scales"):

@@ -21,6 +21,7 @@ Model (times in seconds; per launch of an m x n x k GEMM)::
     k_steps   = k / block_k,  per = ceil(k_steps / split),  parts = ceil(k_steps / per)
     programs  = ceil(n / block_n) * ceil(m / block_t) * parts
     resident  = min(register file, shared memory, warp slots, block slots) / one program's use
+                (registers and warp slots of its launched warps: v6's load warp counts as a warpgroup)
     bytes_it  = block_n * block_k * weight_bytes_per_weight        (one step's weight tile)
     issue     = (fp32 * fp32_issue_cycles + int * int_issue_cycles + conversion * conversion_issue_cycles
                  + other * other_issue_cycles) * ceil(warps / schedulers_per_sm) * cycles_per_instruction

@@ -136,6 +136,10 @@ def test_profile_sections_are_validated(tmp_path):
     with pytest.raises(ConfigError, match=r"fused_kernel\.tile_configs\[0\].*expected \[max_m"):
         load_profile(write(bad, "a"))
     bad = yaml.safe_load(yaml.safe_dump(raw))
+    bad["fused_kernel"]["tile_configs"][0][13] = 2  # fewer launched warps than the loop's
+    with pytest.raises(ConfigError, match=r"fused_kernel\.tile_configs\[0\]\[13\] \(launched_warps\).*>= warps"):
+        load_profile(write(bad, "t_launched"))
+    bad = yaml.safe_load(yaml.safe_dump(raw))
     bad["fused_kernel"]["tile_configs"][1][0] = 8
     with pytest.raises(ConfigError, match="max_m increasing"):
         load_profile(write(bad, "b"))
@@ -622,3 +626,18 @@ def test_fit_takes_only_the_sweep_configurations_the_model_has_terms_for(monkeyp
     got = ptl.v5_tuning_rows([path])
     assert [s.split_k for _, s in got] == [4, 2]
     assert all(s.loop_instructions_per_thread == 363 and s.register_a_mma_instructions == 8 for _, s in got)
+
+
+def test_launched_warps_hold_registers_and_warp_slots():
+    """v6's tile: 4 MMA warps run the loop, 8 warps are launched (the load warp's partition padded to a warpgroup),
+    64 registers each: 4 programs per SM by registers, 3 by its 60 KB of shared memory at 4 stages."""
+    hw = load_profile("h100-triton-w4a8")
+    s = default_structure(hw, 1, 8192, 8192)
+    assert (s.warps, s.launched_warps, s.registers_per_thread) == (4, 8, 64)
+    assert resident_programs(hw, s) == 3
+    import dataclasses
+    small = dataclasses.replace(s, shared_bytes_per_program=40000)
+    assert resident_programs(hw, small) == 4  # registers: 65536 / (64 x 32 x 8)
+    assert resident_programs(hw, dataclasses.replace(small, launched_warps=None)) == 5  # smem: 233472 / 41024
+    with pytest.raises(ValueError, match="launched_warps"):
+        dataclasses.replace(s, launched_warps=2)
