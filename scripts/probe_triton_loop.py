@@ -320,35 +320,64 @@ def v5_tuning_rows(paths: list[Path]) -> list[tuple[dict, object]]:
     return out
 
 
+def v6_tuning_rows(paths: list[Path]) -> list[tuple[dict, object]]:
+    """(measured row, LoopStructure) for the Gluon kernel's rows of scripts/bench_gpu.py sweeps (scheme
+    ``w4a8_fused_v6`` at decode tiles): one A tile, no in-kernel reduction, no register cap (the configurations the
+    launch heuristic and the tuned tables use; SASS of the kernel code of the commit that added each CSV)."""
+    from scripts.validate_perf_on_gpu import fused_structure, kernel_commit_of, load_structures
+
+    out, structures = [], load_structures()
+    for path in paths:
+        commit = kernel_commit_of(path)
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                c = r.get("config") or ""
+                if (r["scheme"] != "w4a8_fused_v6" or not r.get("latency_s") or int(r["m"]) > 64
+                        or "reduce_in_kernel=True" in c or "maxnreg=None" not in c or "a_buffers=2" in c):
+                    continue
+                s = fused_structure(dict(r, variant="v6"), "v6", structures, commit)
+                if s.launched_warps is not None:  # the Gluon kernel ran (not v5's tiles on the same layout)
+                    out.append((dict(r, experiment="v6_tuning", alu="0", half="0", variant="v6"), s))
+    return out
+
+
 def fit(paths: list[Path], profile: str, spread: str | None, bench: list[Path] | None = None,
-        only: list[str] | None = None, tuning: list[Path] | None = None) -> int:
-    """Fit the triton_loop parameters to the probe rows (and the fp8_triton rows of ``bench`` CSVs); print them
-    as YAML and the per-row errors. ``only``: fit just these FIT_PARAMETERS (profile keys as printed), keeping the
-    profile's values of the others."""
+        only: list[str] | None = None, tuning: list[Path] | None = None, v6_tuning: list[Path] | None = None) -> int:
+    """Fit the triton_loop parameters to the probe rows (and the fp8_triton rows of ``bench`` CSVs, the v5 rows of
+    ``tuning`` sweeps); or, with ``v6_tuning`` sweeps alone, the gluon_loop parameters (the loop costs of the Gluon
+    kernel; the sm section's issue cycles stay the profile's) to those. Print them as YAML and the per-row errors.
+    ``only``: fit just these FIT_PARAMETERS (profile keys as printed), keeping the profile's values of the others."""
     import numpy as np
     from scipy.optimize import least_squares
 
-    from sim.perf.fused_kernel import fused_gemm_timing
+    from sim.perf.fused_kernel import fused_gemm_timing, loop_costs
     from sim.profiles import load_profile
 
     hw0 = load_profile(profile)
-    spread = spread or hw0.triton_loop.program_spread
-    params = FIT_PARAMETERS
+    section = "gluon_loop" if v6_tuning else "triton_loop"
+    if section == "gluon_loop" and hw0.gluon_loop is None:
+        raise SystemExit(f"--fit-v6-tuning: profile {profile!r} has no gluon_loop section to fit (start it as a copy "
+                         f"of its triton_loop)")
+    spread = spread or getattr(hw0, section).program_spread
+    params = FIT_PARAMETERS if section == "triton_loop" else tuple(p for p in FIT_PARAMETERS if "." not in p[0])
+
+    def full(name):
+        return name if "." in name else f"{section}.{name}"
     if only:
-        def full(name):
-            return name if "." in name else f"triton_loop.{name}"
-        unknown = set(only) - {full(p[0]) for p in FIT_PARAMETERS}
+        unknown = set(only) - {full(p[0]) for p in params}
         if unknown:
             raise SystemExit(f"--fit-only: unknown parameter(s) {sorted(unknown)}; expected some of "
-                             f"{[full(p[0]) for p in FIT_PARAMETERS]}")
-        params = tuple(p for p in FIT_PARAMETERS if full(p[0]) in only)
-    rows = probe_rows(paths) + fp8_triton_rows(bench or []) + v5_tuning_rows(tuning or [])
+                             f"{[full(p[0]) for p in params]}")
+        params = tuple(p for p in params if full(p[0]) in only)
+    if section == "gluon_loop":
+        rows = v6_tuning_rows(v6_tuning)
+    else:
+        rows = probe_rows(paths) + fp8_triton_rows(bench or []) + v5_tuning_rows(tuning or [])
     measured = np.array([float(r["latency_s"]) for r, _ in rows])
 
     def profile_with(x):
-        sets = {name if "." in name else f"triton_loop.{name}": float(v * unit)
-                for (name, unit, *_), v in zip(params, x)}
-        sets["triton_loop.program_spread"] = spread
+        sets = {full(name): float(v * unit) for (name, unit, *_), v in zip(params, x)}
+        sets[f"{section}.program_spread"] = spread
         return load_profile(profile, sets)
 
     def residuals(x):
@@ -366,12 +395,13 @@ def fit(paths: list[Path], profile: str, spread: str | None, bench: list[Path] |
               f"measured {float(r['latency_s']) * 1e6:7.2f} us  model {t.time_s * 1e6:7.2f} us  "
               f"{math.expm1(e):+.1%} ({t.bound})")
     rms = float(np.sqrt(np.mean(res.fun ** 2)))
-    print(f"# {len(rows)} probe rows, program_spread {spread}: rms log error {rms:.4f}")
+    print(f"# {len(rows)} rows, program_spread {spread}: rms log error {rms:.4f}")
     for (name, unit, *_), v in zip(params, res.x):
-        print(f"{name if '.' in name else 'triton_loop.' + name}: {v * unit:.4g}")
-    print(f"triton_loop.program_spread: {spread}  (as in the profile: sm.fp32_issue_cycles "
+        print(f"{full(name)}: {v * unit:.4g}")
+    loop = loop_costs(hw, rows[0][1]) if rows else getattr(hw, section)
+    print(f"{section}.program_spread: {spread}  (as in the profile: sm.fp32_issue_cycles "
           f"{hw.sm.fp32_issue_cycles:g}, sm.other_issue_cycles {hw.sm.other_issue_cycles:g}, "
-          f"triton_loop.cycles_per_instruction {hw.triton_loop.cycles_per_instruction:g})")
+          f"{section}.cycles_per_instruction {loop.cycles_per_instruction:g})")
     return 0
 
 
@@ -445,6 +475,9 @@ def main(argv=None) -> int:
     ap.add_argument("--fit-tuning", type=Path, nargs="+", default=None,
                     help="bench_gpu.py sweeps (tuning_<card>*.csv) of the v5 kernel whose rows join the --fit "
                          "calibration (those configurations the model has terms for)")
+    ap.add_argument("--fit-v6-tuning", type=Path, nargs="+", default=None,
+                    help="bench_gpu.py sweeps of the v6 kernel (scheme w4a8_fused_v6): fit the profile's gluon_loop "
+                         "section to their decode rows instead (no probe CSVs)")
     ap.add_argument("--spread", choices=("ceil", "even"), default=None, help="program_spread to fit with")
     ap.add_argument("--fit-only", default=None,
                     help="comma list of the FIT_PARAMETERS to fit (e.g. the memory-side ones); the rest as profiled")
@@ -456,12 +489,14 @@ def main(argv=None) -> int:
                     help="on the GPU: list the CUDA kernels of scripts/bench_gpu.py's w4a8_unfused path (torch "
                          "profiler) for a few shapes; writes probe_unfused_ops_<card>.csv (structure, not a fit)")
     args = ap.parse_args(argv)
-    if args.fit:
+    if args.fit or args.fit_v6_tuning:
+        if args.fit and args.fit_v6_tuning:
+            ap.error("--fit (triton_loop) and --fit-v6-tuning (gluon_loop) fit different sections: one at a time")
         root = Path(__file__).resolve().parents[1]
         if str(root) not in sys.path:
             sys.path.insert(0, str(root))
-        return fit(args.fit, args.profile, args.spread, args.fit_bench,
-                   args.fit_only.split(",") if args.fit_only else None, args.fit_tuning)
+        return fit(args.fit or [], args.profile, args.spread, args.fit_bench,
+                   args.fit_only.split(",") if args.fit_only else None, args.fit_tuning, args.fit_v6_tuning)
     if args.structure:
         print(f"wrote {write_structure(args.structure)}")
         return 0

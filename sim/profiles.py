@@ -317,6 +317,8 @@ class HardwareProfile:
     raw: Mapping[str, Any] = field(default=None, repr=False, compare=False)
     sm: SmSpec | None = None
     triton_loop: TritonLoopSpec | None = None
+    # the same costs for the Gluon kernel ("v6": TMA loads by a load warp, MMAs from shared memory), where they differ
+    gluon_loop: TritonLoopSpec | None = None
     fused_kernel: FusedKernelSpec | None = None
 
     def to_dict(self) -> dict:
@@ -344,6 +346,7 @@ _SECTIONS = (
 _OPTIONAL_SECTIONS = (
     ("sm", SmSpec),
     ("triton_loop", TritonLoopSpec),
+    ("gluon_loop", TritonLoopSpec),
     ("fused_kernel", FusedKernelSpec),
 )
 _TOP_KEYS = ({"name", "description", "extends", "sources", "numerics"} | {s for s, _ in _SECTIONS}

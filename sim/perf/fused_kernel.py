@@ -14,7 +14,9 @@ shared-memory loads, the in-register expansion, one wgmma and its wait). This mo
   kernel (scripts/probe_triton_loop.py: the same loop with FP8 weights and a synthetic register pass, and the W4A8
   kernel's own loop with FP8 weights, bench scheme ``fp8_triton``) and, where a card has them, on sweeps of the
   W4A8 kernel's configurations (``--fit-tuning``); the W4A8 rows a profile's errors are reported on are never in
-  its fit.
+  its fit. The warp-specialized Gluon kernel ("v6": TMA loads by a load warp, MMAs from shared memory) has the same
+  terms with its own costs (section ``gluon_loop``, fitted on a sweep of its configurations, ``--fit-v6-tuning``)
+  where a profile has them.
 
 Model (times in seconds; per launch of an m x n x k GEMM)::
 
@@ -187,9 +189,16 @@ def issue_cycles_per_warp(hw: HardwareProfile, s: LoopStructure) -> float:
     return cycles + (s.loop_instructions_per_thread - classified) * sm.other_issue_cycles
 
 
+def loop_costs(hw: HardwareProfile, s: LoopStructure):
+    """The profile's loop costs for this kernel: ``gluon_loop`` for the warp-specialized Gluon kernel (a structure
+    that launches more warps than run its loop) where the profile has that section, else ``triton_loop``."""
+    specialized = (s.launched_warps or s.warps) > s.warps
+    return hw.gluon_loop if specialized and hw.gluon_loop is not None else hw.triton_loop
+
+
 def iteration_time_s(hw: HardwareProfile, s: LoopStructure, with_issue: bool = True) -> float:
     """SM time of one main-loop iteration of one program (the t_it of the module docstring)."""
-    sm, loop = hw.sm, hw.triton_loop
+    sm, loop = hw.sm, loop_costs(hw, s)
     bytes_it = s.block_n * s.block_k * s.weight_bytes_per_weight  # the token tile comes from L2 (module docstring)
     issue_s = 0.0
     if with_issue:
@@ -227,7 +236,7 @@ def fused_gemm_timing(hw: HardwareProfile, s: LoopStructure, m: int, n: int, k: 
     if hw.sm is None or hw.triton_loop is None:
         raise ValueError(f"profile {hw.name!r} has no 'sm' and 'triton_loop' sections: the fused-kernel model "
                          "needs them (see hw_profiles/h200-triton-w4a8.yaml)")
-    sm, loop = hw.sm, hw.triton_loop
+    sm, loop = hw.sm, loop_costs(hw, s)
     per, parts = split_parts(k, s)
     programs = math.ceil(n / s.block_n) * math.ceil(m / s.block_t) * parts
     resident = resident_programs(hw, s)

@@ -641,3 +641,20 @@ def test_launched_warps_hold_registers_and_warp_slots():
     assert resident_programs(hw, dataclasses.replace(small, launched_warps=None)) == 5  # smem: 233472 / 41024
     with pytest.raises(ValueError, match="launched_warps"):
         dataclasses.replace(s, launched_warps=2)
+
+
+def test_gluon_kernel_takes_the_profiles_gluon_loop_costs():
+    """A structure with launched warps (the Gluon kernel) is timed with the profile's gluon_loop section where it has
+    one, the Triton kernels with triton_loop; a profile without gluon_loop times both with triton_loop."""
+    import dataclasses
+
+    from sim.perf.fused_kernel import loop_costs
+
+    hw = load_profile("h100-triton-w4a8")
+    assert hw.gluon_loop is not None and hw.gluon_loop != hw.triton_loop
+    v6 = default_structure(hw, 1, 8192, 8192)
+    v5_tile = default_structure(hw, 512, 8192, 8192)  # v5's prefill tile on the same layout
+    assert loop_costs(hw, v6) is hw.gluon_loop and loop_costs(hw, v5_tile) is hw.triton_loop
+    plain = dataclasses.replace(hw, gluon_loop=None)
+    assert loop_costs(plain, v6) is hw.triton_loop
+    assert fused_gemm_timing(plain, v6, 1, 8192, 8192).time_s != fused_gemm_timing(hw, v6, 1, 8192, 8192).time_s
