@@ -99,8 +99,9 @@ def _gluon_kernels():
         from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
                                                                        warpgroup_mma, warpgroup_mma_wait)
     except ImportError as exc:
-        raise ImportError("the 'v6' W4A8 kernel needs Triton's Gluon (Triton >= 3.5, installed with CUDA builds of "
-                          'torch): pip install -e ".[torch]"') from exc
+        raise ImportError("the 'v6' W4A8 kernel needs Triton's Gluon (Triton 3.6, installed with CUDA builds of "
+                          'torch: pip install -e ".[torch]"); or run the same weights with variant "v5" '
+                          "(triton_variant='v5' or DPQ_TRITON_VARIANT=v5: the same numerics, slower at decode)") from exc
 
     table_asm, table_constraints = gl.constexpr(TABLE_ROW_ASM), gl.constexpr(TABLE_ROW_CONSTRAINTS)
     table_asm_clamp = gl.constexpr(TABLE_ROW_ASM_CLAMP)
