@@ -107,14 +107,35 @@ def _gluon_kernels():
     table_asm_clamp = gl.constexpr(TABLE_ROW_ASM_CLAMP)
     table_constraints_clamp = gl.constexpr(TABLE_ROW_CONSTRAINTS_CLAMP)
     lut_asm_row, lut_row_constraints = gl.constexpr(LUT_ASM_ROW), gl.constexpr(LUT_ROW_CONSTRAINTS)
+    gdc_wait_asm = gl.constexpr("griddepcontrol.wait; // dummy $0")
+    gdc_launch_asm = gl.constexpr("griddepcontrol.launch_dependents; // dummy $0")
 
     @gluon.jit
     def load_partition(w_desc, s_desc, z_desc, x_desc, w_smem, s_smem, z_smem, x_smem, ready, empty,
-                       ks_begin, n_steps, N, stride_zg, n0, t0, GROUP: gl.constexpr, STAGES: gl.constexpr):
-        # one warp: the TMA loads of every K step into the ring, a slot as soon as the MMA warps free it
+                       ks_begin, n_steps, N, stride_zg, n0, t0, GROUP: gl.constexpr, STAGES: gl.constexpr,
+                       PDL: gl.constexpr):
+        # one warp: the TMA loads of every K step into the ring, a slot as soon as the MMA warps free it. With PDL
+        # the first slots' weights (which no kernel before writes) are asked for before waiting for the kernel
+        # before this one, and their token tiles after.
         nbytes: gl.constexpr = (w_desc.block_type.nbytes + s_desc.block_type.nbytes + z_desc.block_type.nbytes
                                 + x_desc.block_type.nbytes)
-        for j in range(n_steps):
+        first = 0
+        if PDL:
+            first = gl.minimum(n_steps, STAGES)
+            for i in gl.static_range(STAGES):
+                if i < n_steps:
+                    bar = ready.index(i)
+                    ks = ks_begin + i
+                    mbarrier.expect(bar, nbytes)
+                    tma.async_copy_global_to_shared(w_desc, [ks * N + n0, 0], bar, w_smem.index(i))
+                    tma.async_copy_global_to_shared(s_desc, [ks * N + n0], bar, s_smem.index(i))
+                    tma.async_copy_global_to_shared(z_desc, [ks * stride_zg + n0], bar, z_smem.index(i))
+            gl.inline_asm_elementwise(gdc_wait_asm, "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+            for i in gl.static_range(STAGES):
+                if i < n_steps:
+                    tma.async_copy_global_to_shared(x_desc, [t0, (ks_begin + i) * GROUP], ready.index(i),
+                                                    x_smem.index(i))
+        for j in range(first, n_steps):
             slot = j % STAGES
             if j >= STAGES:
                 mbarrier.wait(empty.index(slot), ((j // STAGES) - 1) & 1)
@@ -182,7 +203,9 @@ def _gluon_kernels():
                        out_scale, k_steps, k_steps_per_split, n_parts,
                        BLOCK_N: gl.constexpr, BLOCK_T: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr,
                        A_BUFS: gl.constexpr, SPLIT_K: gl.constexpr, OUT_BF16: gl.constexpr, FP8_MAX: gl.constexpr,
-                       REDUCE: gl.constexpr, num_warps: gl.constexpr):
+                       REDUCE: gl.constexpr, PDL: gl.constexpr = False, num_warps: gl.constexpr = 4):
+        if PDL:  # the next kernel may be scheduled now: it waits for this one before it reads what this writes
+            gl.inline_asm_elementwise(gdc_launch_asm, "=r", [], dtype=gl.int32, is_pure=False, pack=1)
         pid_n = gl.program_id(0)
         pid_t = gl.program_id(1)
         pid_s = gl.program_id(2)
@@ -210,7 +233,7 @@ def _gluon_kernels():
             [(mma_partition, (w_smem, s_smem, z_smem, x_smem, a_smem, ready, empty, n_steps, BLOCK_N, BLOCK_T,
                               GROUP, STAGES, A_BUFS, FP8_MAX, num_warps)),
              (load_partition, (w_desc, s_desc, z_desc, x_desc, w_smem, s_smem, z_smem, x_smem, ready, empty,
-                               ks_begin, n_steps, N, stride_zg, n0, t0, GROUP, STAGES))],
+                               ks_begin, n_steps, N, stride_zg, n0, t0, GROUP, STAGES, PDL))],
             [1], [24])
         mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                              instr_shape=[16, BLOCK_T, 32])
@@ -274,8 +297,9 @@ def launch_v6(x8, weight, out, part, counters, out_scale: float, config, k_steps
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    if config.groups_per_step != 1 or config.pdl:
-        raise ValueError(f"variant 'v6' takes groups_per_step=1 and no dependent launch; got {config}")
+    if config.groups_per_step != 1 or config.l2_prefetch_steps or config.pdl_trigger != "start":
+        raise ValueError(f"variant 'v6' takes groups_per_step=1, and with pdl no l2_prefetch_steps (its load warp "
+                         f"asks for its first steps' weights before it waits) and pdl_trigger 'start'; got {config}")
     if x8.data_ptr() % 16 or x8.stride(0) % 16 or x8.stride(1) != 1:
         raise ValueError(f"variant 'v6': x8 must be 16-byte aligned with rows a multiple of 16 bytes apart (TMA), "
                          f"got strides {tuple(x8.stride())}")
@@ -296,5 +320,5 @@ def launch_v6(x8, weight, out, part, counters, out_scale: float, config, k_steps
         x_desc, w_desc, s_desc, z_desc, out, part, counters, m, n, weight.zeros.stride(0), out.stride(0), out_scale,
         k_steps, k_steps_per_split, split, BLOCK_N=V6_BLOCK_N, BLOCK_T=config.block_t, GROUP=gs,
         STAGES=config.num_stages, A_BUFS=config.a_buffers, SPLIT_K=min(split, 2), OUT_BF16=out.dtype.itemsize == 2,
-        FP8_MAX=weight.fp8_max, REDUCE=reduce_in_kernel, num_warps=V6_NUM_WARPS,
-        maxnreg=config.maxnreg or V6_DEFAULT_MAXNREG)
+        FP8_MAX=weight.fp8_max, REDUCE=reduce_in_kernel, PDL=config.pdl, num_warps=V6_NUM_WARPS,
+        maxnreg=config.maxnreg or V6_DEFAULT_MAXNREG, launch_pdl=config.pdl)

@@ -309,10 +309,12 @@ def test_default_config_reads_the_card():
     assert np.array_equal(_bits(got), _bits(want))
 
 
-@pytest.mark.parametrize("variant", ["v5", "v4", "fp8"])
-@pytest.mark.parametrize("changes", [{"pdl": True}, {"pdl": True, "l2_prefetch_steps": 2},
-                                     {"pdl": True, "l2_prefetch_steps": 4, "reduce_in_kernel": True},
-                                     {"pdl": True, "pdl_trigger": "after_loop", "l2_prefetch_steps": 1}])
+@pytest.mark.parametrize("variant,changes",
+                         [(v, c) for v in ("v5", "v4", "fp8")
+                          for c in ({"pdl": True}, {"pdl": True, "l2_prefetch_steps": 2},
+                                    {"pdl": True, "l2_prefetch_steps": 4, "reduce_in_kernel": True},
+                                    {"pdl": True, "pdl_trigger": "after_loop", "l2_prefetch_steps": 1})]
+                         + [("v6", {"pdl": True}), ("v6", {"pdl": True, "reduce_in_kernel": True})])
 def test_dependent_launch_is_race_free(variant, changes):
     """Programmatic dependent launch lets each kernel start before the one before it ends: 12 launches back to back
     (eagerly and replayed from a CUDA graph) on two layers, each split-K reduction reading parts that the kernel
