@@ -120,9 +120,9 @@ def sweep(torch, info, out_dir: Path, m_values, models) -> dict:
         if model not in models:
             continue
         codes, scales, zeros = weights(torch, n, k, GS, gen)
-        packed = {v: [PackedW4A8Weight.from_arrays(c, s, z, GS, 0.5, 448.0, "cuda", v)
-                      for c, s, z in [(codes, scales, zeros)] + [(codes.clone(), scales.clone(), zeros.clone())
-                                                                 for _ in range(max(0, math.ceil(2.4e8 / (n * k / 2)) - 1))]]
+        copies = max(1, math.ceil(2.4e8 / (n * k / 2)))
+        arrays = [(codes, scales, zeros)] + [(codes.clone(), scales.clone(), zeros.clone()) for _ in range(copies - 1)]
+        packed = {v: [PackedW4A8Weight.from_arrays(c, s, z, GS, 0.5, 448.0, "cuda", v) for c, s, z in arrays]
                   for v in ("v5", "v6")}
         for m in m_values:
             x8 = (torch.randn((m, k), device="cuda", generator=gen) * 32).clamp(-448, 448).to(torch.float8_e4m3fn)

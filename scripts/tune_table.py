@@ -1,14 +1,17 @@
 """The fused W4A8 kernel's tuned launch configurations of a card, from the sweeps scripts/bench_gpu.py timed.
 
 For every GEMM (n, k) and token count M a sweep timed (``tuning_<card>*.csv``, scheme ``w4a8_fused``: the card's
-kernel variant; the launch heuristic's configuration is the row whose ``role`` says "rule", or in sweeps before that
-column the first row per case; ``--scheme`` picks another scheme's sweep), the fastest configuration is kept when it beat the
-heuristic's by at least ``--min-gain``; configurations with a register cap (``maxnreg``: spills) or two A tiles
-(``a_buffers``) are not taken. Each kept row covers the token counts that share its token tile and lie above the next smaller M the
-sweep measured with that tile (M = 1 alone, 2..16, 33..64 for a sweep of M = 1, 16, 64). Prints the rows for the
-profile's ``fused_kernel.tuned_configs`` with the measured times, a comment per row::
+kernel variant, or another with ``--scheme``), the fastest configuration is kept when it beat the launch heuristic's
+by at least ``--min-gain``. The heuristic's configuration is the row whose ``role`` says "rule" (in sweeps before
+that column the first row per case), or with ``--heuristic-now PROFILE`` the one today's heuristic picks.
+Configurations with a register cap (``maxnreg``: spills) or two A tiles (``a_buffers``) are not taken. A GEMM two
+models share is averaged over them. Each kept row covers the token counts that share its token tile and lie above
+the next smaller M the sweep measured with that tile (M = 1 alone, 2..16, 33..64 for a sweep of M = 1, 16, 64).
+Prints the rows for the profile's ``fused_kernel.tuned_configs`` with the measured times, a comment per row::
 
     python scripts/tune_table.py results/gpu/tuning_h100_s5small.csv results/gpu/tuning_h100_s5d.csv
+    python scripts/tune_table.py results/gpu/tuning_h100_s6b.csv --scheme w4a8_fused_v6 --max-m 64 \
+        --heuristic-now h100-triton-w4a8
 """
 
 from __future__ import annotations

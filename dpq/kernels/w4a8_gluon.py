@@ -101,7 +101,8 @@ def _gluon_kernels():
     except ImportError as exc:
         raise ImportError("the 'v6' W4A8 kernel needs Triton's Gluon (Triton 3.6, installed with CUDA builds of "
                           'torch: pip install -e ".[torch]"); or run the same weights with variant "v5" '
-                          "(triton_variant='v5' or DPQ_TRITON_VARIANT=v5: the same numerics, slower at decode)") from exc
+                          "(triton_variant='v5' or DPQ_TRITON_VARIANT=v5: the same numerics, slower at "
+                          "decode)") from exc
 
     table_asm, table_constraints = gl.constexpr(TABLE_ROW_ASM), gl.constexpr(TABLE_ROW_CONSTRAINTS)
     table_asm_clamp = gl.constexpr(TABLE_ROW_ASM_CLAMP)

@@ -196,8 +196,11 @@ class KernelConfig:
     (``griddepcontrol.launch_dependents``) and waits for the kernel before it to finish (``griddepcontrol.wait``)
     before it reads any operand or writes anything, so a chain of such launches overlaps one kernel's tail and the
     next one's start (same bits; off by default: on an H100 the decode layer got 17-50% slower with it, the GEMMs of
-    fewer programs than the GPU holds 1.3-2.3x slower - why is not known, results/gpu/README.md);
-    l2_prefetch_steps: with pdl, each program first asks the L2 for the weight bytes of its first that many K steps
+    fewer programs than the GPU holds 1.3-2.3x slower - why is not known, results/gpu/README.md); "v6" (its Gluon
+    kernel) asks for its first stages' weights before it waits, its token tiles after (70B layer 5-9% slower at
+    decode on an H100);
+    l2_prefetch_steps: with pdl ("v5"/"v4"/"fp8"), each program first asks the L2 for the weight bytes of its first
+    that many K steps
     (``cp.async.bulk.prefetch.L2``, a hint: the loads proper come after the wait; an L2 prefetch cannot return stale
     data; the first token tile of each weight tile asks, and none when N is not a multiple of block_n);
     pdl_trigger: where a program lets the next kernel start, "start" or "after_loop" (before its epilogue);
