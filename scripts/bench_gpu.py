@@ -175,9 +175,6 @@ def fused_candidates(m: int, n: int, k: int, limits, quick: bool, variant: str, 
             if v <= max(1, steps // 2):
                 cands += [replace(base, split_k=v, num_stages=st, a_buffers=1) for st in (3, 4)]
         cands += [replace(base, num_stages=3, a_buffers=2), replace(base, reduce_in_kernel=True)]
-    elif m > 64 and variant == "v6":
-        cands += [replace(base, split_k=v) for v in (1, 2, 3, 4)] + [replace(base, num_stages=4, a_buffers=1),
-                                                                     replace(base, block_t=32)]
     elif m <= 64 and variant == "v5":
         # the split rules (this one and the one before), a sweep of split counts, the in-kernel split-K reduction
         # (fewer parts now), pipeline depth, and register caps for more resident programs (maxnreg: 64 -> 8
@@ -367,7 +364,8 @@ CHAIN_SCHEMES = {
     "pdl_reduce": (None, {"pdl": True, "reduce_in_kernel": True}),
     "pdl_pf2_reduce": (None, {"pdl": True, "l2_prefetch_steps": 2, "reduce_in_kernel": True}),
     "v4": ("v4", {}), "v4_pdl": ("v4", {"pdl": True}), "v4_pdl_pf2": ("v4", {"pdl": True, "l2_prefetch_steps": 2}),
-    "v5": ("v5", {}), "v6": ("v6", {}), "v5_pdl": ("v5", {"pdl": True}), "v5_pdl_pf2": ("v5", {"pdl": True, "l2_prefetch_steps": 2}),
+    "v5": ("v5", {}), "v5_pdl": ("v5", {"pdl": True}), "v5_pdl_pf2": ("v5", {"pdl": True, "l2_prefetch_steps": 2}),
+    "v6": ("v6", {}),
     "pdl_late": (None, {"pdl": True, "pdl_trigger": "after_loop"}),
     "pdl_late_pf2": (None, {"pdl": True, "pdl_trigger": "after_loop", "l2_prefetch_steps": 2}),
     "v6_reduce": ("v6", {"reduce_in_kernel": True}),

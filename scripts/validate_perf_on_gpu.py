@@ -81,7 +81,8 @@ def unfused_kernels(n: int, k: int) -> list[tuple[str, float, float]]:
 # bytes per weight each kernel variant streams (dpq/kernels/w4a8_triton.py): INT4 codes 0.5 + a 16-byte FP8 table
 # per (group of 128, row) (v3 "lut", v4); + float32 scale and uint8 zero per group (v2; v5, which builds the tables
 # in the loop from them); FP8 weights (fp8)
-WEIGHT_BYTES = {"v6": 0.5 + 5 / 128, "v5": 0.5 + 5 / 128, "v4": 0.5 + 16 / 128, "lut": 0.5 + 16 / 128, "v2": 0.5 + 5 / 128, "fp8": 1.0}
+WEIGHT_BYTES = {"v6": 0.5 + 5 / 128, "v5": 0.5 + 5 / 128, "v4": 0.5 + 16 / 128, "lut": 0.5 + 16 / 128,
+                "v2": 0.5 + 5 / 128, "fp8": 1.0}
 M_RANGES = (("decode M<=16", 1, 16), ("M 17-64", 17, 64), ("M 65-4096", 65, 1 << 30))
 GROUP_SIZE = 128
 STRUCTURE_CACHE = ROOT / "results" / "gpu" / "fused_kernel_structure.csv"
@@ -232,11 +233,12 @@ def fused_structure(r: dict, variant: str, cache: dict, commit: str):
 
     cfg = row_config(r)
     launched = None
-    if variant == "v6":  # the Gluon kernel at decode tiles of weights with N a multiple of 4; v5's kernel otherwise
-        from dpq.kernels.w4a8_gluon import V6_BLOCK_N, V6_LAUNCHED_WARPS, V6_NUM_WARPS
+    if variant == "v6":  # the Gluon kernel where it applies, v5's kernel on the same layout otherwise
+        from dpq.kernels.w4a8_gluon import V6_LAUNCHED_WARPS, gluon_kernel_applies
+        from dpq.kernels.w4a8_triton import KernelConfig
 
-        if (cfg["block_n"], cfg["num_warps"]) == (V6_BLOCK_N, V6_NUM_WARPS) and cfg["block_t"] <= 64 \
-                and int(r["n"]) % 4 == 0:
+        tile = KernelConfig(block_n=cfg["block_n"], block_t=cfg["block_t"], num_warps=cfg["num_warps"])
+        if gluon_kernel_applies(tile, int(r["n"])):
             launched = V6_LAUNCHED_WARPS
         else:
             variant = "v5"
