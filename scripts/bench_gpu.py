@@ -5,16 +5,19 @@ M in 1, 4, 16, 64, 256, 1024, 4096 tokens, four ways to compute y = x @ W^T (bf1
 
 * ``bf16``          torch.matmul, BF16 weights (cuBLAS);
 * ``fp8``           torch._scaled_mm, FP8 E4M3 weights and activations, per-tensor scales (cuBLAS, fast accum);
-* ``w4a8_fused``    the Triton kernel of dpq/kernels/w4a8_triton.py reading packed INT4 (groups of 128), variant
+* ``w4a8_fused``    the fused kernel of dpq/kernels reading packed INT4 (groups of 128), variant
                     ``--fused-variant`` (default: the card's, ``default_variant_for``);
 * ``w4a8_fused_default`` that variant with the default configuration only (what ``w4a8_matmul`` runs
                     when given no config: the card's tuned configuration of the GEMM if its profile has one,
                     else the tile heuristic with the card's SM limits);
 * ``w4a8_fused_rule`` that variant with the tile heuristic only (no tuned configuration);
+* ``w4a8_fused_reduce`` that configuration with the split-K parts added in the kernel (``reduce_in_kernel``);
 * ``w4a8_fused_pdl`` that configuration launched with programmatic dependent launch and 2 K steps of L2
                     prefetch (``KernelConfig.pdl``): back-to-back calls overlap one's tail with the next one's start;
 * ``w4a8_fused_nowait`` that configuration without the wait for each K step's wgmmas (``mma_wait_each_step``:
                     Triton's own pipelining, which has a register hazard; only to measure what the wait costs);
+* ``w4a8_fused_v6`` variant "v6" (the v5 layout; at decode tiles the Gluon kernel of dpq/kernels/w4a8_gluon.py,
+                    which expands each row into a shared-memory A tile; v5's kernel elsewhere);
 * ``w4a8_fused_v5`` variant "v5" (codes group-major + float32 scale and zero byte per group, the 16-entry tables
                     built in the loop: 0.539 byte per weight);
 * ``w4a8_fused_v5old`` variant "v5" with the split rule it had before the wave rule (``default_config`` without
