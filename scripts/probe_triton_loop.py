@@ -299,11 +299,9 @@ def fp8_triton_rows(paths: list[Path]) -> list[tuple[dict, object]]:
     return out
 
 
-def v5_tuning_rows(paths: list[Path]) -> list[tuple[dict, object]]:
-    """(measured row, LoopStructure) for the W4A8 v5 rows of scripts/bench_gpu.py sweeps (``tuning_<card>*.csv``,
-    scheme ``w4a8_fused`` on a card whose variant is v5): configurations whose costs the model has terms for only -
-    no in-kernel split-K reduction (its serial tail is not modelled), no register cap (spills, serialised wgmmas),
-    3 or more stages (SASS of the kernel code of the commit that added each CSV)."""
+def _sweep_rows(paths: list[Path], scheme: str, variant: str, skip) -> list[tuple[dict, object]]:
+    """(measured row, LoopStructure) of a fused variant's rows of scripts/bench_gpu.py sweeps, but those for which
+    ``skip(row, config text)`` is true (SASS of the kernel code of the commit that added each CSV)."""
     from scripts.validate_perf_on_gpu import fused_structure, kernel_commit_of, load_structures
 
     out, structures = [], load_structures()
@@ -311,34 +309,28 @@ def v5_tuning_rows(paths: list[Path]) -> list[tuple[dict, object]]:
         commit = kernel_commit_of(path)
         with open(path, newline="") as f:
             for r in csv.DictReader(f):
-                c = r.get("config") or ""
-                if (r["scheme"] != "w4a8_fused" or not r.get("latency_s") or "reduce_in_kernel=True" in c
-                        or "maxnreg=None" not in c or "num_stages=2" in c):
+                if r["scheme"] != scheme or not r.get("latency_s") or skip(r, r.get("config") or ""):
                     continue
-                out.append((dict(r, experiment="v5_tuning", alu="0", half="0", variant="v5"),
-                            fused_structure(dict(r, variant="v5"), "v5", structures, commit)))
+                out.append((dict(r, experiment=f"{variant}_tuning", alu="0", half="0", variant=variant),
+                            fused_structure(dict(r, variant=variant), variant, structures, commit)))
     return out
+
+
+def v5_tuning_rows(paths: list[Path]) -> list[tuple[dict, object]]:
+    """The W4A8 v5 rows of sweeps (``tuning_<card>*.csv``, scheme ``w4a8_fused`` on a card whose variant is v5):
+    configurations whose costs the model has terms for only - no in-kernel split-K reduction (its serial tail is not
+    modelled), no register cap (spills, serialised wgmmas), 3 or more stages."""
+    return _sweep_rows(paths, "w4a8_fused", "v5", lambda r, c: "reduce_in_kernel=True" in c
+                       or "maxnreg=None" not in c or "num_stages=2" in c)
 
 
 def v6_tuning_rows(paths: list[Path]) -> list[tuple[dict, object]]:
-    """(measured row, LoopStructure) for the Gluon kernel's rows of scripts/bench_gpu.py sweeps (scheme
-    ``w4a8_fused_v6`` at decode tiles): one A tile, no in-kernel reduction, no register cap (the configurations the
-    launch heuristic and the tuned tables use; SASS of the kernel code of the commit that added each CSV)."""
-    from scripts.validate_perf_on_gpu import fused_structure, kernel_commit_of, load_structures
-
-    out, structures = [], load_structures()
-    for path in paths:
-        commit = kernel_commit_of(path)
-        with open(path, newline="") as f:
-            for r in csv.DictReader(f):
-                c = r.get("config") or ""
-                if (r["scheme"] != "w4a8_fused_v6" or not r.get("latency_s") or int(r["m"]) > 64
-                        or "reduce_in_kernel=True" in c or "maxnreg=None" not in c or "a_buffers=2" in c):
-                    continue
-                s = fused_structure(dict(r, variant="v6"), "v6", structures, commit)
-                if s.launched_warps is not None:  # the Gluon kernel ran (not v5's tiles on the same layout)
-                    out.append((dict(r, experiment="v6_tuning", alu="0", half="0", variant="v6"), s))
-    return out
+    """The Gluon kernel's rows of sweeps (scheme ``w4a8_fused_v6`` at decode tiles, where it ran rather than v5's
+    tiles on the same layout): one A tile, no in-kernel reduction, no register cap (the configurations the launch
+    heuristic and the tuned tables use)."""
+    rows = _sweep_rows(paths, "w4a8_fused_v6", "v6", lambda r, c: int(r["m"]) > 64 or "reduce_in_kernel=True" in c
+                       or "maxnreg=None" not in c or "a_buffers=2" in c)
+    return [(r, s) for r, s in rows if s.launched_warps is not None]
 
 
 def fit(paths: list[Path], profile: str, spread: str | None, bench: list[Path] | None = None,

@@ -112,6 +112,13 @@ def _gluon_kernels():
     gdc_launch_asm = gl.constexpr("griddepcontrol.launch_dependents; // dummy $0")
 
     @gluon.jit
+    def load_weights(w_desc, s_desc, z_desc, w_smem, s_smem, z_smem, bar, slot, ks, N, stride_zg, n0):
+        # one K step's codes, scales and zero bytes into ring slot ``slot``, completing on ``bar``
+        tma.async_copy_global_to_shared(w_desc, [ks * N + n0, 0], bar, w_smem.index(slot))
+        tma.async_copy_global_to_shared(s_desc, [ks * N + n0], bar, s_smem.index(slot))
+        tma.async_copy_global_to_shared(z_desc, [ks * stride_zg + n0], bar, z_smem.index(slot))
+
+    @gluon.jit
     def load_partition(w_desc, s_desc, z_desc, x_desc, w_smem, s_smem, z_smem, x_smem, ready, empty,
                        ks_begin, n_steps, N, stride_zg, n0, t0, GROUP: gl.constexpr, STAGES: gl.constexpr,
                        PDL: gl.constexpr):
@@ -125,12 +132,9 @@ def _gluon_kernels():
             first = gl.minimum(n_steps, STAGES)
             for i in gl.static_range(STAGES):
                 if i < n_steps:
-                    bar = ready.index(i)
-                    ks = ks_begin + i
-                    mbarrier.expect(bar, nbytes)
-                    tma.async_copy_global_to_shared(w_desc, [ks * N + n0, 0], bar, w_smem.index(i))
-                    tma.async_copy_global_to_shared(s_desc, [ks * N + n0], bar, s_smem.index(i))
-                    tma.async_copy_global_to_shared(z_desc, [ks * stride_zg + n0], bar, z_smem.index(i))
+                    mbarrier.expect(ready.index(i), nbytes)
+                    load_weights(w_desc, s_desc, z_desc, w_smem, s_smem, z_smem, ready.index(i), i, ks_begin + i,
+                                 N, stride_zg, n0)
             gl.inline_asm_elementwise(gdc_wait_asm, "=r", [], dtype=gl.int32, is_pure=False, pack=1)
             for i in gl.static_range(STAGES):
                 if i < n_steps:
@@ -143,9 +147,7 @@ def _gluon_kernels():
             bar = ready.index(slot)
             ks = ks_begin + j
             mbarrier.expect(bar, nbytes)
-            tma.async_copy_global_to_shared(w_desc, [ks * N + n0, 0], bar, w_smem.index(slot))
-            tma.async_copy_global_to_shared(s_desc, [ks * N + n0], bar, s_smem.index(slot))
-            tma.async_copy_global_to_shared(z_desc, [ks * stride_zg + n0], bar, z_smem.index(slot))
+            load_weights(w_desc, s_desc, z_desc, w_smem, s_smem, z_smem, bar, slot, ks, N, stride_zg, n0)
             tma.async_copy_global_to_shared(x_desc, [t0, ks * GROUP], bar, x_smem.index(slot))
 
     @gluon.jit
