@@ -14,13 +14,14 @@ Every rounding step is the one the emulator models, so on a Hopper card the CUDA
 Kernels (``kernel=``):
 
 * ``cublas``: expand the whole weight to FP8 once when the layer is built, then ``torch._scaled_mm`` per call.
-* ``triton``: the fused W4A8 kernel of ``dpq.kernels.w4a8_triton`` (packed INT4 read per call, expanded in
-  registers); its numerics are the profile ``h100-triton-w4a8`` (no promotion, split-K parts added in order).
-  ``triton_variant`` (else $DPQ_TRITON_VARIANT, else the card's measured best, ``default_variant_for``: "v5" on an
-  H100, "v4" on an H200, "v5" on other cards): "v5" (tables built in the loop from the group's scale
-  and zero), "v4" or "lut" (tables precomputed, read from memory), "v2" (float32 arithmetic per weight) or "fp8"
-  (weights expanded once, the same loop); all give the same bits. From ``expand_from_tokens`` tokens per call (by
-  default the card's measured crossover, ``fused_kernel.expand_from_tokens`` of its profile) a v5/v4 weight runs
+* ``triton``: the fused W4A8 kernels of ``dpq.kernels`` (packed INT4 read per call, expanded on chip); their
+  numerics are the profile ``h100-triton-w4a8`` (no promotion, split-K parts added in order).
+  ``triton_variant`` (else $DPQ_TRITON_VARIANT, else the card's measured best, ``default_variant_for``: "v6" on an
+  H100, "v4" on an H200, "v5" on other cards): "v6" (v5's layout; at decode the Gluon kernel, which expands each
+  row into shared memory), "v5" (tables built in the loop from the group's scale and zero, in registers), "v4" or
+  "lut" (tables precomputed, read from memory), "v2" (float32 arithmetic per weight) or "fp8" (weights expanded
+  once, the same loop); all give the same bits. From ``expand_from_tokens`` tokens per call (by
+  default the card's measured crossover, ``fused_kernel.expand_from_tokens`` of its profile) a v6/v5/v4 weight runs
   the prefill path instead: one kernel expands it to FP8 (a temporary N x K buffer), then ``torch._scaled_mm`` -
   the ``cublas`` kernel's numerics (``prefill_path(m)`` tells which a call of m tokens gets).
 * on HPU: ``torch.ops.hpu.cast_to_fp8_v2`` and ``torch.ops.hpu.fp8_gemm_v2`` (Gaudi 2 takes its FP8 values in
