@@ -372,6 +372,8 @@ CHAIN_SCHEMES = {
     "pdl_late": (None, {"pdl": True, "pdl_trigger": "after_loop"}),
     "pdl_late_pf2": (None, {"pdl": True, "pdl_trigger": "after_loop", "l2_prefetch_steps": 2}),
     "v6_reduce": ("v6", {"reduce_in_kernel": True}),
+    "v6_gps2_st2": ("v6", {"groups_per_step": 2, "num_stages": 2}),
+    "v6_gps2_st3": ("v6", {"groups_per_step": 2, "num_stages": 3}),
     "nowait": (None, {"mma_wait_each_step": False}), "v4_nowait": ("v4", {"mma_wait_each_step": False}),
     "v5_nowait": ("v5", {"mma_wait_each_step": False}),
 }

@@ -42,7 +42,7 @@ def _cubin_sass(k, name: str):
 
 
 def _compile_gluon_v6(block_t: int, block_k: int, split_k: int, stages: int, a_buffers: int, maxnreg: int | None,
-                      reduce_in_kernel: bool = False, pdl: bool = False):
+                      reduce_in_kernel: bool = False, pdl: bool = False, groups_per_step: int = 1):
     """The "v6" Gluon kernel (dpq/kernels/w4a8_gluon.py) for sm_90, with the TMA descriptors' types of a launch."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -63,7 +63,7 @@ def _compile_gluon_v6(block_t: int, block_k: int, split_k: int, stages: int, a_b
            "stride_om": "i32", "out_scale": "fp32", "k_steps": "i32", "k_steps_per_split": "i32", "n_parts": "i32"}
     consts = dict(BLOCK_N=bn, BLOCK_T=block_t, GROUP=block_k, STAGES=stages, A_BUFS=a_buffers,
                   SPLIT_K=min(split_k, 2), OUT_BF16=True, FP8_MAX=448.0, REDUCE=split_k > 1 and reduce_in_kernel,
-                  PDL=pdl, num_warps=G.V6_NUM_WARPS)
+                  PDL=pdl, GPS=groups_per_step, num_warps=G.V6_NUM_WARPS)
     for c in consts:
         sig[c] = "constexpr"
     names = list(sig)
@@ -87,7 +87,8 @@ def compile_kernel(variant: str, block_n: int, block_t: int, block_k: int, split
     from dpq.kernels import w4a8_triton as W
 
     if variant == "v6":
-        return _compile_gluon_v6(block_t, block_k, split_k, stages, a_buffers, maxnreg, reduce_in_kernel, pdl)
+        return _compile_gluon_v6(block_t, block_k, split_k, stages, a_buffers, maxnreg, reduce_in_kernel, pdl,
+                                 groups_per_step)
     fn = W._kernels()[variant]
     if variant == "v5":
         sig = {"x_ptr": "*fp8e4nv", "w_ptr": "*i16", "s_ptr": "*fp32", "z_ptr": "*u8",

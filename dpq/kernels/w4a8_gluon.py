@@ -119,46 +119,86 @@ def _gluon_kernels():
         tma.async_copy_global_to_shared(z_desc, [ks * stride_zg + n0], bar, z_smem.index(slot))
 
     @gluon.jit
+    def load_step(w_desc, s_desc, z_desc, x_desc, w_smem, s_smem, z_smem, x_smem, bar, slot, it, N, stride_zg, n0,
+                  t0, GROUP: gl.constexpr, GPS: gl.constexpr, WITH_X: gl.constexpr):
+        # loop iteration ``it``'s GPS groups (and, WITH_X, their token tiles) into ring slot ``slot``
+        for gi in gl.static_range(GPS):
+            ks = it * GPS + gi
+            if WITH_X:
+                tma.async_copy_global_to_shared(x_desc, [t0, ks * GROUP], bar, x_smem.index(slot * GPS + gi))
+            else:
+                load_weights(w_desc, s_desc, z_desc, w_smem, s_smem, z_smem, bar, slot * GPS + gi, ks, N, stride_zg,
+                             n0)
+
+    @gluon.jit
     def load_partition(w_desc, s_desc, z_desc, x_desc, w_smem, s_smem, z_smem, x_smem, ready, empty,
                        ks_begin, n_steps, N, stride_zg, n0, t0, GROUP: gl.constexpr, STAGES: gl.constexpr,
-                       PDL: gl.constexpr):
-        # one warp: the TMA loads of every K step into the ring, a slot as soon as the MMA warps free it. With PDL
-        # the first slots' weights (which no kernel before writes) are asked for before waiting for the kernel
-        # before this one, and their token tiles after.
-        nbytes: gl.constexpr = (w_desc.block_type.nbytes + s_desc.block_type.nbytes + z_desc.block_type.nbytes
-                                + x_desc.block_type.nbytes)
+                       GPS: gl.constexpr, PDL: gl.constexpr):
+        # one warp: the TMA loads of every loop iteration (GPS groups) into the ring, a slot as soon as the MMA warps
+        # free it. With PDL the first slots' weights (which no kernel before writes) are asked for before waiting for
+        # the kernel before this one, and their token tiles after.
+        nbytes: gl.constexpr = GPS * (w_desc.block_type.nbytes + s_desc.block_type.nbytes
+                                      + z_desc.block_type.nbytes + x_desc.block_type.nbytes)
         first = 0
         if PDL:
             first = gl.minimum(n_steps, STAGES)
             for i in gl.static_range(STAGES):
                 if i < n_steps:
                     mbarrier.expect(ready.index(i), nbytes)
-                    load_weights(w_desc, s_desc, z_desc, w_smem, s_smem, z_smem, ready.index(i), i, ks_begin + i,
-                                 N, stride_zg, n0)
+                    load_step(w_desc, s_desc, z_desc, x_desc, w_smem, s_smem, z_smem, x_smem, ready.index(i), i,
+                              ks_begin + i, N, stride_zg, n0, t0, GROUP, GPS, False)
             gl.inline_asm_elementwise(gdc_wait_asm, "=r", [], dtype=gl.int32, is_pure=False, pack=1)
             for i in gl.static_range(STAGES):
                 if i < n_steps:
-                    tma.async_copy_global_to_shared(x_desc, [t0, (ks_begin + i) * GROUP], ready.index(i),
-                                                    x_smem.index(i))
+                    load_step(w_desc, s_desc, z_desc, x_desc, w_smem, s_smem, z_smem, x_smem, ready.index(i), i,
+                              ks_begin + i, N, stride_zg, n0, t0, GROUP, GPS, True)
         for j in range(first, n_steps):
             slot = j % STAGES
             if j >= STAGES:
                 mbarrier.wait(empty.index(slot), ((j // STAGES) - 1) & 1)
             bar = ready.index(slot)
-            ks = ks_begin + j
             mbarrier.expect(bar, nbytes)
-            load_weights(w_desc, s_desc, z_desc, w_smem, s_smem, z_smem, bar, slot, ks, N, stride_zg, n0)
-            tma.async_copy_global_to_shared(x_desc, [t0, ks * GROUP], bar, x_smem.index(slot))
+            load_step(w_desc, s_desc, z_desc, x_desc, w_smem, s_smem, z_smem, x_smem, bar, slot, ks_begin + j, N,
+                      stride_zg, n0, t0, GROUP, GPS, False)
+            load_step(w_desc, s_desc, z_desc, x_desc, w_smem, s_smem, z_smem, x_smem, bar, slot, ks_begin + j, N,
+                      stride_zg, n0, t0, GROUP, GPS, True)
 
     @gluon.jit
-    def mma_partition(w_smem, s_smem, z_smem, x_smem, a_smem, ready, empty, n_steps,
-                      BLOCK_N: gl.constexpr, BLOCK_T: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr,
-                      A_BUFS: gl.constexpr, FP8_MAX: gl.constexpr, num_warps: gl.constexpr):
-        # the warpgroup: expand each step's rows (one per thread) into an A tile, MMA it with the token tile
+    def expand_group(w_smem, s_smem, z_smem, buf, BLOCK_N: gl.constexpr, GROUP: gl.constexpr,
+                     FP8_MAX: gl.constexpr, num_warps: gl.constexpr):
+        # one group's rows (one per thread) in the slot's buffer ``buf``: the rows' tables, the look-up, and the FP8
+        # words in K order, [BLOCK_N, GROUP / 4] in a layout that gives each thread its whole row
         WORDS: gl.constexpr = GROUP // 8  # 32-bit code words of one row and group (8 codes each)
         row_layout: gl.constexpr = gl.BlockedLayout([1, WORDS], [32, 1], [num_warps, 1], [1, 0])
         fp8_words_layout: gl.constexpr = gl.BlockedLayout([1, GROUP // 4], [32, 1], [num_warps, 1], [1, 0])
         vec_layout: gl.constexpr = gl.SliceLayout(1, row_layout)
+        words = w_smem.index(buf).load(row_layout)                        # [BLOCK_N, WORDS] codes
+        sg = s_smem.index(buf).load(vec_layout)                           # [BLOCK_N] float32
+        zg = z_smem.index(buf).load(vec_layout).to(gl.uint32)             # [BLOCK_N]
+        if FP8_MAX == 448.0:  # cvt.rn.satfinite saturates at E4M3FN's 448 by itself
+            l0, l1, l2, l3 = gl.inline_asm_elementwise(
+                table_asm, table_constraints, [sg.to(gl.uint32, bitcast=True), zg],
+                dtype=(gl.uint32, gl.uint32, gl.uint32, gl.uint32), is_pure=True, pack=1)
+        else:
+            hi = gl.full([BLOCK_N], FP8_MAX, gl.float32, vec_layout)
+            l0, l1, l2, l3 = gl.inline_asm_elementwise(
+                table_asm_clamp, table_constraints_clamp, [sg.to(gl.uint32, bitcast=True), zg, hi, -hi],
+                dtype=(gl.uint32, gl.uint32, gl.uint32, gl.uint32), is_pure=True, pack=1)
+        q_lo, q_hi = gl.inline_asm_elementwise(
+            lut_asm_row, lut_row_constraints,
+            [words, l0[:, None], l1[:, None], l2[:, None], l3[:, None]],
+            dtype=(gl.uint32, gl.uint32), is_pure=True, pack=1)          # columns 8w..8w+3, 8w+4..8w+7
+        # FP8 words in stored order (16-bit code word s = a W/4 + j holds K word 4 j + a, W = GROUP / 4: the
+        # v4/v5 layout's reorder); each thread holds its whole row, so putting them in K order moves no data
+        stored = gl.reshape(gl.join(q_lo, q_hi), [BLOCK_N, 4, GROUP // 16])
+        return gl.convert_layout(gl.reshape(gl.permute(stored, [0, 2, 1]), [BLOCK_N, GROUP // 4]), fp8_words_layout)
+
+    @gluon.jit
+    def mma_partition(w_smem, s_smem, z_smem, x_smem, a_smem, ready, empty, n_steps,
+                      BLOCK_N: gl.constexpr, BLOCK_T: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr,
+                      A_BUFS: gl.constexpr, GPS: gl.constexpr, FP8_MAX: gl.constexpr, num_warps: gl.constexpr):
+        # the warpgroup: expand each iteration's GPS groups (a row per thread) into A tiles, MMA them with the token
+        # tiles, in K order
         mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                              instr_shape=[16, BLOCK_T, 32])
         a_words_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=a_smem.type.layout.swizzle_byte_width,
@@ -167,36 +207,20 @@ def _gluon_kernels():
         for j in range(n_steps):
             slot = j % STAGES
             mbarrier.wait(ready.index(slot), (j // STAGES) & 1)
-            words = w_smem.index(slot).load(row_layout)                       # [BLOCK_N, WORDS] codes
-            sg = s_smem.index(slot).load(vec_layout)                          # [BLOCK_N] float32
-            zg = z_smem.index(slot).load(vec_layout).to(gl.uint32)            # [BLOCK_N]
-            if FP8_MAX == 448.0:  # cvt.rn.satfinite saturates at E4M3FN's 448 by itself
-                l0, l1, l2, l3 = gl.inline_asm_elementwise(
-                    table_asm, table_constraints, [sg.to(gl.uint32, bitcast=True), zg],
-                    dtype=(gl.uint32, gl.uint32, gl.uint32, gl.uint32), is_pure=True, pack=1)
-            else:
-                hi = gl.full([BLOCK_N], FP8_MAX, gl.float32, vec_layout)
-                l0, l1, l2, l3 = gl.inline_asm_elementwise(
-                    table_asm_clamp, table_constraints_clamp, [sg.to(gl.uint32, bitcast=True), zg, hi, -hi],
-                    dtype=(gl.uint32, gl.uint32, gl.uint32, gl.uint32), is_pure=True, pack=1)
-            q_lo, q_hi = gl.inline_asm_elementwise(
-                lut_asm_row, lut_row_constraints,
-                [words, l0[:, None], l1[:, None], l2[:, None], l3[:, None]],
-                dtype=(gl.uint32, gl.uint32), is_pure=True, pack=1)          # columns 8w..8w+3, 8w+4..8w+7
-            # FP8 words in stored order (16-bit code word s = a W/4 + j holds K word 4 j + a, W = GROUP / 4: the
-            # v4/v5 layout's reorder); each thread holds its whole row, so putting them in K order moves no data
-            stored = gl.reshape(gl.join(q_lo, q_hi), [BLOCK_N, 4, GROUP // 16])
-            fp8_words = gl.convert_layout(gl.reshape(gl.permute(stored, [0, 2, 1]), [BLOCK_N, GROUP // 4]),
-                                          fp8_words_layout)
-            if A_BUFS == 1:  # the MMA of step j - 1 still reads the one A tile
-                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
-            a_buf = a_smem.index(j % A_BUFS)  # with 2: the MMA of step j - 2, the last to read it, finished below
-            a_buf._reinterpret(gl.uint32, [BLOCK_N, GROUP // 4], a_words_layout).store(fp8_words)
+            for gi in gl.static_range(GPS):
+                fp8_words = expand_group(w_smem, s_smem, z_smem, slot * GPS + gi, BLOCK_N, GROUP, FP8_MAX, num_warps)
+                if A_BUFS == 1 and gi == 0:  # the MMAs of iteration j - 1 still read the A tiles
+                    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+                # with 2 sets of A tiles: iteration j - 2's MMAs, the last to read this set, finished below
+                a_buf = a_smem.index((j % A_BUFS) * GPS + gi)
+                a_buf._reinterpret(gl.uint32, [BLOCK_N, GROUP // 4], a_words_layout).store(fp8_words)
             fence_async_shared()
             gl.thread_barrier()  # every row stored
-            acc = warpgroup_mma(a_buf, x_smem.index(slot).permute((1, 0)), acc, is_async=True)
-            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
-            if j > 0:  # step j - 1's MMA is done: its slot (codes read before the barrier above) is free
+            for gi in gl.static_range(GPS):
+                acc = warpgroup_mma(a_smem.index((j % A_BUFS) * GPS + gi),
+                                    x_smem.index(slot * GPS + gi).permute((1, 0)), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=GPS, deps=(acc, ))
+            if j > 0:  # iteration j - 1's MMAs are done: its slot (codes read before the barrier above) is free
                 mbarrier.arrive(empty.index((j - 1) % STAGES))
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
         return (acc, )
@@ -206,7 +230,8 @@ def _gluon_kernels():
                        out_scale, k_steps, k_steps_per_split, n_parts,
                        BLOCK_N: gl.constexpr, BLOCK_T: gl.constexpr, GROUP: gl.constexpr, STAGES: gl.constexpr,
                        A_BUFS: gl.constexpr, SPLIT_K: gl.constexpr, OUT_BF16: gl.constexpr, FP8_MAX: gl.constexpr,
-                       REDUCE: gl.constexpr, PDL: gl.constexpr = False, num_warps: gl.constexpr = 4):
+                       REDUCE: gl.constexpr, PDL: gl.constexpr = False, GPS: gl.constexpr = 1,
+                       num_warps: gl.constexpr = 4):
         if PDL:  # the next kernel may be scheduled now: it waits for this one before it reads what this writes
             gl.inline_asm_elementwise(gdc_launch_asm, "=r", [], dtype=gl.int32, is_pure=False, pack=1)
         pid_n = gl.program_id(0)
@@ -222,11 +247,11 @@ def _gluon_kernels():
         WORDS: gl.constexpr = GROUP // 8
         a_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=x_desc.layout.swizzle_byte_width,
                                                       element_bitwidth=8, rank=2)
-        w_smem = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, WORDS], w_desc.layout)
-        s_smem = gl.allocate_shared_memory(s_desc.dtype, [STAGES, BLOCK_N], s_desc.layout)
-        z_smem = gl.allocate_shared_memory(z_desc.dtype, [STAGES, BLOCK_N], z_desc.layout)
-        x_smem = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_T, GROUP], x_desc.layout)
-        a_smem = gl.allocate_shared_memory(gl.float8e4nv, [A_BUFS, BLOCK_N, GROUP], a_layout)
+        w_smem = gl.allocate_shared_memory(w_desc.dtype, [STAGES * GPS, BLOCK_N, WORDS], w_desc.layout)
+        s_smem = gl.allocate_shared_memory(s_desc.dtype, [STAGES * GPS, BLOCK_N], s_desc.layout)
+        z_smem = gl.allocate_shared_memory(z_desc.dtype, [STAGES * GPS, BLOCK_N], z_desc.layout)
+        x_smem = gl.allocate_shared_memory(x_desc.dtype, [STAGES * GPS, BLOCK_T, GROUP], x_desc.layout)
+        a_smem = gl.allocate_shared_memory(gl.float8e4nv, [A_BUFS * GPS, BLOCK_N, GROUP], a_layout)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
@@ -234,9 +259,9 @@ def _gluon_kernels():
             mbarrier.init(empty.index(i), count=1)
         (acc, ) = gl.warp_specialize(
             [(mma_partition, (w_smem, s_smem, z_smem, x_smem, a_smem, ready, empty, n_steps, BLOCK_N, BLOCK_T,
-                              GROUP, STAGES, A_BUFS, FP8_MAX, num_warps)),
+                              GROUP, STAGES, A_BUFS, GPS, FP8_MAX, num_warps)),
              (load_partition, (w_desc, s_desc, z_desc, x_desc, w_smem, s_smem, z_smem, x_smem, ready, empty,
-                               ks_begin, n_steps, N, stride_zg, n0, t0, GROUP, STAGES, PDL))],
+                               ks_begin, n_steps, N, stride_zg, n0, t0, GROUP, STAGES, GPS, PDL))],
             [1], [24])
         mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                              instr_shape=[16, BLOCK_T, 32])
@@ -300,9 +325,10 @@ def launch_v6(x8, weight, out, part, counters, out_scale: float, config, k_steps
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    if config.groups_per_step != 1 or config.l2_prefetch_steps or config.pdl_trigger != "start":
-        raise ValueError(f"variant 'v6' takes groups_per_step=1, and with pdl no l2_prefetch_steps (its load warp "
-                         f"asks for its first steps' weights before it waits) and pdl_trigger 'start'; got {config}")
+    if config.groups_per_step not in (1, 2) or config.l2_prefetch_steps or config.pdl_trigger != "start":
+        raise ValueError(f"variant 'v6' takes groups_per_step 1 or 2, and with pdl no l2_prefetch_steps (its load "
+                         f"warp asks for its first steps' weights before it waits) and pdl_trigger 'start'; got "
+                         f"{config}")
     if x8.data_ptr() % 16 or x8.stride(0) % 16 or x8.stride(1) != 1:
         raise ValueError(f"variant 'v6': x8 must be 16-byte aligned with rows a multiple of 16 bytes apart (TMA), "
                          f"got strides {tuple(x8.stride())}")
@@ -323,5 +349,6 @@ def launch_v6(x8, weight, out, part, counters, out_scale: float, config, k_steps
         x_desc, w_desc, s_desc, z_desc, out, part, counters, m, n, weight.zeros.stride(0), out.stride(0), out_scale,
         k_steps, k_steps_per_split, split, BLOCK_N=V6_BLOCK_N, BLOCK_T=config.block_t, GROUP=gs,
         STAGES=config.num_stages, A_BUFS=config.a_buffers, SPLIT_K=min(split, 2), OUT_BF16=out.dtype.itemsize == 2,
-        FP8_MAX=weight.fp8_max, REDUCE=reduce_in_kernel, PDL=config.pdl, num_warps=V6_NUM_WARPS,
+        FP8_MAX=weight.fp8_max, REDUCE=reduce_in_kernel, PDL=config.pdl, GPS=config.groups_per_step,
+        num_warps=V6_NUM_WARPS,
         maxnreg=config.maxnreg or V6_DEFAULT_MAXNREG, launch_pdl=config.pdl)

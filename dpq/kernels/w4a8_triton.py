@@ -187,7 +187,7 @@ class KernelConfig:
     block_n: weight rows per program (the tensor core's M: 64 or 128); block_t: tokens per program (16..256);
     split_k: parts K is cut into (contiguous, whole K steps; parts then summed in order); num_warps, num_stages:
     Triton launch options; groups_per_step: groups of the packed format per K step (the "v4" and "fp8" variants
-    take 1, 2 or 4; "lut" and "v2" only 1); reduce_in_kernel: "v4"/"fp8" with split-K add the parts (in order)
+    take 1, 2 or 4, "v6"'s Gluon kernel 1 or 2 (2 measured slower); "lut", "v2" and "v5" only 1); reduce_in_kernel: "v4"/"fp8" with split-K add the parts (in order)
     in the same launch (the last program of a tile to finish does it) instead of in a second kernel (same bits;
     off by default: no faster on the H200, results/gpu/README.md); maxnreg: Triton's register cap per thread (None:
     none; more resident programs per SM, but below 75 ptxas serialises the v5 wgmmas (C7512) and spills: slower on an
@@ -209,6 +209,8 @@ class KernelConfig:
     still read (triton-lang/triton issue 9433; ``scripts/kernel_sass.py`` finds such writes in the SASS: 132 in v5,
     89 in v4 at 128 x 16 tiles without the wait, none with it); measured as run-to-run differences of v4 at 128 x 128
     tiles with 8 warps on an H200 (results/gpu/race_v4_h200*.log). False only to measure what the wait costs.
+    a_buffers: "v6"'s Gluon kernel, expanded A tiles in shared memory: 1 (the next step's store waits for the MMA)
+    or 2 (the MMA may run a step longer; measured no faster on an H100, results/gpu/README.md).
     """
 
     block_n: int = 64
@@ -1375,7 +1377,9 @@ def _launch(x8, weight: PackedW4A8Weight, act_scale: float, *, out_dtype: str, c
         compiled = launch_v6(x8, weight, out, part, counters, scale, config, k_steps, per, split, reduce_in_kernel)
     elif weight.variant in ("v5", "v6"):
         if config.groups_per_step != 1:
-            raise ValueError(f"variant 'v5' takes groups_per_step=1, got {config.groups_per_step}")
+            raise ValueError(f"variant {weight.variant!r}: this launch runs v5's Triton kernel (block_n "
+                             f"{config.block_n}, block_t {config.block_t}, {config.num_warps} warps, N {n}), which "
+                             f"takes groups_per_step=1, got {config.groups_per_step}")
         counters = _tile_counters(x8.device, grid[0] * grid[1]) if reduce_in_kernel else part
         compiled = kernels["v5"][grid](x8, weight.codes, weight.group_scales, weight.zeros, out, part, counters,
                                        m, n, k, x8.stride(0), out.stride(0), weight.zeros.stride(0), scale, per, split,

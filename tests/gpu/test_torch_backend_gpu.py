@@ -205,7 +205,9 @@ def test_v5_tiles_bit_exact(cfg):
 @pytest.mark.parametrize("cfg", [KernelConfig(128, 16, 1, 4, 3, a_buffers=1), KernelConfig(128, 16, 3, 4, 4, a_buffers=1),
                                  KernelConfig(128, 16, 5, 4, 2, a_buffers=2), KernelConfig(128, 32, 2, 4, 3, a_buffers=2),
                                  KernelConfig(128, 64, 3, 4, 3, a_buffers=1), KernelConfig(128, 64, 1, 4, 2, a_buffers=2),
-                                 KernelConfig(128, 16, 4, 4, 4, a_buffers=2, maxnreg=80)])
+                                 KernelConfig(128, 16, 4, 4, 4, a_buffers=2, maxnreg=80),
+                                 KernelConfig(128, 16, 3, 4, 2, groups_per_step=2),
+                                 KernelConfig(128, 32, 1, 4, 3, groups_per_step=2, a_buffers=2)])
 @pytest.mark.parametrize("gs", [128, 64, 32])
 def test_v6_tiles_bit_exact(cfg, gs):
     """The Gluon kernel (rows expanded into a shared-memory A tile, TMA loads, MMAs left in flight) at every tile,
@@ -213,7 +215,8 @@ def test_v6_tiles_bit_exact(cfg, gs):
     N not a multiple of 4, "v5"'s kernel on the same weight)."""
     rng = np.random.default_rng(cfg.block_t + cfg.split_k + gs)
     m = {16: 5, 32: 29, 64: 61}[cfg.block_t]
-    p = _layer(rng, 388 if gs != 32 else 390, 2048, gs, 7)  # 390 rows: not a multiple of 4, v5's kernel runs
+    # 390 rows (not a multiple of 4): v5's kernel runs, which takes one group per step
+    p = _layer(rng, 390 if gs == 32 and cfg.groups_per_step == 1 else 388, 2048, gs, 7)
     x = (rng.standard_normal((m, 2048)) * np.exp2(rng.uniform(-4, 4, (m, 2048)))).astype(np.float32)
     got = TorchLinear(p, "cuda", kernel="triton", triton_config=cfg, triton_variant="v6")(x)
     want = fp8_gemm(hw="h100-triton-w4a8", out_dtype="bfloat16", split_k=split_k_parts(2048, cfg, gs),
