@@ -374,6 +374,7 @@ CHAIN_SCHEMES = {
     "v6_reduce": ("v6", {"reduce_in_kernel": True}),
     "v6_gps2_st2": ("v6", {"groups_per_step": 2, "num_stages": 2}),
     "v6_gps2_st3": ("v6", {"groups_per_step": 2, "num_stages": 3}),
+    "v6_st5": ("v6", {"num_stages": 5}), "v6_st3": ("v6", {"num_stages": 3}),
     "nowait": (None, {"mma_wait_each_step": False}), "v4_nowait": ("v4", {"mma_wait_each_step": False}),
     "v5_nowait": ("v5", {"mma_wait_each_step": False}),
 }
