@@ -172,11 +172,12 @@ def fused_candidates(m: int, n: int, k: int, limits, quick: bool, variant: str, 
         return cands[:1]
     s = base.split_k
     if m <= 64 and variant == "v6":
-        # split counts at 3 and 4 stages (one A tile: 4 and 3 programs per SM), and two A tiles at 3 stages
+        # split counts at 3, 4 and 5 stages (one A tile: 4, 3 and 3 programs per SM at 16 tokens), and two A tiles
+        # at 3 stages
         steps = k // GROUP_SIZE
         for v in (1, 2, 3, 4, 6, 8, 12):
             if v <= max(1, steps // 2):
-                cands += [replace(base, split_k=v, num_stages=st, a_buffers=1) for st in (3, 4)]
+                cands += [replace(base, split_k=v, num_stages=st, a_buffers=1) for st in (3, 4, 5)]
         cands += [replace(base, num_stages=3, a_buffers=2), replace(base, reduce_in_kernel=True)]
     elif m <= 64 and variant == "v5":
         # the split rules (this one and the one before), a sweep of split counts, the in-kernel split-K reduction
