@@ -90,21 +90,49 @@ def test_split_parts_as_the_launch_makes_them(hw):
         lut_decode(stages=1)
 
 
-def test_default_structure_is_the_kernels_heuristic(hw):
+# The v4 kernel's tiles as the H200 profile held them while v4 was its default (SASS at commit e1b6bba): the
+# busiest_sm split policy is v4's heuristic.
+V4_TILE_CONFIGS = [[16, 128, 16, 4, 3, 75, 26624, 279, 65, 134, 0, 8, 32768, 4],
+                   [32, 128, 32, 4, 3, 96, 32768, 293, 74, 137, 0, 8, 65536, 4],
+                   [64, 128, 64, 4, 3, 168, 45056, 298, 73, 155, 0, 8, 131072, 4],
+                   [1000000000, 128, 128, 8, 3, 142, 69632, 198, 46, 92, 0, 4, 262144, 8]]
+
+
+def test_default_structure_is_the_kernels_heuristic():
+    v4 = load_profile(PROFILE, {"fused_kernel.split_policy": "busiest_sm", "fused_kernel.tuned_configs": [],
+                                "fused_kernel.tile_configs": V4_TILE_CONFIGS})
     # busiest_sm policy (the v4 kernel's default_config): the split minimising the busiest SM's steps
-    assert default_structure(hw, 1, 57344, 8192).split_k == 3
-    assert default_structure(hw, 1, 8192, 28672).split_k == 16
-    s = default_structure(hw, 1, 8192, 8192)
+    assert default_structure(v4, 1, 57344, 8192).split_k == 3
+    assert default_structure(v4, 1, 8192, 28672).split_k == 16
+    s = default_structure(v4, 1, 8192, 8192)
     assert (s.block_n, s.block_t, s.warps, s.stages) == (128, 16, 4, 3) and s.int_instructions > 0
-    big = default_structure(hw, 4096, 8192, 8192)
+    big = default_structure(v4, 4096, 8192, 8192)
     assert (big.block_t, big.warps, big.stages, big.split_k) == (128, 8, 3, 1)
     # above M = 64: split while the programs stay within 2 per SM
-    assert default_structure(hw, 128, 8192, 28672).split_k == 4    # 64 tiles
-    assert default_structure(hw, 256, 8192, 28672).split_k == 2    # 128 tiles
-    assert default_structure(hw, 128, 57344, 8192).split_k == 1    # 448 tiles: more than 2 per SM already
+    assert default_structure(v4, 128, 8192, 28672).split_k == 4    # 64 tiles
+    assert default_structure(v4, 256, 8192, 28672).split_k == 2    # 128 tiles
+    assert default_structure(v4, 128, 57344, 8192).split_k == 1    # 448 tiles: more than 2 per SM already
     # programs_per_sm policy (the lut/v2 kernels): split while fewer tiles than 4 programs per SM
-    lut = load_profile(PROFILE, {"fused_kernel.split_policy": "programs_per_sm"})
+    lut = load_profile(PROFILE, {"fused_kernel.split_policy": "programs_per_sm", "fused_kernel.tuned_configs": [],
+                                 "fused_kernel.tile_configs": V4_TILE_CONFIGS})
     assert default_structure(lut, 1, 8192, 8192).split_k == 9  # ceil(528 / 64 tiles), <= 64 steps // 4
+
+
+def test_default_structure_follows_the_cards_tuned_configurations(hw):
+    """The H200 runs v6 (the Gluon kernel: 8 launched warps) with its measured table where it has a row, else v6's
+    heuristic (the waves rule at 4 stages)."""
+    from dpq.kernels.w4a8_triton import SMLimits, default_config
+
+    tuned = default_structure(hw, 1, 57344, 8192)  # tuned row [57344, 8192, 1, 1, 128, 16, 4, 4, 3, 0]
+    assert (tuned.block_t, tuned.split_k, tuned.stages, tuned.launched_warps) == (16, 4, 3, 8)
+    assert default_structure(hw, 16, 57344, 8192).stages == 5  # M 5-16: its own row, 5 stages
+    rule = default_structure(hw, 1, 8192, 4096)  # no tuned row: the heuristic
+    limits = SMLimits(num_sms=hw.sm.count, registers_per_sm=hw.sm.registers_per_sm,
+                      shared_bytes_per_sm=int(hw.sm.shared_bytes_per_sm), max_threads_per_sm=32 * hw.sm.max_warps_per_sm)
+    want = default_config(1, 8192, 4096, hw.sm.count, 128, "v6", sm_limits=limits)
+    assert (rule.block_t, rule.split_k, rule.stages, rule.launched_warps) == \
+        (want.block_t, want.split_k, want.num_stages, 8)
+    assert rule.stages == 4
 
 
 def test_engine_plan_matches_closed_form_and_simulate_uses_it(hw):
