@@ -286,7 +286,7 @@ def test_validate_script_names_the_v5_variant_and_its_bytes():
     # a bench of the default kernel only (bench_h200_final.csv): its rows are fused rows of the measured default
     final = v.variants_of({"bf16", "fp8", "fp8_triton", "w4a8_fused_default"}, "v5")
     assert final["w4a8_fused_default"] == "v5" and final["fp8_triton"] == "fp8"
-    # the report names what each row ran: an H200 runs v4 as its default whatever DEFAULT_VARIANT says
+    # the report names what each row ran (rows of an H200 from when v4 was its default, whatever DEFAULT_VARIANT says)
     rows = [{"scheme": "w4a8_fused_default", "variant": "v4"}, {"scheme": "w4a8_fused_v5", "variant": "v5"},
             {"scheme": "fp8_triton", "variant": ""}, {"scheme": "bf16"}]
     assert v.variants_used(rows, "v5") == {"w4a8_fused_default": "v4", "w4a8_fused_v5": "v5", "fp8_triton": "fp8"}
@@ -617,7 +617,7 @@ def test_tuned_configs_of_the_card_and_what_a_launch_looks_up():
         assert tuned_config_for(name, "v6", hi_m, n, k, 64) is None   # another group size
         assert tuned_config_for(name, "v6", hi_m, n + 128, k, 128) is None
     assert tuned_config_for(name, "v6", 20, 57344, 8192, 128) is None  # M 17-32: not measured
-    assert tuned_config_for("NVIDIA H200", "v4", 1, 4096, 4096, 128) is None
+    assert tuned_config_for("NVIDIA H200", "v4", 1, 4096, 4096, 128) is None  # its table is v6's
     assert tuned_config_for("NVIDIA A100-SXM4-80GB", "v6", 1, 4096, 4096, 128) is None
 
 
