@@ -33,7 +33,8 @@ Model (times in seconds; per launch of an m x n x k GEMM)::
     t_it      = iteration_fixed_s + bytes_it / sm_load_bandwidth_bytes_per_s
                 + issue / clock_hz + chain + waited_mma * mma_s          (warpgroups = ceil(warps / 4))
     q         = programs / sms (at least 1; 'ceil': rounded up)       programs on the busiest SM
-    round(p)  = per * t_it * (1 + resident_program_slowdown * (p - 1)) + program_fixed_s   p programs together
+    round(p)  = steps * t_it * (1 + resident_program_slowdown * (p - 1)) + program_fixed_s   p programs together,
+                steps = k_steps / parts (the parts' mean: the last one is shorter where split does not divide)
     sm_s      = loaded_hbm_latency_s + floor(q / resident) * round(resident) + round(r) [* r if r < 1],
                 r = q - floor(q / resident) * resident
     latency_s = ceil(programs / (sms * resident)) * per * loaded_hbm_latency_s / (stages - 1)
@@ -244,6 +245,7 @@ def fused_gemm_timing(hw: HardwareProfile, s: LoopStructure, m: int, n: int, k: 
                          "needs them (see hw_profiles/h200-triton-w4a8.yaml)")
     sm, loop = hw.sm, loop_costs(hw, s)
     per, parts = split_parts(k, s)
+    steps = (k // s.block_k) / parts  # a program's mean K steps: the last part is shorter where the split is uneven
     programs = math.ceil(n / s.block_n) * math.ceil(m / s.block_t) * parts
     resident = resident_programs(hw, s)
     t_it = iteration_time_s(hw, s)
@@ -253,7 +255,7 @@ def fused_gemm_timing(hw: HardwareProfile, s: LoopStructure, m: int, n: int, k: 
         q = max(1.0, programs / sm.count)
 
     def round_s(together: float) -> float:  # one wave of `together` programs on one SM
-        return per * t_it * (1.0 + loop.resident_program_slowdown * (max(together, 1.0) - 1.0)) + loop.program_fixed_s
+        return steps * t_it * (1.0 + loop.resident_program_slowdown * (max(together, 1.0) - 1.0)) + loop.program_fixed_s
     full = math.floor(q / resident + 1e-9)  # full waves of the busiest SM
     rest = q - full * resident  # programs of its last, partial wave ('even' spread: may be a fraction)
     sm_s = loop.loaded_hbm_latency_s + (full * round_s(resident) if full else 0.0)  # the fill, then the waves

@@ -686,3 +686,29 @@ def test_gluon_kernel_takes_the_profiles_gluon_loop_costs():
     plain = dataclasses.replace(hw, gluon_loop=None)
     assert loop_costs(plain, v6) is hw.triton_loop
     assert fused_gemm_timing(plain, v6, 1, 8192, 8192).time_s != fused_gemm_timing(hw, v6, 1, 8192, 8192).time_s
+
+
+def test_gluon_kernel_streams_its_token_tile_through_the_sm():
+    """The Gluon kernel's load warp brings the token tile into the same shared-memory ring as the weight tile: a
+    wider token tile costs its bytes at the SM load rate; the Triton kernels read it from L2 (no SM cost)."""
+    from sim.perf.fused_kernel import iteration_time_s
+
+    hw = load_profile("h100-triton-w4a8")
+    v6 = default_structure(hw, 1, 8192, 8192)
+    wide = dataclasses.replace(v6, block_t=64)
+    extra_bytes = (64 - v6.block_t) * v6.block_k * v6.activation_bytes
+    assert iteration_time_s(hw, wide) - iteration_time_s(hw, v6) == pytest.approx(
+        extra_bytes / hw.gluon_loop.sm_load_bandwidth_bytes_per_s)
+    v5 = dataclasses.replace(v6, launched_warps=None)
+    assert iteration_time_s(hw, dataclasses.replace(v5, block_t=64)) == pytest.approx(iteration_time_s(hw, v5))
+
+
+def test_uneven_split_parts_cost_their_mean_length():
+    """32 K steps in 6 parts (6+6+6+6+6+2) and 36 in 6 (6 each) launch the same programs of at most 6 steps, but the
+    first does less work: the SM time follows the parts' mean length, not the longest part's."""
+    hw = load_profile("h100-triton-w4a8")
+    s = dataclasses.replace(default_structure(hw, 1, 6144, 4096), split_k=6)
+    short = fused_gemm_timing(hw, s, 1, 6144, 32 * 128)
+    full = fused_gemm_timing(hw, s, 1, 6144, 36 * 128)
+    assert short.programs == full.programs and short.iterations_per_program == full.iterations_per_program == 6
+    assert short.sm_s < full.sm_s
