@@ -147,11 +147,11 @@ V5_SWEEP_SPLITS = (1, 2, 3, 4, 5, 6, 8, 12, 16)  # split-K counts every v5 decod
 
 def launch_or_rule(m: int, n: int, k: int, limits, variant: str, device_name: str, rule: bool = False):
     """What ``w4a8_matmul`` launches without a config (the card's tuned configuration, else the heuristic), or with
-    ``rule`` the heuristic alone."""
-    from dpq.kernels.w4a8_triton import default_config, launch_config_for
+    ``rule`` the card's heuristic alone."""
+    from dpq.kernels.w4a8_triton import heuristic_config_for, launch_config_for
 
     if rule:
-        return default_config(m, n, k, limits.num_sms, GROUP_SIZE, variant, sm_limits=limits)
+        return heuristic_config_for(device_name, limits, m, n, k, GROUP_SIZE, variant)
     return launch_config_for(device_name, limits, m, n, k, GROUP_SIZE, variant)
 
 

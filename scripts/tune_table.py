@@ -3,7 +3,9 @@
 For every GEMM (n, k) and token count M a sweep timed (``tuning_<card>*.csv``, scheme ``w4a8_fused``: the card's
 kernel variant, or another with ``--scheme``), the fastest configuration is kept when it beat the launch heuristic's
 by at least ``--min-gain``. The heuristic's configuration is the row whose ``role`` says "rule" (in sweeps before
-that column the first row per case), or with ``--heuristic-now PROFILE`` the one today's heuristic picks.
+that column the first row per case), or with ``--heuristic-now PROFILE`` the one today's ``default_config`` picks
+(the card-independent heuristic: a card whose profile runs some tiles deeper, ``heuristic_config_for``, still gets
+its rows against this baseline, so a table stays reproducible).
 Configurations with a register cap (``maxnreg``: spills) or two A tiles (``a_buffers``) are not taken. A GEMM two
 models share is averaged over them. Each kept row covers the token counts that share its token tile and lie above
 the next smaller M the sweep measured with that tile (M = 1 alone, 2..16, 33..64 for a sweep of M = 1, 16, 64).
@@ -95,7 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-m", type=int, default=None,
                     help="leave out sweeps above this M (e.g. 64: tiles another kernel runs beyond)")
     ap.add_argument("--heuristic-now", metavar="PROFILE",
-                    help="compare with the configuration today's launch heuristic picks (variant and SM limits of "
+                    help="compare with the configuration today's default_config picks (variant and SM limits of "
                          "this *-triton-w4a8 profile), not the sweep's rule rows; it must have been swept")
     ap.add_argument("--min-gain", type=float, default=0.03,
                     help="keep a configuration only if it was at least this much faster than the heuristic's "

@@ -97,7 +97,7 @@ from __future__ import annotations
 import functools
 import math
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -439,12 +439,30 @@ def _v6_default_config(m: int, n: int, k: int, num_sms: int, group_size: int,
                         num_stages=stages, a_buffers=1)
 
 
+def heuristic_config_for(device_name: str, sm_limits: SMLimits, m: int, n: int, k: int, group_size: int,
+                         variant: str) -> KernelConfig:
+    """The launch heuristic on the card named ``device_name``: ``default_config``, at the pipeline depth the card's
+    profile gives that tile (``fused_kernel.tile_configs``, the structure of the heuristic's tiles on that card:
+    the H200 runs v6's 16- and 64-token tiles at 5 stages, measured faster there; the H100 at 4). The depth does not
+    change the numerics, only the split does."""
+    cfg = default_config(m, n, k, sm_limits.num_sms, group_size, variant, sm_limits=sm_limits)
+    found = _card_spec(device_name)
+    if found is None or variant != found[1].kernel_variant:
+        return cfg
+    rows = [row for row in found[1].tile_configs if row[0] >= m]
+    if rows:
+        _, block_n, block_t, warps, stages, *_ = min(rows, key=lambda row: row[0])
+        if (block_n, block_t, warps) == (cfg.block_n, cfg.block_t, cfg.num_warps) and stages != cfg.num_stages:
+            cfg = replace(cfg, num_stages=stages)
+    return cfg
+
+
 def launch_config_for(device_name: str, sm_limits: SMLimits, m: int, n: int, k: int, group_size: int,
                       variant: str) -> KernelConfig:
     """What a launch without a configuration runs on the card named ``device_name`` with ``sm_limits``: the card's
-    tuned configuration for this GEMM if it has one (``tuned_config_for``), else ``default_config``."""
+    tuned configuration for this GEMM if it has one (``tuned_config_for``), else ``heuristic_config_for``."""
     return (tuned_config_for(device_name, variant, m, n, k, group_size)
-            or default_config(m, n, k, sm_limits.num_sms, group_size, variant, sm_limits=sm_limits))
+            or heuristic_config_for(device_name, sm_limits, m, n, k, group_size, variant))
 
 
 def launch_config(m: int, n: int, k: int, weight: "PackedW4A8Weight", device=None) -> KernelConfig:

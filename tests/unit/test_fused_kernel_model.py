@@ -120,19 +120,25 @@ def test_default_structure_is_the_kernels_heuristic():
 
 def test_default_structure_follows_the_cards_tuned_configurations(hw):
     """The H200 runs v6 (the Gluon kernel: 8 launched warps) with its measured table where it has a row, else v6's
-    heuristic (the waves rule at 4 stages)."""
-    from dpq.kernels.w4a8_triton import SMLimits, default_config
+    heuristic (the waves rule) at the depth its profile gives the tile: 5 stages for 16 and 64 tokens, 4 for 32 -
+    what dpq's launch takes on that card (heuristic_config_for)."""
+    from dpq.kernels.w4a8_triton import SMLimits, heuristic_config_for
 
     tuned = default_structure(hw, 1, 57344, 8192)  # tuned row [57344, 8192, 1, 1, 128, 16, 4, 4, 3, 0]
     assert (tuned.block_t, tuned.split_k, tuned.stages, tuned.launched_warps) == (16, 4, 3, 8)
     assert default_structure(hw, 16, 57344, 8192).stages == 5  # M 5-16: its own row, 5 stages
-    rule = default_structure(hw, 1, 8192, 4096)  # no tuned row: the heuristic
     limits = SMLimits(num_sms=hw.sm.count, registers_per_sm=hw.sm.registers_per_sm,
                       shared_bytes_per_sm=int(hw.sm.shared_bytes_per_sm), max_threads_per_sm=32 * hw.sm.max_warps_per_sm)
-    want = default_config(1, 8192, 4096, hw.sm.count, 128, "v6", sm_limits=limits)
-    assert (rule.block_t, rule.split_k, rule.stages, rule.launched_warps) == \
-        (want.block_t, want.split_k, want.num_stages, 8)
-    assert rule.stages == 4
+    for m, stages in ((1, 5), (20, 4), (64, 5)):
+        rule = default_structure(hw, m, 8192, 4096)  # no tuned row: the heuristic
+        want = heuristic_config_for("NVIDIA H200", limits, m, 8192, 4096, 128, "v6")
+        assert (rule.block_t, rule.split_k, rule.stages, rule.launched_warps) == \
+            (want.block_t, want.split_k, want.num_stages, 8)
+        assert rule.stages == stages
+    # the H100's heuristic tiles stay at 4 stages; a card without a profile gets default_config as it is
+    assert heuristic_config_for("NVIDIA H100 80GB HBM3", limits, 1, 8192, 4096, 128, "v6").num_stages == 4
+    assert heuristic_config_for("NVIDIA A100-SXM4-80GB", limits, 1, 8192, 4096, 128, "v6").num_stages == 4
+    assert heuristic_config_for("NVIDIA H200", limits, 1, 8192, 4096, 128, "v5").num_stages != 5  # not its variant
 
 
 def test_engine_plan_matches_closed_form_and_simulate_uses_it(hw):
