@@ -122,7 +122,7 @@ def test_default_structure_follows_the_cards_tuned_configurations(hw):
     """The H200 runs v6 (the Gluon kernel: 8 launched warps) with its measured table where it has a row, else v6's
     heuristic (the waves rule) at the depth its profile gives the tile: 5 stages for 16 and 64 tokens, 4 for 32 -
     what dpq's launch takes on that card (heuristic_config_for)."""
-    from dpq.kernels.w4a8_triton import SMLimits, heuristic_config_for
+    from dpq.kernels.w4a8_triton import SMLimits, default_config, heuristic_config_for
 
     tuned = default_structure(hw, 1, 57344, 8192)  # tuned row [57344, 8192, 1, 1, 128, 16, 4, 4, 3, 0]
     assert (tuned.block_t, tuned.split_k, tuned.stages, tuned.launched_warps) == (16, 4, 3, 8)
@@ -138,7 +138,8 @@ def test_default_structure_follows_the_cards_tuned_configurations(hw):
     # the H100's heuristic tiles stay at 4 stages; a card without a profile gets default_config as it is
     assert heuristic_config_for("NVIDIA H100 80GB HBM3", limits, 1, 8192, 4096, 128, "v6").num_stages == 4
     assert heuristic_config_for("NVIDIA A100-SXM4-80GB", limits, 1, 8192, 4096, 128, "v6").num_stages == 4
-    assert heuristic_config_for("NVIDIA H200", limits, 1, 8192, 4096, 128, "v5").num_stages != 5  # not its variant
+    assert heuristic_config_for("NVIDIA H200", limits, 1, 8192, 4096, 128, "v5") == \
+        default_config(1, 8192, 4096, limits.num_sms, 128, "v5", sm_limits=limits)  # not the card's variant
 
 
 def test_engine_plan_matches_closed_form_and_simulate_uses_it(hw):
