@@ -263,12 +263,14 @@ class FusedKernelSpec:
         "weight), then the base profile's FP8 cuBLAS GEMM (dpq.kernels.w4a8_triton.w4a8_linear; its numerics are "
         "the base profile's)", lo=1)
     tile_configs: tuple[tuple[float, ...], ...] = _spec(
-        "launch configurations by token count: [max_m, block_n, block_t, warps, stages, registers_per_thread, "
+        "the launch heuristic's tiles on this card by token count: [max_m, block_n, block_t, warps, stages, "
+        "registers_per_thread, "
         "shared_bytes_per_program, loop_instructions_per_thread, fp32_instructions, int_instructions, "
         "conversion_instructions, register_a_mma_instructions, mma_macs_per_instruction, launched_warps] (main-loop "
         "SASS instructions per thread: all, and those of the FP32/FMA, integer and conversion pipes; the pipelined "
         "warpgroup MMAs with their A operand in registers and each one's m n k; the warps a program holds registers "
-        "for, >= warps), rows by increasing max_m; the first row whose max_m >= M is used (the last beyond)",
+        "for, >= warps), rows by increasing max_m; the first row whose max_m >= M is used (the last beyond); "
+        "dpq's launch takes each tile's pipeline depth from here (heuristic_config_for)",
         lo=1)
     tuned_tile_structures: tuple[tuple[float, ...], ...] = _spec(
         "the structure of tuned_configs' tiles that tile_configs does not hold: rows of tile_configs' columns "
