@@ -445,10 +445,14 @@ def heuristic_config_for(device_name: str, sm_limits: SMLimits, m: int, n: int, 
     profile gives that tile (``fused_kernel.tile_configs``, the structure of the heuristic's tiles on that card:
     the H200 runs v6's 16- and 64-token tiles at 5 stages, measured faster there; the H100 at 4). The depth does not
     change the numerics, only the split does."""
+    from dpq.kernels.w4a8_gluon import gluon_kernel_applies
+
     cfg = default_config(m, n, k, sm_limits.num_sms, group_size, variant, sm_limits=sm_limits)
     found = _card_spec(device_name)
     if found is None or variant != found[1].kernel_variant:
         return cfg
+    if variant == "v6" and cfg.block_t <= 64 and not gluon_kernel_applies(cfg, n):
+        return cfg  # the launch runs v5's Triton kernel on this weight, not the tile the profile describes
     rows = [row for row in found[1].tile_configs if row[0] >= m]
     if rows:
         _, block_n, block_t, warps, stages, *_ = min(rows, key=lambda row: row[0])

@@ -135,6 +135,8 @@ def test_default_structure_follows_the_cards_tuned_configurations(hw):
         assert (rule.block_t, rule.split_k, rule.stages, rule.launched_warps) == \
             (want.block_t, want.split_k, want.num_stages, 8)
         assert rule.stages == stages
+    # a weight the Gluon kernel cannot take (N not a multiple of 4: v5's Triton kernel runs) keeps default_config
+    assert heuristic_config_for("NVIDIA H200", limits, 1, 8190, 4096, 128, "v6").num_stages == 4
     # the H100's heuristic tiles stay at 4 stages; a card without a profile gets default_config as it is
     assert heuristic_config_for("NVIDIA H100 80GB HBM3", limits, 1, 8192, 4096, 128, "v6").num_stages == 4
     assert heuristic_config_for("NVIDIA A100-SXM4-80GB", limits, 1, 8192, 4096, 128, "v6").num_stages == 4
