@@ -116,9 +116,7 @@ def main(argv=None) -> int:
         hw = load_profile(args.heuristic_now)
         if hw.sm is None or hw.fused_kernel is None:
             ap.error(f"--heuristic-now {args.heuristic_now}: the profile has no sm / fused_kernel section")
-        limits = SMLimits(num_sms=int(hw.sm.count), registers_per_sm=int(hw.sm.registers_per_sm),
-                          shared_bytes_per_sm=int(hw.sm.shared_bytes_per_sm),
-                          max_threads_per_sm=32 * int(hw.sm.max_warps_per_sm))
+        limits = SMLimits.of_profile(hw)
 
         def heuristic(n, k, m):
             return default_config(m, n, k, limits.num_sms, hw.fused_kernel.block_k, hw.fused_kernel.kernel_variant,

@@ -281,6 +281,15 @@ class FusedKernelSpec:
         "block_k): [n, k, min_m, max_m, block_n, block_t, split_k, warps, stages, reduce_in_kernel (0/1)] "
         "(scripts/tune_table.py); may be empty", lo=0)
 
+    def tile_row(self, m: int) -> tuple:
+        """The tile_configs row of the launch heuristic's tile for M tokens: the first whose max_m >= M."""
+        return next((row for row in self.tile_configs if m <= row[0]), self.tile_configs[-1])
+
+    def tuned_row(self, n: int, k: int, m: int) -> tuple | None:
+        """The tuned_configs row of the (n, k) GEMM whose M range holds m, or None."""
+        return next((row for row in self.tuned_configs if (row[0], row[1]) == (n, k) and row[2] <= m <= row[3]),
+                    None)
+
     def tile_structure(self, block_n: int, block_t: int, warps: int, stages: int) -> tuple | None:
         """The tile_configs or tuned_tile_structures row (max_m first; 0 for the latter) of this tile, or None."""
         for row in self.tile_configs + self.tuned_tile_structures:

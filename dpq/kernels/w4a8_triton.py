@@ -156,11 +156,12 @@ def tuned_config_for(device_name: str, variant: str, m: int, n: int, k: int,
     spec = found[1]
     if variant != spec.kernel_variant or group_size != spec.block_k:
         return None
-    for tn, tk, lo_m, hi_m, block_n, block_t, split, warps, stages, reduce in spec.tuned_configs:
-        if (tn, tk) == (n, k) and lo_m <= m <= hi_m:
-            return KernelConfig(block_n=block_n, block_t=block_t, split_k=split, num_warps=warps, num_stages=stages,
-                                reduce_in_kernel=bool(reduce))
-    return None
+    row = spec.tuned_row(n, k, m)
+    if row is None:
+        return None
+    _, _, _, _, block_n, block_t, split, warps, stages, reduce = row
+    return KernelConfig(block_n=block_n, block_t=block_t, split_k=split, num_warps=warps, num_stages=stages,
+                        reduce_in_kernel=bool(reduce))
 
 
 def _card_spec(device_name: str):
@@ -273,6 +274,16 @@ class SMLimits:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"SMLimits.{name}={v!r}: expected a positive integer")
+
+    @classmethod
+    def of_profile(cls, hw) -> "SMLimits":
+        """The limits a hardware profile's ``sm`` section gives (sim.profiles.HardwareProfile): a card's heuristic
+        without the card."""
+        if hw.sm is None:
+            raise ValueError(f"profile {hw.name!r} has no 'sm' section")
+        return cls(num_sms=int(hw.sm.count), registers_per_sm=int(hw.sm.registers_per_sm),
+                   shared_bytes_per_sm=int(hw.sm.shared_bytes_per_sm),
+                   max_threads_per_sm=32 * int(hw.sm.max_warps_per_sm))
 
     @classmethod
     def of_device(cls, device=None) -> "SMLimits":
@@ -453,11 +464,9 @@ def heuristic_config_for(device_name: str, sm_limits: SMLimits, m: int, n: int, 
         return cfg
     if variant == "v6" and cfg.block_t <= 64 and not gluon_kernel_applies(cfg, n):
         return cfg  # the launch runs v5's Triton kernel on this weight, not the tile the profile describes
-    rows = [row for row in found[1].tile_configs if row[0] >= m]
-    if rows:
-        _, block_n, block_t, warps, stages, *_ = min(rows, key=lambda row: row[0])
-        if (block_n, block_t, warps) == (cfg.block_n, cfg.block_t, cfg.num_warps) and stages != cfg.num_stages:
-            cfg = replace(cfg, num_stages=stages)
+    _, block_n, block_t, warps, stages, *_ = found[1].tile_row(m)
+    if (block_n, block_t, warps) == (cfg.block_n, cfg.block_t, cfg.num_warps) and stages != cfg.num_stages:
+        cfg = replace(cfg, num_stages=stages)
     return cfg
 
 

@@ -111,6 +111,11 @@ class LoopStructure:
     mma_macs_per_instruction: float = 0.0
     launched_warps: int | None = None
 
+    @property
+    def warp_specialized(self) -> bool:
+        """The Gluon kernel: its load warp holds warps beyond those that run the loop."""
+        return (self.launched_warps or self.warps) > self.warps
+
     def __post_init__(self):
         for name in ("block_n", "block_t", "block_k", "split_k", "warps", "stages", "registers_per_thread"):
             v = getattr(self, name)
@@ -197,15 +202,14 @@ def issue_cycles_per_warp(hw: HardwareProfile, s: LoopStructure) -> float:
 def loop_costs(hw: HardwareProfile, s: LoopStructure):
     """The profile's loop costs for this kernel: ``gluon_loop`` for the warp-specialized Gluon kernel (a structure
     that launches more warps than run its loop) where the profile has that section, else ``triton_loop``."""
-    specialized = (s.launched_warps or s.warps) > s.warps
-    return hw.gluon_loop if specialized and hw.gluon_loop is not None else hw.triton_loop
+    return hw.gluon_loop if s.warp_specialized and hw.gluon_loop is not None else hw.triton_loop
 
 
 def iteration_time_s(hw: HardwareProfile, s: LoopStructure, with_issue: bool = True) -> float:
     """SM time of one main-loop iteration of one program (the t_it of the module docstring)."""
     sm, loop = hw.sm, loop_costs(hw, s)
     bytes_it = s.block_n * s.block_k * s.weight_bytes_per_weight  # the token tile comes from L2 (module docstring)
-    if (s.launched_warps or s.warps) > s.warps:  # the Gluon kernel: its load warp brings the token tile too
+    if s.warp_specialized:  # the Gluon kernel: its load warp brings the token tile too
         bytes_it += s.block_t * s.block_k * s.activation_bytes
     issue_s = 0.0
     if with_issue:
@@ -323,11 +327,11 @@ def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStruct
     fk = hw.fused_kernel
     if fk is None or hw.sm is None:
         raise ValueError(f"profile {hw.name!r} has no 'fused_kernel' section (see hw_profiles/h200-triton-w4a8.yaml)")
-    tuned = next((t for t in fk.tuned_configs if (t[0], t[1]) == (n, k) and t[2] <= m <= t[3]), None)
+    tuned = fk.tuned_row(n, k, m)
     if tuned is not None:  # the profile's loader checked that its tile has a structure row
         row = fk.tile_structure(tuned[4], tuned[5], tuned[7], tuned[8])
     else:
-        row = next((r for r in fk.tile_configs if m <= r[0]), fk.tile_configs[-1])
+        row = fk.tile_row(m)
     _, block_n, block_t, warps, stages, regs, smem, instr, fp32, integer, conversion, register_a, macs, launched = row
     tiles = math.ceil(n / block_n) * math.ceil(m / block_t)
     k_steps = math.ceil(k / fk.block_k)

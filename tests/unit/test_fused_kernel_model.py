@@ -127,8 +127,7 @@ def test_default_structure_follows_the_cards_tuned_configurations(hw):
     tuned = default_structure(hw, 1, 57344, 8192)  # tuned row [57344, 8192, 1, 1, 128, 16, 4, 4, 3, 0]
     assert (tuned.block_t, tuned.split_k, tuned.stages, tuned.launched_warps) == (16, 4, 3, 8)
     assert default_structure(hw, 16, 57344, 8192).stages == 5  # M 5-16: its own row, 5 stages
-    limits = SMLimits(num_sms=hw.sm.count, registers_per_sm=hw.sm.registers_per_sm,
-                      shared_bytes_per_sm=int(hw.sm.shared_bytes_per_sm), max_threads_per_sm=32 * hw.sm.max_warps_per_sm)
+    limits = SMLimits.of_profile(hw)
     for m, stages in ((1, 5), (20, 4), (64, 5)):
         rule = default_structure(hw, m, 8192, 4096)  # no tuned row: the heuristic
         want = heuristic_config_for("NVIDIA H200", limits, m, 8192, 4096, 128, "v6")
