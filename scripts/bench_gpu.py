@@ -87,22 +87,33 @@ SHAPES = [
 M_VALUES = (1, 4, 16, 64, 256, 1024, 4096)
 SCHEMES = ("bf16", "fp8", "w4a8_fused", "w4a8_fused_default", "w4a8_fused_rule", "w4a8_fused_reduce", "w4a8_fused_pdl",
            "w4a8_fused_pdl_late", "w4a8_fused_nowait", "w4a8_expand", "w4a8_fused_v5", "w4a8_fused_v5old",
-           "w4a8_fused_v6", "w4a8_fused_v4", "w4a8_fused_v3", "w4a8_fused_v2", "fp8_triton", "w4a8_unfused")
+           "w4a8_fused_v6", "w4a8_fused_v4", "w4a8_fused_v3", "w4a8_fused_v2", "fp8_triton", "w4a8_unfused",
+           "w4a8_fused_deep", "w4a8_fused_pdl_deep", "w4a8_fused_pdl_deep_reduce", "w4a8_fused_nopolicy",
+           "w4a8_fused_v6_pdl")
 FUSED_VARIANTS = {"w4a8_fused": None, "w4a8_fused_default": None, "w4a8_fused_rule": None, "w4a8_fused_reduce": None,
-                  "w4a8_fused_pdl": None, "w4a8_fused_pdl_late": None, "w4a8_fused_nowait": None, "w4a8_fused_v5": "v5",
+                  "w4a8_fused_pdl": None, "w4a8_fused_pdl_late": None, "w4a8_fused_deep": None,
+                  "w4a8_fused_pdl_deep": None, "w4a8_fused_pdl_deep_reduce": None, "w4a8_fused_nopolicy": None,
+                  "w4a8_fused_v6_pdl": "v6", "w4a8_fused_nowait": None, "w4a8_fused_v5": "v5",
                   "w4a8_fused_v5old": "v5", "w4a8_fused_v6": "v6",
                   "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut", "w4a8_fused_v2": "v2",
                   "fp8_triton": "fp8"}  # None: --fused-variant (the card's)
 OLD_RULE_SCHEMES = ("w4a8_fused_v5old",)  # the split rule without the card's SM limits
 RULE_SCHEMES = ("w4a8_fused_rule", "w4a8_fused_v5old")  # the heuristic, never the card's tuned configuration
 HEURISTIC_ONLY_SCHEMES = ("w4a8_fused_default", "w4a8_fused_rule", "w4a8_fused_reduce", "w4a8_fused_v5old",
-                          "w4a8_fused_pdl",
+                          "w4a8_fused_pdl", "w4a8_fused_deep", "w4a8_fused_pdl_deep", "w4a8_fused_pdl_deep_reduce",
+                          "w4a8_fused_nopolicy",
                           "w4a8_fused_pdl_late", "w4a8_fused_nowait")
 # the default configuration with these KernelConfig changes
 CONFIG_SCHEMES = {"w4a8_fused_reduce": {"reduce_in_kernel": True},
                   "w4a8_fused_pdl": {"pdl": True, "l2_prefetch_steps": 2},
                   "w4a8_fused_pdl_late": {"pdl": True, "l2_prefetch_steps": 2, "pdl_trigger": "after_loop"},
-                  "w4a8_fused_nowait": {"mma_wait_each_step": False}}  # default configuration with these changes
+                  "w4a8_fused_nowait": {"mma_wait_each_step": False},
+                  # "deep": the launch without the card's decode policy, its ring as deep as its share of
+                  # programs per SM allows (ring_for_share(deepest=True); session 8's first experiment)
+                  "w4a8_fused_deep": {"deep": True, "policy": False},
+                  "w4a8_fused_pdl_deep": {"deep": True, "pdl": True, "policy": False},
+                  "w4a8_fused_pdl_deep_reduce": {"deep": True, "pdl": True, "reduce_in_kernel": True,
+                                                 "policy": False}}  # default configuration with these changes
 GROUP_SIZE = 128
 FIELDS = ["card", "driver", "torch", "triton", "cuda", "sm_count", "date", "model", "layer", "scheme", "m", "n", "k",
           "latency_s", "spread_rel", "calls_per_graph", "weight_copies", "weight_bytes", "hbm_bytes",
@@ -145,28 +156,41 @@ def make_weights(torch, n: int, k: int, gen):
 V5_SWEEP_SPLITS = (1, 2, 3, 4, 5, 6, 8, 12, 16)  # split-K counts every v5 decode shape is also timed at
 
 
-def launch_or_rule(m: int, n: int, k: int, limits, variant: str, device_name: str, rule: bool = False):
+def launch_or_rule(m: int, n: int, k: int, limits, variant: str, device_name: str, rule: bool = False,
+                   policy: bool = True):
     """What ``w4a8_matmul`` launches without a config (the card's tuned configuration, else the heuristic), or with
-    ``rule`` the card's heuristic alone."""
-    from dpq.kernels.w4a8_triton import heuristic_config_for, launch_config_for
+    ``rule`` the card's heuristic alone; both with the card's decode launch policy (dependent launch, ring depth)
+    unless ``policy`` is False."""
+    from dpq.kernels.w4a8_triton import decode_launch_policy, heuristic_config_for, tuned_config_for
 
-    if rule:
-        return heuristic_config_for(device_name, limits, m, n, k, GROUP_SIZE, variant)
-    return launch_config_for(device_name, limits, m, n, k, GROUP_SIZE, variant)
+    cfg = None if rule else tuned_config_for(device_name, variant, m, n, k, GROUP_SIZE)
+    cfg = cfg or heuristic_config_for(device_name, limits, m, n, k, GROUP_SIZE, variant)
+    return decode_launch_policy(device_name, limits, cfg, m, n, k, GROUP_SIZE, variant) if policy else cfg
 
 
 def fused_candidates(m: int, n: int, k: int, limits, quick: bool, variant: str, old_rule: bool = False,
-                     changes: dict | None = None, device_name: str = "", rule: bool = False):
+                     changes: dict | None = None, device_name: str = "", rule: bool = False, policy: bool = True,
+                     dependent_sweep: bool = False):
     """Tile configurations tried for the fused kernel at this shape, what a launch runs first (the card's tuned
     configuration for ``device_name``, else the heuristic; ``rule``: the heuristic). ``limits``: the card's
     SMLimits; ``old_rule``: the heuristic without them (v5's split rule before the wave rule); ``changes``:
-    KernelConfig changes applied to the first configuration. The sweep around it is built on the heuristic's."""
+    KernelConfig changes applied to the first configuration; ``policy``: the first configuration with the card's
+    decode launch policy. The sweep around it is built on the heuristic's; ``dependent_sweep``: every
+    configuration of the sweep with programmatic dependent launch, each also with its ring as deep as its
+    programs per SM allow (the calibration rows of the model's dependent_kernel_fixed_s)."""
     from dpq.kernels.w4a8_triton import KernelConfig, default_config
 
     base = default_config(m, n, k, limits.num_sms, GROUP_SIZE, variant, sm_limits=None if old_rule else limits)
-    first = base if old_rule else launch_or_rule(m, n, k, limits, variant, device_name, rule)
-    if changes:
+    changes = dict(changes or {})
+    deep = changes.pop("deep", False)
+    policy = changes.pop("policy", policy)
+    first = base if old_rule else launch_or_rule(m, n, k, limits, variant, device_name, rule, policy)
+    if changes or deep:
         first = replace(first, **changes)
+        if deep:
+            from dpq.kernels.w4a8_triton import ring_for_share
+
+            first = ring_for_share(first, m, n, k, GROUP_SIZE, limits, deepest=True)
     cands = [first, base]  # what a launch runs, then the heuristic's configuration (the same without a tuned one)
     if quick:
         return cands[:1]
@@ -217,6 +241,11 @@ def fused_candidates(m: int, n: int, k: int, limits, quick: bool, variant: str, 
         tall = KernelConfig(block_n=128, block_t=256, split_k=1, num_warps=8, num_stages=2)
         rows256 = KernelConfig(block_n=256, block_t=128, split_k=1, num_warps=8, num_stages=2)
         cands += [tall, replace(tall, split_k=2), replace(tall, split_k=4), rows256, replace(rows256, split_k=2)]
+    if dependent_sweep:
+        from dpq.kernels.w4a8_triton import ring_for_share
+
+        cands = [replace(c, pdl=True) for c in cands]
+        cands += [ring_for_share(c, m, n, k, GROUP_SIZE, limits, deepest=d) for c in cands for d in (False, True)]
     seen, out = set(), []
     steps = k // GROUP_SIZE
     for c in cands:
@@ -241,7 +270,9 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
     variant_bytes = {"v5": packed_bytes, "v6": packed_bytes, "v4": table_bytes, "lut": table_bytes,
                      "v2": packed_bytes, "fp8": n * k}
     w_bytes = {"bf16": n * k * 2, "fp8": n * k, "w4a8_fused_v4": table_bytes, "w4a8_fused_v5": packed_bytes,
-               "w4a8_fused_v6": packed_bytes,
+               "w4a8_fused_v6": packed_bytes, "w4a8_fused_v6_pdl": packed_bytes,
+               **{sch: variant_bytes[fused_variant] for sch in ("w4a8_fused_deep", "w4a8_fused_pdl_deep",
+                                                                "w4a8_fused_pdl_deep_reduce", "w4a8_fused_nopolicy")},
                "w4a8_fused": variant_bytes[fused_variant], "w4a8_fused_default": variant_bytes[fused_variant],
                "w4a8_fused_rule": variant_bytes[fused_variant], "w4a8_fused_reduce": variant_bytes[fused_variant],
                "w4a8_fused_pdl": variant_bytes[fused_variant], "w4a8_fused_pdl_late": variant_bytes[fused_variant],
@@ -311,7 +342,9 @@ def bench_shape(torch, info, model, layer, n, k, m_values, schemes, args, writer
                     quick = quick or scheme in HEURISTIC_ONLY_SCHEMES or scheme in args.heuristic_only
                     cands = fused_candidates(m, n, k, info["limits"], quick, variant,
                                              old_rule=scheme in OLD_RULE_SCHEMES, changes=CONFIG_SCHEMES.get(scheme),
-                                             device_name=info["card"], rule=scheme in RULE_SCHEMES)
+                                             device_name=info["card"], rule=scheme in RULE_SCHEMES,
+                                             policy=scheme != "w4a8_fused_nopolicy",
+                                             dependent_sweep=scheme == "w4a8_fused_v6_pdl")
                     rule_cfg = launch_or_rule(m, n, k, info["limits"], variant, info["card"], rule=True)
                     for j, cfg in enumerate(cands):
                         # tune_table.py compares the fastest with the heuristic's configuration: the row marked "rule"
@@ -377,6 +410,17 @@ CHAIN_SCHEMES = {
     "v6_reduce": ("v6", {"reduce_in_kernel": True}),
     "v6_gps2_st2": ("v6", {"groups_per_step": 2, "num_stages": 2}),
     "v6_gps2_st3": ("v6", {"groups_per_step": 2, "num_stages": 3}),
+    # "deep": the launch without the card's decode policy, each GEMM's ring as deep as its share of programs per
+    # SM allows (ring_for_share(deepest=True); session 8's first experiment)
+    "deep": ("v6", {"deep": True, "policy": False}), "pdl_deep": ("v6", {"deep": True, "pdl": True, "policy": False}),
+    "pdl_deep_reduce": ("v6", {"deep": True, "pdl": True, "reduce_in_kernel": True, "policy": False}),
+    "v6_pdl": ("v6", {"pdl": True}),
+    "pdl_deep_r16": ("v6", {"deep": True, "pdl": True, "reduce16": True, "policy": False}),
+    "nopolicy": (None, {"policy": False}),
+    "pdl_cap": ("v6", {"policy": False, "pdl": True, "deep": "cap"}),  # the shallowest ring that caps the share
+    "pdl_tile": ("v6", {"policy": False, "pdl": True}),  # dependent launch at the tile's own depth  # the tuned or heuristic configuration without the decode launch policy
+    "pdl_deep_rule": ("v6", {"deep": True, "pdl": True, "policy": False}),
+    "pdl_deeper": ("v6", {"deep": "full", "pdl": True, "policy": False}),
     "v6_st5": ("v6", {"num_stages": 5}), "v6_st3": ("v6", {"num_stages": 3}),
     "nowait": (None, {"mma_wait_each_step": False}), "v4_nowait": ("v4", {"mma_wait_each_step": False}),
     "v5_nowait": ("v5", {"mma_wait_each_step": False}),
@@ -390,8 +434,8 @@ LAYER_FIELDS = ["card", "driver", "torch", "triton", "cuda", "sm_count", "date",
 def bench_layer_chain(torch, info, model, m_values, chain_schemes, args, writer, summary):
     """Time one decoder layer's four GEMMs run back to back in one CUDA graph (per scheme and M); check the
     graph's last layer against the same calls run one by one, bit for bit."""
-    from dpq.kernels.w4a8_triton import (PackedW4A8Weight, SMLimits, uses_prefill_path, w4a8_linear,
-                                         w4a8_matmul)
+    from dpq.kernels.w4a8_triton import (PackedW4A8Weight, SMLimits, ring_for_share,
+                                         uses_prefill_path, w4a8_linear, w4a8_matmul)
     from dpq.torch_backend import expanded_weight_values
 
     shapes = [(layer, n, k) for mdl, layer, n, k in SHAPES if mdl == model]
@@ -436,8 +480,18 @@ def bench_layer_chain(torch, info, model, m_values, chain_schemes, args, writer,
                     ws = [first] + [[PackedW4A8Weight.from_arrays(c.clone(), s_.clone(), z.clone(), GROUP_SIZE, 0.01,
                                                                   448.0, "cuda", variant) for c, s_, z in packed]
                                     for _ in range(copies - 1)]
-                    cfgs = [replace(launch_or_rule(m, n, k, limits, variant, info["card"], rule=scheme == "auto_rule"),
-                                    **spec[1]) for _, n, k in shapes]
+                    changes = dict(spec[1])
+                    deep = changes.pop("deep", False)
+                    if changes.pop("reduce16", False):
+                        changes["reduce_in_kernel"] = m <= 16
+                    rule = scheme in ("auto_rule", "pdl_deep_rule")
+                    policy = changes.pop("policy", True)
+                    cfgs = [replace(launch_or_rule(m, n, k, limits, variant, info["card"], rule=rule, policy=policy),
+                                    **changes) for _, n, k in shapes]
+                    if deep:
+                        cfgs = [ring_for_share(c, m, n, k, GROUP_SIZE, limits, deepest=deep != "cap",
+                                               full_grids_too=deep == "full")
+                                for c, (_, n, k) in zip(cfgs, shapes)]
 
                     def gemm(c, i):
                         if scheme in ("auto", "auto_rule"):

@@ -231,6 +231,7 @@ FIT_PARAMETERS = (
     ("kernel_fixed_s", 1e-6, 3.0, 0.0, 20.0),
     ("resident_program_slowdown", 1.0, 0.7, 0.0, 1.0),
     ("mma_wait_latency_s", 1e-9, 30.0, 0.0, 500.0),
+    ("dependent_kernel_fixed_s", 1e-6, 1.0, 0.0, 20.0),  # only with --fit-only: no row depends on it but PDL rows
 )
 
 
@@ -324,17 +325,19 @@ def v5_tuning_rows(paths: list[Path]) -> list[tuple[dict, object]]:
                        or "maxnreg=None" not in c or "num_stages=2" in c)
 
 
-def v6_tuning_rows(paths: list[Path]) -> list[tuple[dict, object]]:
-    """The Gluon kernel's rows of sweeps (scheme ``w4a8_fused_v6`` at decode tiles, where it ran rather than v5's
-    tiles on the same layout): one A tile, no in-kernel reduction, no register cap (the configurations the launch
-    heuristic and the tuned tables use)."""
-    rows = _sweep_rows(paths, "w4a8_fused_v6", "v6", lambda r, c: int(r["m"]) > 64 or "reduce_in_kernel=True" in c
+def v6_tuning_rows(paths: list[Path], scheme: str = "w4a8_fused_v6") -> list[tuple[dict, object]]:
+    """The Gluon kernel's rows of sweeps (scheme ``w4a8_fused_v6``, or ``w4a8_fused_v6_pdl`` for the sweep with
+    programmatic dependent launch, at decode tiles, where it ran rather than v5's tiles on the same layout): one A
+    tile, no in-kernel reduction, no register cap (the configurations the launch heuristic and the tuned tables
+    use)."""
+    rows = _sweep_rows(paths, scheme, "v6", lambda r, c: int(r["m"]) > 64 or "reduce_in_kernel=True" in c
                        or "maxnreg=None" not in c or "a_buffers=2" in c)
     return [(r, s) for r, s in rows if s.launched_warps is not None]
 
 
 def fit(paths: list[Path], profile: str, spread: str | None, bench: list[Path] | None = None,
-        only: list[str] | None = None, tuning: list[Path] | None = None, v6_tuning: list[Path] | None = None) -> int:
+        only: list[str] | None = None, tuning: list[Path] | None = None, v6_tuning: list[Path] | None = None,
+        v6_pdl_tuning: list[Path] | None = None) -> int:
     """Fit the triton_loop parameters to the probe rows (and the fp8_triton rows of ``bench`` CSVs, the v5 rows of
     ``tuning`` sweeps); or, with ``v6_tuning`` sweeps alone, the gluon_loop parameters (the loop costs of the Gluon
     kernel; the sm section's issue cycles stay the profile's) to those. Print them as YAML and the per-row errors.
@@ -346,7 +349,7 @@ def fit(paths: list[Path], profile: str, spread: str | None, bench: list[Path] |
     from sim.profiles import load_profile
 
     hw0 = load_profile(profile)
-    section = "gluon_loop" if v6_tuning else "triton_loop"
+    section = "gluon_loop" if v6_tuning or v6_pdl_tuning else "triton_loop"
     if section == "gluon_loop" and hw0.gluon_loop is None:
         raise SystemExit(f"--fit-v6-tuning: profile {profile!r} has no gluon_loop section to fit (start it as a copy "
                          f"of its triton_loop)")
@@ -361,8 +364,10 @@ def fit(paths: list[Path], profile: str, spread: str | None, bench: list[Path] |
             raise SystemExit(f"--fit-only: unknown parameter(s) {sorted(unknown)}; expected some of "
                              f"{[full(p[0]) for p in params]}")
         params = tuple(p for p in params if full(p[0]) in only)
+    else:
+        params = tuple(p for p in params if p[0] != "dependent_kernel_fixed_s")
     if section == "gluon_loop":
-        rows = v6_tuning_rows(v6_tuning)
+        rows = v6_tuning_rows(v6_tuning or []) + v6_tuning_rows(v6_pdl_tuning or [], "w4a8_fused_v6_pdl")
     else:
         rows = probe_rows(paths) + fp8_triton_rows(bench or []) + v5_tuning_rows(tuning or [])
     measured = np.array([float(r["latency_s"]) for r, _ in rows])
@@ -470,6 +475,10 @@ def main(argv=None) -> int:
     ap.add_argument("--fit-v6-tuning", type=Path, nargs="+", default=None,
                     help="bench_gpu.py sweeps of the v6 kernel (scheme w4a8_fused_v6): fit the profile's gluon_loop "
                          "section to their decode rows instead (no probe CSVs)")
+    ap.add_argument("--fit-v6-pdl-tuning", type=Path, nargs="+", default=None,
+                    help="bench_gpu.py sweeps of the v6 kernel with programmatic dependent launch (scheme "
+                         "w4a8_fused_v6_pdl): their decode rows join the gluon_loop fit (e.g. --fit-only "
+                         "gluon_loop.dependent_kernel_fixed_s)")
     ap.add_argument("--spread", choices=("ceil", "even"), default=None, help="program_spread to fit with")
     ap.add_argument("--fit-only", default=None,
                     help="comma list of the FIT_PARAMETERS to fit (e.g. the memory-side ones); the rest as profiled")
@@ -481,14 +490,15 @@ def main(argv=None) -> int:
                     help="on the GPU: list the CUDA kernels of scripts/bench_gpu.py's w4a8_unfused path (torch "
                          "profiler) for a few shapes; writes probe_unfused_ops_<card>.csv (structure, not a fit)")
     args = ap.parse_args(argv)
-    if args.fit or args.fit_v6_tuning:
-        if args.fit and args.fit_v6_tuning:
+    if args.fit or args.fit_v6_tuning or args.fit_v6_pdl_tuning:
+        if args.fit and (args.fit_v6_tuning or args.fit_v6_pdl_tuning):
             ap.error("--fit (triton_loop) and --fit-v6-tuning (gluon_loop) fit different sections: one at a time")
         root = Path(__file__).resolve().parents[1]
         if str(root) not in sys.path:
             sys.path.insert(0, str(root))
         return fit(args.fit or [], args.profile, args.spread, args.fit_bench,
-                   args.fit_only.split(",") if args.fit_only else None, args.fit_tuning, args.fit_v6_tuning)
+                   args.fit_only.split(",") if args.fit_only else None, args.fit_tuning, args.fit_v6_tuning,
+                   args.fit_v6_pdl_tuning)
     if args.structure:
         print(f"wrote {write_structure(args.structure)}")
         return 0

@@ -142,7 +142,7 @@ def variants_used(rows: list[dict], default_variant: str | None = None) -> dict[
 
 def row_config(r: dict) -> dict:
     """block_n, block_t, split_k, num_warps, num_stages, groups_per_step, reduce_in_kernel (split-K parts summed
-    inside the kernel, no second kernel) of the configuration a row ran."""
+    inside the kernel, no second kernel) and pdl (programmatic dependent launch) of the configuration a row ran."""
     import re
 
     cfg = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", r.get("config") or "")}
@@ -152,6 +152,7 @@ def row_config(r: dict) -> dict:
     cfg.setdefault("groups_per_step", 1)
     cfg["reduce_in_kernel"] = (r.get("reduce_in_kernel") or "").lower() == "true" or \
         "reduce_in_kernel=True" in (r.get("config") or "")
+    cfg["pdl"] = (r.get("pdl") or "").lower() == "true" or "pdl=True" in (r.get("config") or "")
     return cfg
 
 
@@ -261,7 +262,8 @@ def fused_structure(r: dict, variant: str, cache: dict, commit: str):
                          conversion_instructions=float(st["conversion_instructions"]),
                          waited_mma_instructions=float(st["waited_mma_instructions"]),
                          register_a_mma_instructions=float(st["register_a_mma_instructions"]),
-                         mma_macs_per_instruction=float(st["mma_macs_per_instruction"]), launched_warps=launched)
+                         mma_macs_per_instruction=float(st["mma_macs_per_instruction"]), launched_warps=launched,
+                         dependent_launch=cfg["pdl"] and launched is not None)
 
 
 def profile_for_card(card: str) -> str:

@@ -208,6 +208,10 @@ class TritonLoopSpec:
                                         "and an SM waits it once before its first program computes", lo=0)
     kernel_fixed_s: float = _spec("fixed cost of one launch of the looping kernel inside a CUDA graph (launch, "
                                   "first wave's ramp, last wave's tail)", lo=0)
+    dependent_kernel_fixed_s: float = _spec(
+        "fixed cost of one launch that the kernel before it lets start early (programmatic dependent launch, "
+        "fused_kernel.dependent_launch): what is left of kernel_fixed_s and of the split-K reduction kernel's "
+        "launch when the launch and the first stages' weight loads overlap the kernel before", lo=0)
     mma_wait_latency_s: float = _spec("latency of a warpgroup MMA beyond its tensor-core cycles, paid by a loop "
                                       "that waits on the MMA to completion at once (wgmma wait 0; "
                                       "waited_mma_instructions of the loop's structure); the tensor-core time of "
@@ -253,6 +257,17 @@ class FusedKernelSpec:
     wave_min_steps_per_part: int = _spec("'waves' policy: the splits it weighs leave every part at least this many K "
                                          "steps", lo=1)
     split_reduction: bool = _spec("split-K parts are summed by a second kernel (float32 partials through HBM)")
+    dependent_launch: bool = _spec(
+        "the decode launches of kernel_variant's warp-specialized kernel use programmatic dependent launch: each "
+        "program lets the next kernel start at once, and a program asks for its first stages' weights before it "
+        "waits for the kernel before (the token tile and every write after); the loop section's "
+        "dependent_kernel_fixed_s then replaces kernel_fixed_s")
+    ring_depth: str = _spec(
+        "the pipeline depth of those decode launches: 'tile' (the stages of the tile_configs or tuned_configs row) "
+        "or 'share' (where that depth lets an SM hold more than its share of the launch, ceil(programs / SMs), "
+        "the shallowest ring up to max_ring_stages and a program's K steps that holds no more: "
+        "sim.perf.fused_kernel.ring_stages_for_share)", choices=("tile", "share"))
+    max_ring_stages: int = _spec("'share' ring depth: the most stages it gives", lo=2)
     prefill_programs_per_sm: int = _spec("above M = 64 ('waves' and 'busiest_sm' policies): the launch heuristic "
                                          "splits K while the programs stay within this many per SM "
                                          "(sim.perf.fused_kernel.prefill_split)", lo=1)

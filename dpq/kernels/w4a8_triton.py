@@ -450,6 +450,56 @@ def _v6_default_config(m: int, n: int, k: int, num_sms: int, group_size: int,
                         num_stages=stages, a_buffers=1)
 
 
+def ring_for_share(config: KernelConfig, m: int, n: int, k: int, group_size: int, sm_limits: SMLimits,
+                   max_stages: int = 12, deepest: bool = False, full_grids_too: bool = False) -> KernelConfig:
+    """A "v6" decode configuration at the 'share' ring depth (``sim.perf.fused_kernel.ring_stages_for_share``):
+    where its depth lets an SM hold more than its share of the launch, ceil(programs / SMs), the shallowest ring
+    (up to ``max_stages`` and a program's K steps) that holds no more; ``deepest``: the deepest that holds the
+    share. Same tiles and split, so the same numerics. ``full_grids_too`` (with ``deepest``): a grid that fills
+    its SMs gets the deepest ring that keeps as many programs per SM (an experiment of scripts/bench_gpu.py).
+    Configurations the Gluon kernel does not run come back unchanged."""
+    from sim.perf.fused_kernel import ring_stages_for_share
+
+    from dpq.kernels.w4a8_gluon import V6_BLOCK_N, V6_DEFAULT_MAXNREG, V6_LAUNCHED_WARPS, V6_NUM_WARPS, \
+        gluon_kernel_applies
+
+    if not gluon_kernel_applies(config, n) or config.maxnreg not in (None, V6_DEFAULT_MAXNREG):
+        return config
+    k_steps = k // k_step(config, group_size)
+    per = math.ceil(k_steps / config.split_k)
+    programs = math.ceil(n / V6_BLOCK_N) * math.ceil(m / config.block_t) * math.ceil(k_steps / per)
+
+    def resident(stages: int) -> int:
+        return resident_programs(V6_DEFAULT_MAXNREG * V6_LAUNCHED_WARPS // V6_NUM_WARPS,
+                                 v6_shared_bytes(group_size * config.groups_per_step, config.block_t, stages,
+                                                 config.a_buffers), V6_NUM_WARPS, sm_limits)
+
+    if full_grids_too and math.ceil(programs / sm_limits.num_sms) >= resident(config.num_stages):
+        programs = resident(config.num_stages) * sm_limits.num_sms
+    stages = ring_stages_for_share(programs, sm_limits.num_sms, config.num_stages, min(max_stages, per), resident,
+                                   deepest)
+    return replace(config, num_stages=stages)
+
+
+def decode_launch_policy(device_name: str, sm_limits: SMLimits, config: KernelConfig, m: int, n: int, k: int,
+                         group_size: int, variant: str) -> KernelConfig:
+    """``config`` as the card's profile launches it at decode (``fused_kernel.dependent_launch``, ``ring_depth``
+    and ``max_ring_stages``): for the card's kernel variant where the Gluon kernel runs (M <= 64), with
+    programmatic dependent launch and the ring depth the profile asks for. Neither changes the numerics. The
+    performance model applies the same (``sim.perf.fused_kernel.decode_launch_structure``)."""
+    from dpq.kernels.w4a8_gluon import gluon_kernel_applies
+
+    found = _card_spec(device_name)
+    if found is None or variant != found[1].kernel_variant or variant != "v6" or m > 64:
+        return config
+    if not gluon_kernel_applies(config, n):
+        return config
+    spec = found[1]
+    if spec.ring_depth == "share":
+        config = ring_for_share(config, m, n, k, group_size, sm_limits, spec.max_ring_stages)
+    return replace(config, pdl=spec.dependent_launch) if spec.dependent_launch else config
+
+
 def heuristic_config_for(device_name: str, sm_limits: SMLimits, m: int, n: int, k: int, group_size: int,
                          variant: str) -> KernelConfig:
     """The launch heuristic on the card named ``device_name``: ``default_config``, at the pipeline depth the card's
@@ -473,9 +523,11 @@ def heuristic_config_for(device_name: str, sm_limits: SMLimits, m: int, n: int, 
 def launch_config_for(device_name: str, sm_limits: SMLimits, m: int, n: int, k: int, group_size: int,
                       variant: str) -> KernelConfig:
     """What a launch without a configuration runs on the card named ``device_name`` with ``sm_limits``: the card's
-    tuned configuration for this GEMM if it has one (``tuned_config_for``), else ``heuristic_config_for``."""
-    return (tuned_config_for(device_name, variant, m, n, k, group_size)
-            or heuristic_config_for(device_name, sm_limits, m, n, k, group_size, variant))
+    tuned configuration for this GEMM if it has one (``tuned_config_for``), else ``heuristic_config_for``; then
+    the card's decode launch policy (``decode_launch_policy``: dependent launch and ring depth)."""
+    cfg = (tuned_config_for(device_name, variant, m, n, k, group_size)
+           or heuristic_config_for(device_name, sm_limits, m, n, k, group_size, variant))
+    return decode_launch_policy(device_name, sm_limits, cfg, m, n, k, group_size, variant)
 
 
 def launch_config(m: int, n: int, k: int, weight: "PackedW4A8Weight", device=None) -> KernelConfig:

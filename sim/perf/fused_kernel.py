@@ -67,7 +67,7 @@ over that.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sim.profiles import HardwareProfile
 
@@ -110,13 +110,22 @@ class LoopStructure:
     register_a_mma_instructions: float = 0.0
     mma_macs_per_instruction: float = 0.0
     launched_warps: int | None = None
+    dependent_launch: bool = False
 
     @property
     def warp_specialized(self) -> bool:
         """The Gluon kernel: its load warp holds warps beyond those that run the loop."""
         return (self.launched_warps or self.warps) > self.warps
 
+    @property
+    def ring_slot_bytes(self) -> float:
+        """Shared memory of one pipeline stage of the Gluon kernel: one K step's weight tile (codes and metadata)
+        and token tile."""
+        return self.block_k * (self.block_n * self.weight_bytes_per_weight + self.block_t * self.activation_bytes)
+
     def __post_init__(self):
+        if not isinstance(self.dependent_launch, bool):
+            raise ValueError(f"LoopStructure.dependent_launch={self.dependent_launch!r}: expected a bool")
         for name in ("block_n", "block_t", "block_k", "split_k", "warps", "stages", "registers_per_thread"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -272,12 +281,13 @@ def fused_gemm_timing(hw: HardwareProfile, s: LoopStructure, m: int, n: int, k: 
     hbm_bytes = main_bytes + out_bytes
     mem = hw.memory
     hbm_s = hbm_bytes / (mem.hbm_bandwidth_bytes_per_s * mem.hbm_efficiency_by_transfer_bytes(hbm_bytes))
-    fixed_s = loop.kernel_fixed_s
+    fixed_s = loop.dependent_kernel_fixed_s if s.dependent_launch else loop.kernel_fixed_s
     main_s = max(sm_s, latency_s, hbm_s)
     reduction_s = 0.0
     if parts > 1 and s.split_reduction:
         red_bytes = float(m) * n * (4.0 * parts + s.output_bytes)
-        reduction_s = hw.kernel.launch_overhead_s + red_bytes / (
+        launch_s = loop.dependent_kernel_fixed_s if s.dependent_launch else hw.kernel.launch_overhead_s
+        reduction_s = launch_s + red_bytes / (
             mem.hbm_bandwidth_bytes_per_s * mem.hbm_efficiency_by_transfer_bytes(red_bytes))
     bound = max((("sm", sm_s), ("latency", latency_s), ("hbm", hbm_s)), key=lambda kv: kv[1])[0]
     share = 0.0
@@ -288,6 +298,29 @@ def fused_gemm_timing(hw: HardwareProfile, s: LoopStructure, m: int, n: int, k: 
                        fixed_s=fixed_s, reduction_s=reduction_s, bound=bound, programs=programs,
                        resident_programs_per_sm=resident, iterations_per_program=per, iteration_s=t_it,
                        expansion_share=share, hbm_bytes=hbm_bytes)
+
+
+def ring_stages_for_share(programs: int, sms: int, stages: int, max_stages: int, resident_at,
+                          deepest: bool = False) -> int:
+    """Pipeline stages of a launch of ``programs`` programs on ``sms`` SMs under the 'share' ring depth: when
+    ``stages`` would let an SM hold more than its share, ceil(programs / sms), the shallowest ring from ``stages``
+    up to ``max_stages`` at which it holds no more than that (``resident_at(stages)``: programs an SM holds at
+    that depth; where none does, the deepest that still holds the share); else ``stages``. ``deepest``: the
+    deepest ring that still holds the share instead.
+
+    Why: with programmatic dependent launch a kernel's programs are placed while the kernel before still runs,
+    on whichever SMs have room first; with room for more than its share an SM can take more, and an under-filled
+    GEMM then runs at the pace of its most crowded SMs. On an H100 the Llama-2-70B layer at M <= 16 ran 5-9 %
+    slower with dependent launch at the tiles' own depths than without it, and 2-4 % faster with the shallowest
+    ring that caps the share (the deepest gained less: it leaves no room for the next kernel's early programs;
+    results/gpu/README.md, session 8)."""
+    needed = math.ceil(programs / sms)
+    if needed >= resident_at(stages):
+        return stages
+    fits = [st for st in range(stages, max(stages, max_stages) + 1) if resident_at(st) >= needed]
+    if deepest:
+        return fits[-1]
+    return next((st for st in fits if resident_at(st) == needed), fits[-1])
 
 
 def wave_split_cost(tiles: int, k_steps: int, split: int, resident: int, sms: int, *,
@@ -366,14 +399,37 @@ def default_structure(hw: HardwareProfile, m: int, n: int, k: int) -> LoopStruct
                 best = (cost, parts)
         split = best[1]
     in_kernel_reduction = tuned is not None and bool(tuned[9])
-    return LoopStructure(block_n=int(block_n), block_t=int(block_t), block_k=fk.block_k, split_k=int(split),
-                         warps=int(warps), stages=int(stages), registers_per_thread=int(regs),
-                         shared_bytes_per_program=int(smem), loop_instructions_per_thread=float(instr),
-                         weight_bytes_per_weight=fk.weight_bytes_per_weight,
-                         split_reduction=fk.split_reduction and not in_kernel_reduction,
-                         fp32_instructions=float(fp32), int_instructions=float(integer),
-                         conversion_instructions=float(conversion), register_a_mma_instructions=float(register_a),
-                         mma_macs_per_instruction=float(macs), launched_warps=int(launched))
+    s = LoopStructure(block_n=int(block_n), block_t=int(block_t), block_k=fk.block_k, split_k=int(split),
+                      warps=int(warps), stages=int(stages), registers_per_thread=int(regs),
+                      shared_bytes_per_program=int(smem), loop_instructions_per_thread=float(instr),
+                      weight_bytes_per_weight=fk.weight_bytes_per_weight,
+                      split_reduction=fk.split_reduction and not in_kernel_reduction,
+                      fp32_instructions=float(fp32), int_instructions=float(integer),
+                      conversion_instructions=float(conversion), register_a_mma_instructions=float(register_a),
+                      mma_macs_per_instruction=float(macs), launched_warps=int(launched))
+    return decode_launch_structure(hw, s, m, n, k)
+
+
+def decode_launch_structure(hw: HardwareProfile, s: LoopStructure, m: int, n: int, k: int) -> LoopStructure:
+    """``s`` as the profile's launch runs it at decode: for the warp-specialized kernel at M <= 64, with the
+    profile's dependent launch and ring depth (``fused_kernel.dependent_launch``, ``ring_depth``); other
+    structures unchanged. dpq's launch applies the same (dpq.kernels.w4a8_triton.launch_config_for)."""
+    fk = hw.fused_kernel
+    if m > 64 or not s.warp_specialized:
+        return s
+    if fk.ring_depth == "share":
+        k_steps = math.ceil(k / s.block_k)
+        per, parts = split_parts(k_steps * s.block_k, s)
+        programs = math.ceil(n / s.block_n) * math.ceil(m / s.block_t) * parts
+
+        def at(stages: int) -> LoopStructure:
+            smem = s.shared_bytes_per_program + round((stages - s.stages) * s.ring_slot_bytes)
+            return replace(s, stages=stages, shared_bytes_per_program=smem)
+
+        stages = ring_stages_for_share(programs, hw.sm.count, s.stages, min(fk.max_ring_stages, per),
+                                       lambda st: resident_programs(hw, at(st)))
+        s = at(stages)
+    return replace(s, dependent_launch=fk.dependent_launch)
 
 
 PLAN_CHUNKS = 32

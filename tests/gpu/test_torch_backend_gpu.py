@@ -317,7 +317,9 @@ def test_default_config_reads_the_card():
                           for c in ({"pdl": True}, {"pdl": True, "l2_prefetch_steps": 2},
                                     {"pdl": True, "l2_prefetch_steps": 4, "reduce_in_kernel": True},
                                     {"pdl": True, "pdl_trigger": "after_loop", "l2_prefetch_steps": 1})]
-                         + [("v6", {"pdl": True}), ("v6", {"pdl": True, "reduce_in_kernel": True})])
+                         + [("v6", {"pdl": True}), ("v6", {"pdl": True, "reduce_in_kernel": True}),
+                            ("v6", {"pdl": True, "num_stages": 6}), ("v6", {"pdl": True, "num_stages": 9}),
+                            ("v6", {"pdl": True, "num_stages": 12})])
 def test_dependent_launch_is_race_free(variant, changes):
     """Programmatic dependent launch lets each kernel start before the one before it ends: 12 launches back to back
     (eagerly and replayed from a CUDA graph) on two layers, each split-K reduction reading parts that the kernel

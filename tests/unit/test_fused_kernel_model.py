@@ -400,7 +400,7 @@ def test_waves_split_policy_follows_the_kernels_launch_heuristic():
     # the H100 profile describes v6, whose launch heuristic cuts K by the wave rule at M <= 64 and runs v5's prefill
     # tiles above (dpq/kernels/w4a8_triton.py); the model's 'waves' policy must pick the same tile and split for every
     # shape, and follow the card's tuned configurations where it has them
-    from dpq.kernels.w4a8_triton import SMLimits, default_config, tuned_config_for
+    from dpq.kernels.w4a8_triton import SMLimits, decode_launch_policy, default_config, launch_config_for
 
     hw = load_profile("h100-triton-w4a8")
     assert hw.fused_kernel.split_policy == "waves" and hw.fused_kernel.kernel_variant == "v6"
@@ -411,15 +411,19 @@ def test_waves_split_policy_follows_the_kernels_launch_heuristic():
     for m in (1, 4, 16, 32, 64, 200):
         for n, k in shapes:
             model = default_structure(plain, m, n, k)
-            kernel = default_config(m, n, k, 132, 128, "v6", sm_limits=h100)
+            # the heuristic's configuration with the card's decode launch policy (dependent launch, ring depth)
+            kernel = decode_launch_policy("NVIDIA H100 80GB HBM3", h100,
+                                          default_config(m, n, k, 132, 128, "v6", sm_limits=h100), m, n, k, 128, "v6")
             assert (model.block_n, model.block_t, model.split_k, model.stages, model.warps) == (
                 kernel.block_n, kernel.block_t, kernel.split_k, kernel.num_stages, kernel.num_warps), (m, n, k)
+            assert model.dependent_launch == kernel.pdl == (m <= 64)
             assert model.launched_warps == (8 if m <= 64 else kernel.num_warps)  # v6's load warp partition
             # with the card's tuned configurations, the model follows what a launch runs
-            launch = tuned_config_for("NVIDIA H100 80GB HBM3", "v6", m, n, k, 128) or kernel
+            launch = launch_config_for("NVIDIA H100 80GB HBM3", h100, m, n, k, 128, "v6")
             tuned = default_structure(hw, m, n, k)
-            assert (tuned.block_n, tuned.block_t, tuned.split_k, tuned.stages, tuned.split_reduction) == \
-                (launch.block_n, launch.block_t, launch.split_k, launch.num_stages, not launch.reduce_in_kernel)
+            assert (tuned.block_n, tuned.block_t, tuned.split_k, tuned.stages, tuned.split_reduction,
+                    tuned.dependent_launch) == (launch.block_n, launch.block_t, launch.split_k, launch.num_stages,
+                                                not launch.reduce_in_kernel, launch.pdl), (m, n, k)
     # Llama-2-70B qkv / o / gate_up / down: the splits v6's rule chose in the H100 runs (results/gpu/tuning_h100_s6b.csv)
     assert [default_structure(plain, 1, n, k).split_k for n, k in shapes[:4]] == [3, 4, 4, 4]
     assert [default_structure(plain, 64, n, k).split_k for n, k in shapes[:4]] == [3, 4, 1, 4]
@@ -668,8 +672,10 @@ def test_launched_warps_hold_registers_and_warp_slots():
     """v6's tile: 4 MMA warps run the loop, 8 warps are launched (the load warp's partition padded to a warpgroup),
     64 registers each: 4 programs per SM by registers, 3 by its 60 KB of shared memory at 4 stages."""
     hw = load_profile("h100-triton-w4a8")
+    import dataclasses
+    hw = dataclasses.replace(hw, fused_kernel=dataclasses.replace(hw.fused_kernel, ring_depth="tile"))
     s = default_structure(hw, 1, 8192, 8192)
-    assert (s.warps, s.launched_warps, s.registers_per_thread) == (4, 8, 64)
+    assert (s.warps, s.launched_warps, s.registers_per_thread, s.stages) == (4, 8, 64, 4)
     assert resident_programs(hw, s) == 3
     import dataclasses
     small = dataclasses.replace(s, shared_bytes_per_program=40000)
@@ -720,3 +726,60 @@ def test_uneven_split_parts_cost_their_mean_length():
     full = fused_gemm_timing(hw, s, 1, 6144, 36 * 128)
     assert short.programs == full.programs and short.iterations_per_program == full.iterations_per_program == 6
     assert short.sm_s < full.sm_s
+
+
+def test_share_ring_depth_caps_the_programs_an_sm_can_take():
+    """'share' ring depth: where the tile's depth lets an SM hold more programs than its share of the launch, the
+    shallowest ring that holds no more (deepest=True: the deepest that still holds the share); grids that fill
+    their SMs keep their depth."""
+    from sim.perf.fused_kernel import ring_stages_for_share
+
+    def resident(stages):  # 228 KB over programs of 17 KB + 11 KB per stage
+        return 233472 // (17000 + 11000 * stages)
+
+    assert [resident(st) for st in range(3, 13)] == [4, 3, 3, 2, 2, 2, 2, 1, 1, 1]
+    assert ring_stages_for_share(256, 132, 4, 12, resident) == 6  # share 2: the shallowest ring holding 2
+    assert ring_stages_for_share(256, 132, 4, 12, resident, deepest=True) == 9
+    assert ring_stages_for_share(256, 132, 4, 5, resident) == 5  # no ring up to max_stages holds 2: the deepest
+    assert ring_stages_for_share(400, 132, 4, 12, resident) == 4  # share 4 >= 3 resident: unchanged
+    assert ring_stages_for_share(100, 132, 4, 12, resident) == 10  # share 1
+    assert ring_stages_for_share(100, 132, 4, 12, resident, deepest=True) == 12
+
+
+def test_decode_launch_policy_of_the_profile_reaches_model_and_launch():
+    """The H100 profile launches v6 at decode with dependent launch and the 'share' ring depth: the model's
+    structure and dpq's launch agree on it for every Llama GEMM, the ring holds no more than the share, its
+    shared memory grows by the ring slot's bytes per stage, and the dependent launch's fixed cost replaces the
+    kernel's and the reduction kernel's launch costs; prefill tiles are left as they were."""
+    import math
+
+    from dpq.kernels.w4a8_triton import SMLimits, launch_config_for, v6_shared_bytes
+
+    hw = load_profile("h100-triton-w4a8")
+    fk = hw.fused_kernel
+    assert fk.dependent_launch and fk.ring_depth == "share"
+    limits = SMLimits.of_profile(hw)
+    tile = dataclasses.replace(hw, fused_kernel=dataclasses.replace(fk, ring_depth="tile", dependent_launch=False))
+    for m in (1, 16, 64):
+        for n, k in [(10240, 8192), (8192, 8192), (57344, 8192), (8192, 28672), (4096, 4096), (4096, 14336)]:
+            s = default_structure(hw, m, n, k)
+            base = default_structure(tile, m, n, k)
+            launch = launch_config_for("NVIDIA H100 80GB HBM3", limits, m, n, k, 128, "v6")
+            assert (s.stages, s.dependent_launch) == (launch.num_stages, launch.pdl) == (s.stages, True)
+            assert s.shared_bytes_per_program - base.shared_bytes_per_program == \
+                (s.stages - base.stages) * s.ring_slot_bytes
+            assert s.ring_slot_bytes == v6_shared_bytes(128, s.block_t, 2, 1) - v6_shared_bytes(128, s.block_t, 1, 1)
+            programs = math.ceil(n / 128) * math.ceil(m / s.block_t) * s.split_k
+            share = math.ceil(programs / hw.sm.count)
+            if s.stages > base.stages:  # the share, or the deepest ring a program's K steps allow
+                assert share < resident_programs(hw, base)
+                assert resident_programs(hw, s) == share or s.stages == min(fk.max_ring_stages,
+                                                                           math.ceil(k / 128 / s.split_k))
+            t, t0 = fused_gemm_timing(hw, s, m, n, k), fused_gemm_timing(tile, s.__class__(
+                **{**s.__dict__, "dependent_launch": False}), m, n, k)
+            assert t.fixed_s == hw.gluon_loop.dependent_kernel_fixed_s and t0.fixed_s == hw.gluon_loop.kernel_fixed_s
+            if s.split_k > 1 and s.split_reduction:
+                assert t0.reduction_s - t.reduction_s == pytest.approx(
+                    hw.kernel.launch_overhead_s - hw.gluon_loop.dependent_kernel_fixed_s)
+    prefill = default_structure(hw, 256, 8192, 8192)
+    assert not prefill.dependent_launch and prefill == default_structure(tile, 256, 8192, 8192)
