@@ -50,10 +50,13 @@ SCHEME_OF = {"bf16": ("bf16", None), "fp8": ("fp8", None), "w4a8_fused": ("w4a8"
              "w4a8_fused_v5old": ("w4a8", None),
              "w4a8_unfused": ("fp8", None),  # w4a8_unfused: the FP8 GEMM after the torch expansion chain (below)
              "w4a8_expand": ("fp8", None),  # the prefill path: the FP8 GEMM after one expansion kernel (below)
-             # the default configuration with launch changes the structure model does not see (predicted as the
-             # default): dependent launch, and Triton's wgmma pipelining without the per-step wait
+             # the default configuration with launch changes: dependent launch (the structure's dependent_launch,
+             # from the row's pdl column; the v4/v5 kernels' is not modelled), and Triton's wgmma pipelining
+             # without the per-step wait (not seen by the structure model: predicted as the default)
              "w4a8_fused_pdl": ("w4a8", None), "w4a8_fused_pdl_late": ("w4a8", None),
-             "w4a8_fused_nowait": ("w4a8", None)}
+             "w4a8_fused_nowait": ("w4a8", None), "w4a8_fused_nopolicy": ("w4a8", None),
+             "w4a8_fused_deep": ("w4a8", None), "w4a8_fused_pdl_deep": ("w4a8", None),
+             "w4a8_fused_pdl_deep_reduce": ("w4a8", None), "w4a8_fused_v6_pdl": ("w4a8", None)}
 # The kernels scripts/bench_gpu.py's w4a8_unfused path launches per call before its torch._scaled_mm (the torch
 # profiler's list, results/gpu/probe_unfused_ops_h100.csv): dpq.torch_backend.expanded_weight_values on uint8
 # codes (n, k/2), float32 scales and uint8 zeros (n, k/128), then the FP8 cast. (name, read bytes, write bytes)
@@ -115,10 +118,11 @@ def variants_of(schemes: set[str], default_variant: str | None = None) -> dict[s
     if schemes & {"w4a8_fused_v6", "w4a8_fused_v5", "w4a8_fused_v4", "w4a8_fused_default", "w4a8_fused_rule",
                   "w4a8_fused_v5old"}:
         out = {"w4a8_fused_v6": "v6", "w4a8_fused_v5": "v5", "w4a8_fused_v4": "v4", "w4a8_fused_v3": "lut",
-               "w4a8_fused_v2": "v2", "fp8_triton": "fp8", "w4a8_fused_v5old": "v5"}
+               "w4a8_fused_v2": "v2", "fp8_triton": "fp8", "w4a8_fused_v5old": "v5", "w4a8_fused_v6_pdl": "v6"}
         out["w4a8_fused"] = default_variant or "v4"
         for same in ("w4a8_fused_default", "w4a8_fused_rule", "w4a8_fused_reduce", "w4a8_fused_pdl",
-                     "w4a8_fused_pdl_late", "w4a8_fused_nowait"):
+                     "w4a8_fused_pdl_late", "w4a8_fused_nowait", "w4a8_fused_nopolicy", "w4a8_fused_deep",
+                     "w4a8_fused_pdl_deep", "w4a8_fused_pdl_deep_reduce"):
             out[same] = out["w4a8_fused"]
         return out
     if "w4a8_fused_v3" in schemes or "fp8_triton" in schemes:

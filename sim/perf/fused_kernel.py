@@ -41,6 +41,10 @@ Model (times in seconds; per launch of an m x n x k GEMM)::
     hbm_s     = bytes / (hbm peak * hbm efficiency(bytes))
     time      = kernel_fixed_s + max(sm_s, latency_s, hbm_s)
                 [+ reduction kernel: launch_overhead_s + its bytes at the HBM rate]
+    dependent launch (``dependent_launch``: programmatic dependent launch, the first stages' weights asked for
+    before the kernel before has finished): dependent_kernel_fixed_s replaces kernel_fixed_s and the reduction
+    kernel's launch_overhead_s, and sm_s has no fill (loaded_hbm_latency_s); fitted on a sweep with dependent launch
+    (H100: rms log error 0.170 with the fill dropped, 0.172 with it kept)
 
 ``sm_s``: programs sharing an SM share its issue slots and its load path; a slowdown of 1 means the SM serves
 them one after another, 0 that they overlap completely (the fits give about 0.8). The weight tile is what a step
@@ -271,7 +275,10 @@ def fused_gemm_timing(hw: HardwareProfile, s: LoopStructure, m: int, n: int, k: 
         return steps * t_it * (1.0 + loop.resident_program_slowdown * (max(together, 1.0) - 1.0)) + loop.program_fixed_s
     full = math.floor(q / resident + 1e-9)  # full waves of the busiest SM
     rest = q - full * resident  # programs of its last, partial wave ('even' spread: may be a fraction)
-    sm_s = loop.loaded_hbm_latency_s + (full * round_s(resident) if full else 0.0)  # the fill, then the waves
+    # the fill, then the waves; a dependent launch asks for its first stages' weights while the kernel before
+    # still runs, so its fill overlaps that kernel
+    fill_s = 0.0 if s.dependent_launch else loop.loaded_hbm_latency_s
+    sm_s = fill_s + (full * round_s(resident) if full else 0.0)
     if rest > 1e-9:
         sm_s += round_s(rest) * min(rest, 1.0)
     latency_s = math.ceil(programs / (sm.count * resident)) * per * loop.loaded_hbm_latency_s / (s.stages - 1)

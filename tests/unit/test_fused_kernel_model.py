@@ -121,19 +121,27 @@ def test_default_structure_is_the_kernels_heuristic():
 def test_default_structure_follows_the_cards_tuned_configurations(hw):
     """The H200 runs v6 (the Gluon kernel: 8 launched warps) with its measured table where it has a row, else v6's
     heuristic (the waves rule) at the depth its profile gives the tile: 5 stages for 16 and 64 tokens, 4 for 32 -
-    what dpq's launch takes on that card (heuristic_config_for)."""
-    from dpq.kernels.w4a8_triton import SMLimits, default_config, heuristic_config_for
+    what dpq's launch takes on that card (heuristic_config_for); then the card's decode launch policy (dependent
+    launch, the 'share' ring depth), which both apply the same."""
+    from dpq.kernels.w4a8_triton import SMLimits, decode_launch_policy, default_config, heuristic_config_for
 
-    tuned = default_structure(hw, 1, 57344, 8192)  # tuned row [57344, 8192, 1, 1, 128, 16, 4, 4, 3, 0]
+    tile = dataclasses.replace(hw, fused_kernel=dataclasses.replace(hw.fused_kernel, ring_depth="tile",
+                                                                    dependent_launch=False))
+    tuned = default_structure(tile, 1, 57344, 8192)  # tuned row [57344, 8192, 1, 1, 128, 16, 4, 4, 3, 0]
     assert (tuned.block_t, tuned.split_k, tuned.stages, tuned.launched_warps) == (16, 4, 3, 8)
-    assert default_structure(hw, 16, 57344, 8192).stages == 5  # M 5-16: its own row, 5 stages
+    assert default_structure(tile, 16, 57344, 8192).stages == 5  # M 5-16: its own row, 5 stages
     limits = SMLimits.of_profile(hw)
     for m, stages in ((1, 5), (20, 4), (64, 5)):
-        rule = default_structure(hw, m, 8192, 4096)  # no tuned row: the heuristic
+        rule = default_structure(tile, m, 8192, 4096)  # no tuned row: the heuristic
         want = heuristic_config_for("NVIDIA H200", limits, m, 8192, 4096, 128, "v6")
         assert (rule.block_t, rule.split_k, rule.stages, rule.launched_warps) == \
             (want.block_t, want.split_k, want.num_stages, 8)
         assert rule.stages == stages
+        launched = default_structure(hw, m, 8192, 4096)
+        policy = decode_launch_policy("NVIDIA H200", limits, want, m, 8192, 4096, 128, "v6")
+        assert (launched.split_k, launched.stages, launched.dependent_launch) == \
+            (policy.split_k, policy.num_stages, policy.pdl) == (want.split_k, launched.stages, True)
+        assert launched.stages >= stages
     # a weight the Gluon kernel cannot take (N not a multiple of 4: v5's Triton kernel runs) keeps default_config
     assert heuristic_config_for("NVIDIA H200", limits, 1, 8190, 4096, 128, "v6").num_stages == 4
     # the H100's heuristic tiles stay at 4 stages; a card without a profile gets default_config as it is
@@ -289,7 +297,9 @@ def test_validate_script_names_the_v5_variant_and_its_bytes():
                                             "w4a8_fused_v5old": "v5", "w4a8_fused_default": "v5",
                                             "w4a8_fused_rule": "v5", "w4a8_fused_pdl": "v5",
                                             "w4a8_fused_pdl_late": "v5",
-                                            "w4a8_fused_nowait": "v5"}
+                                            "w4a8_fused_nowait": "v5", "w4a8_fused_nopolicy": "v5",
+                                            "w4a8_fused_deep": "v5", "w4a8_fused_pdl_deep": "v5",
+                                            "w4a8_fused_pdl_deep_reduce": "v5", "w4a8_fused_v6_pdl": "v6"}
     assert v.variants_of(schemes, None)["w4a8_fused"] == "v4"
     # a bench of the default kernel only (bench_h200_final.csv): its rows are fused rows of the measured default
     final = v.variants_of({"bf16", "fp8", "fp8_triton", "w4a8_fused_default"}, "v5")
@@ -778,6 +788,8 @@ def test_decode_launch_policy_of_the_profile_reaches_model_and_launch():
             t, t0 = fused_gemm_timing(hw, s, m, n, k), fused_gemm_timing(tile, s.__class__(
                 **{**s.__dict__, "dependent_launch": False}), m, n, k)
             assert t.fixed_s == hw.gluon_loop.dependent_kernel_fixed_s and t0.fixed_s == hw.gluon_loop.kernel_fixed_s
+            # its first stages' weights are asked for while the kernel before runs: no fill
+            assert t0.sm_s - t.sm_s == pytest.approx(hw.gluon_loop.loaded_hbm_latency_s)
             if s.split_k > 1 and s.split_reduction:
                 assert t0.reduction_s - t.reduction_s == pytest.approx(
                     hw.kernel.launch_overhead_s - hw.gluon_loop.dependent_kernel_fixed_s)
