@@ -335,6 +335,17 @@ def v6_tuning_rows(paths: list[Path], scheme: str = "w4a8_fused_v6") -> list[tup
     return [(r, s) for r, s in rows if s.launched_warps is not None]
 
 
+def holds_its_share(hw, r: dict, s) -> bool:
+    """Whether a launch's ring lets an SM hold no more than its share of the programs, ceil(programs / SMs), or
+    fills the SMs anyway: the dependent launches the 'share' ring depth makes. With room for more, a dependent
+    launch's early programs crowd onto the SMs that free first, which the model has no term for."""
+    from sim.perf.fused_kernel import resident_programs, split_parts
+
+    _, parts = split_parts(int(r["k"]), s)
+    programs = math.ceil(int(r["n"]) / s.block_n) * math.ceil(int(r["m"]) / s.block_t) * parts
+    return resident_programs(hw, s) <= math.ceil(programs / hw.sm.count)
+
+
 def fit(paths: list[Path], profile: str, spread: str | None, bench: list[Path] | None = None,
         only: list[str] | None = None, tuning: list[Path] | None = None, v6_tuning: list[Path] | None = None,
         v6_pdl_tuning: list[Path] | None = None) -> int:
@@ -367,7 +378,8 @@ def fit(paths: list[Path], profile: str, spread: str | None, bench: list[Path] |
     else:
         params = tuple(p for p in params if p[0] != "dependent_kernel_fixed_s")
     if section == "gluon_loop":
-        rows = v6_tuning_rows(v6_tuning or []) + v6_tuning_rows(v6_pdl_tuning or [], "w4a8_fused_v6_pdl")
+        rows = v6_tuning_rows(v6_tuning or []) + [
+            (r, s) for r, s in v6_tuning_rows(v6_pdl_tuning or [], "w4a8_fused_v6_pdl") if holds_its_share(hw0, r, s)]
     else:
         rows = probe_rows(paths) + fp8_triton_rows(bench or []) + v5_tuning_rows(tuning or [])
     measured = np.array([float(r["latency_s"]) for r, _ in rows])

@@ -386,7 +386,7 @@ LAYER_GEMMS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 FUSED_SCHEME_OF_VARIANT = {"v6": "w4a8_fused_v6", "v5": "w4a8_fused_v5", "v4": "w4a8_fused_v4", "lut": "w4a8_fused_v3",
                            "v2": "w4a8_fused_v2", "fp8": "fp8_triton"}
 KERNEL_CONFIG_TILE_KEYS = ("block_n", "block_t", "split_k", "num_warps", "num_stages")
-PDL_NOTE = "pdl: the model has no dependent-launch overlap"
+PDL_NOTE = "pdl: the model has no dependent-launch overlap for this kernel variant"
 
 
 def parse_kernel_config(text: str) -> dict:
@@ -439,8 +439,9 @@ def layer_gemm_rows(r: dict, shapes: dict) -> tuple[list[dict], list[str]]:
     """The four per-GEMM bench rows (the dicts ``predict_rows`` reads) a layer-chain row ``r`` is made of, and its
     notes. cuBLAS rows (bf16, fp8) keep their scheme; rows of the prefill path (variant "<v>+expand", the "auto"
     chain from the card's expand_from_tokens) become w4a8_expand rows; fused rows take the bench scheme of their kernel variant and
-    the configuration each GEMM ran (``configs``, " | "-joined KernelConfig reprs) with pdl off, since the model has
-    no term for dependent launch; each GEMM's packed weight bytes are the layer's bytes per weight times n*k.
+    the configuration each GEMM ran (``configs``, " | "-joined KernelConfig reprs; dependent launch kept for the
+    Gluon kernel "v6", whose structure models it, and turned off for the others, whose does not); each GEMM's packed
+    weight bytes are the layer's bytes per weight times n*k.
     latency_s of these rows is NaN: only the layer is measured."""
     where = f"layer row model={r.get('model')} m={r.get('m')} scheme={r.get('scheme')}"
     gemms = shapes.get(r["model"])
@@ -473,13 +474,15 @@ def layer_gemm_rows(r: dict, shapes: dict) -> tuple[list[dict], list[str]]:
         nowait = nowait or cfg.get("mma_wait_each_step") is False
         if cfg.get("l2_prefetch_steps"):
             prefetch.add(cfg["l2_prefetch_steps"])
-        cfg.update(pdl=False, l2_prefetch_steps=0, pdl_trigger="start")
+        if variant != "v6":  # dependent launch is modelled for the Gluon kernel only
+            cfg.update(pdl=False)
+        cfg.update(l2_prefetch_steps=0, pdl_trigger="start")
         row = dict(base, layer=layer, scheme=FUSED_SCHEME_OF_VARIANT[variant], variant=variant, n=n, k=k,
                    config="KernelConfig(" + ", ".join(f"{key}={v!r}" for key, v in cfg.items()) + ")")
         if bytes_per_weight is not None:
             row["weight_bytes"] = str(round(bytes_per_weight * n * k))
         out.append(row)
-    notes = [PDL_NOTE] if pdl else []
+    notes = [PDL_NOTE] if pdl and variant != "v6" else []
     if prefetch:
         notes.append(f"l2_prefetch_steps={'/'.join(map(str, sorted(prefetch)))}: not in the model either")
     if nowait:
