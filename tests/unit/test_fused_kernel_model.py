@@ -795,3 +795,19 @@ def test_decode_launch_policy_of_the_profile_reaches_model_and_launch():
                     hw.kernel.launch_overhead_s - hw.gluon_loop.dependent_kernel_fixed_s)
     prefill = default_structure(hw, 256, 8192, 8192)
     assert not prefill.dependent_launch and prefill == default_structure(tile, 256, 8192, 8192)
+
+
+def test_decode_launch_policy_leaves_other_launches_alone():
+    """The policy applies to the card's own variant where its Gluon kernel runs (M <= 64, N a multiple of 4), on a
+    card whose profile asks for it; everything else keeps its configuration (and so never launches dependently)."""
+    from dpq.kernels.w4a8_triton import SMLimits, decode_launch_policy, default_config
+
+    limits = SMLimits(num_sms=132, registers_per_sm=65536, shared_bytes_per_sm=233472, max_threads_per_sm=2048)
+    h100 = "NVIDIA H100 80GB HBM3"
+    cfg = default_config(1, 8192, 8192, 132, 128, "v6", sm_limits=limits)
+    got = decode_launch_policy(h100, limits, cfg, 1, 8192, 8192, 128, "v6")
+    assert got.pdl and got.num_stages > cfg.num_stages and got.split_k == cfg.split_k
+    for card, m, n, variant in (("NVIDIA A100-SXM4-80GB", 1, 8192, "v6"), (h100, 1, 8192, "v5"),
+                                (h100, 256, 8192, "v6"), (h100, 1, 8190, "v6")):
+        c = default_config(m, n, 8192, 132, 128, variant, sm_limits=limits)
+        assert decode_launch_policy(card, limits, c, m, n, 8192, 128, variant) == c, (card, m, n, variant)
