@@ -176,8 +176,8 @@ def fused_candidates(m: int, n: int, k: int, limits, quick: bool, variant: str, 
     SMLimits; ``old_rule``: the heuristic without them (v5's split rule before the wave rule); ``changes``:
     KernelConfig changes applied to the first configuration; ``policy``: the first configuration with the card's
     decode launch policy. The sweep around it is built on the heuristic's; ``dependent_sweep``: every
-    configuration of the sweep with programmatic dependent launch, each also with its ring as deep as its
-    programs per SM allow (the calibration rows of the model's dependent_kernel_fixed_s)."""
+    configuration of the sweep with programmatic dependent launch, each also at its 'share' rings, the shallowest
+    and the deepest (ring_for_share; the calibration rows of the model's dependent_kernel_fixed_s)."""
     from dpq.kernels.w4a8_triton import KernelConfig, default_config
 
     base = default_config(m, n, k, limits.num_sms, GROUP_SIZE, variant, sm_limits=None if old_rule else limits)
@@ -414,11 +414,10 @@ CHAIN_SCHEMES = {
     # SM allows (ring_for_share(deepest=True); session 8's first experiment)
     "deep": ("v6", {"deep": True, "policy": False}), "pdl_deep": ("v6", {"deep": True, "pdl": True, "policy": False}),
     "pdl_deep_reduce": ("v6", {"deep": True, "pdl": True, "reduce_in_kernel": True, "policy": False}),
-    "v6_pdl": ("v6", {"pdl": True}),
     "pdl_deep_r16": ("v6", {"deep": True, "pdl": True, "reduce16": True, "policy": False}),
-    "nopolicy": (None, {"policy": False}),
+    "nopolicy": (None, {"policy": False}),  # the tuned or heuristic configuration without the decode launch policy
     "pdl_cap": ("v6", {"policy": False, "pdl": True, "deep": "cap"}),  # the shallowest ring that caps the share
-    "pdl_tile": ("v6", {"policy": False, "pdl": True}),  # dependent launch at the tile's own depth  # the tuned or heuristic configuration without the decode launch policy
+    "pdl_tile": ("v6", {"policy": False, "pdl": True}),  # dependent launch at the tile's own depth
     "pdl_deep_rule": ("v6", {"deep": True, "pdl": True, "policy": False}),
     "pdl_deeper": ("v6", {"deep": "full", "pdl": True, "policy": False}),
     "v6_st5": ("v6", {"num_stages": 5}), "v6_st3": ("v6", {"num_stages": 3}),

@@ -80,10 +80,12 @@ Public API::
         expand_from_tokens (its *-triton-w4a8 profile), the prefill path from there; uses_prefill_path(m, ...)
         tells which one (and so which numerics) a call of m tokens gets; expand_from_tokens_for(device_name)
     kernel_resources(x8, weight, config) -> registers, shared bytes, spills of the launched kernel
-    KernelConfig (tiles, split, stages; pdl: programmatic dependent launch, off by default: slower on an H100),
+    KernelConfig (tiles, split, stages; pdl: programmatic dependent launch, on for v6 at decode where the card's
+    profile asks for it: decode_launch_policy, ring_for_share),
     default_config(m, n, k, num_sms, group_size, variant, sm_limits), split_k_parts(k, config, group_size);
     launch_config(m, n, k, weight, device), launch_config_for(device_name, sm_limits, ...): what a launch without a
-    config runs (the card's tuned configuration of the GEMM, tuned_config_for, else default_config)
+    config runs (the card's tuned configuration of the GEMM, tuned_config_for, else default_config; then the card's
+    decode_launch_policy)
     SMLimits (.of_device), resident_programs, wave_split_cost, V5_KERNEL_RESOURCES: the "v5" decode split rule
     expansion_lut (torch, on the GPU) and expansion_lut_np; lut_expand_np, lut_expand_row_np, prmt_np, mulhi_np,
     table_build_np: plain twins of the kernels' inline asm (LUT_ASM and LUT_ASM_WORD, LUT_ASM_ROW,
@@ -197,9 +199,11 @@ class KernelConfig:
     (``griddepcontrol.launch_dependents``) and waits for the kernel before it to finish (``griddepcontrol.wait``)
     before it reads any operand or writes anything, so a chain of such launches overlaps one kernel's tail and the
     next one's start (same bits; off by default: on an H100 the decode layer got 17-50% slower with it, the GEMMs of
-    fewer programs than the GPU holds 1.3-2.3x slower - why is not known, results/gpu/README.md); "v6" (its Gluon
-    kernel) asks for its first stages' weights before it waits, its token tiles after (70B layer 5-9% slower at
-    decode on an H100);
+    fewer programs than the GPU holds 1.3-2.3x slower); "v6" (its Gluon kernel) asks for its first stages' weights
+    before it waits, its token tiles after: at the tile's own depth the 70B layer got 5-9% slower on an H100 (a
+    dependent launch's early programs crowd onto the SMs that free first), with a ring that holds no more than
+    the launch's share of programs per SM (ring_for_share) 2-5% faster, which the card's decode launch policy
+    gives it (decode_launch_policy; results/gpu/README.md, session 8);
     l2_prefetch_steps: with pdl ("v5"/"v4"/"fp8"), each program first asks the L2 for the weight bytes of its first
     that many K steps
     (``cp.async.bulk.prefetch.L2``, a hint: the loads proper come after the wait; an L2 prefetch cannot return stale
@@ -497,7 +501,7 @@ def decode_launch_policy(device_name: str, sm_limits: SMLimits, config: KernelCo
     spec = found[1]
     if spec.ring_depth == "share":
         config = ring_for_share(config, m, n, k, group_size, sm_limits, spec.max_ring_stages)
-    return replace(config, pdl=spec.dependent_launch) if spec.dependent_launch else config
+    return replace(config, pdl=True) if spec.dependent_launch else config
 
 
 def heuristic_config_for(device_name: str, sm_limits: SMLimits, m: int, n: int, k: int, group_size: int,

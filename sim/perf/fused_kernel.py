@@ -43,8 +43,9 @@ Model (times in seconds; per launch of an m x n x k GEMM)::
                 [+ reduction kernel: launch_overhead_s + its bytes at the HBM rate]
     dependent launch (``dependent_launch``: programmatic dependent launch, the first stages' weights asked for
     before the kernel before has finished): dependent_kernel_fixed_s replaces kernel_fixed_s and the reduction
-    kernel's launch_overhead_s, and sm_s has no fill (loaded_hbm_latency_s); fitted on a sweep with dependent launch
-    (H100: rms log error 0.170 with the fill dropped, 0.172 with it kept)
+    kernel's launch_overhead_s, and sm_s has no fill (loaded_hbm_latency_s); fitted on the rows of a sweep with
+    dependent launch whose ring holds no more than the share (H100: rms log error 0.099 with the fill dropped, 0.105
+    with it kept; H200 0.101 and 0.103)
 
 ``sm_s``: programs sharing an SM share its issue slots and its load path; a slowdown of 1 means the SM serves
 them one after another, 0 that they overlap completely (the fits give about 0.8). The weight tile is what a step
@@ -318,7 +319,7 @@ def ring_stages_for_share(programs: int, sms: int, stages: int, max_stages: int,
     Why: with programmatic dependent launch a kernel's programs are placed while the kernel before still runs,
     on whichever SMs have room first; with room for more than its share an SM can take more, and an under-filled
     GEMM then runs at the pace of its most crowded SMs. On an H100 the Llama-2-70B layer at M <= 16 ran 5-9 %
-    slower with dependent launch at the tiles' own depths than without it, and 2-4 % faster with the shallowest
+    slower with dependent launch at the tiles' own depths than without it, and 2-5 % faster with the shallowest
     ring that caps the share (the deepest gained less: it leaves no room for the next kernel's early programs;
     results/gpu/README.md, session 8)."""
     needed = math.ceil(programs / sms)
