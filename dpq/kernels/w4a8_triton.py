@@ -200,7 +200,7 @@ class KernelConfig:
     before it reads any operand or writes anything, so a chain of such launches overlaps one kernel's tail and the
     next one's start (same bits; off by default: on an H100 the decode layer got 17-50% slower with it, the GEMMs of
     fewer programs than the GPU holds 1.3-2.3x slower); "v6" (its Gluon kernel) asks for its first stages' weights
-    before it waits, its token tiles after: at the tile's own depth the 70B layer got 5-9% slower on an H100 (a
+    before it waits, its token tiles after: at the tile's own depth the 70B layer got 5-10% slower on an H100 (a
     dependent launch's early programs crowd onto the SMs that free first), with a ring that holds no more than
     the launch's share of programs per SM (ring_for_share) 2-5% faster, which the card's decode launch policy
     gives it (decode_launch_policy; results/gpu/README.md, session 8);

@@ -318,7 +318,7 @@ def ring_stages_for_share(programs: int, sms: int, stages: int, max_stages: int,
 
     Why: with programmatic dependent launch a kernel's programs are placed while the kernel before still runs,
     on whichever SMs have room first; with room for more than its share an SM can take more, and an under-filled
-    GEMM then runs at the pace of its most crowded SMs. On an H100 the Llama-2-70B layer at M <= 16 ran 5-9 %
+    GEMM then runs at the pace of its most crowded SMs. On an H100 the Llama-2-70B layer at M <= 16 ran 5-10 %
     slower with dependent launch at the tiles' own depths than without it, and 2-5 % faster with the shallowest
     ring that caps the share (the deepest gained less: it leaves no room for the next kernel's early programs;
     results/gpu/README.md, session 8)."""
