@@ -339,10 +339,9 @@ def holds_its_share(hw, r: dict, s) -> bool:
     """Whether a launch's ring lets an SM hold no more than its share of the programs, ceil(programs / SMs), or
     fills the SMs anyway: the dependent launches the 'share' ring depth makes. With room for more, a dependent
     launch's early programs crowd onto the SMs that free first, which the model has no term for."""
-    from sim.perf.fused_kernel import resident_programs, split_parts
+    from sim.perf.fused_kernel import launch_programs, resident_programs
 
-    _, parts = split_parts(int(r["k"]), s)
-    programs = math.ceil(int(r["n"]) / s.block_n) * math.ceil(int(r["m"]) / s.block_t) * parts
+    programs = launch_programs(s, int(r["m"]), int(r["n"]), int(r["k"]))
     return resident_programs(hw, s) <= math.ceil(programs / hw.sm.count)
 
 

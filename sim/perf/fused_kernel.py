@@ -248,6 +248,11 @@ def split_parts(k: int, s: LoopStructure) -> tuple[int, int]:
     return per, math.ceil(k_steps / per)
 
 
+def launch_programs(s: LoopStructure, m: int, n: int, k: int) -> int:
+    """Programs of one launch of an m x n x k GEMM: output tiles times non-empty K parts."""
+    return math.ceil(n / s.block_n) * math.ceil(m / s.block_t) * split_parts(k, s)[1]
+
+
 def fused_gemm_timing(hw: HardwareProfile, s: LoopStructure, m: int, n: int, k: int,
                       expansion_instructions_per_thread: float = 0.0) -> FusedTiming:
     """Predicted time of y (m x n) = x (m x k) @ W.T on the fused kernel of structure ``s`` (module docstring).
@@ -264,7 +269,7 @@ def fused_gemm_timing(hw: HardwareProfile, s: LoopStructure, m: int, n: int, k: 
     sm, loop = hw.sm, loop_costs(hw, s)
     per, parts = split_parts(k, s)
     steps = (k // s.block_k) / parts  # a program's mean K steps: the last part is shorter where the split is uneven
-    programs = math.ceil(n / s.block_n) * math.ceil(m / s.block_t) * parts
+    programs = launch_programs(s, m, n, k)
     resident = resident_programs(hw, s)
     t_it = iteration_time_s(hw, s)
     if loop.program_spread == "ceil":
@@ -426,9 +431,9 @@ def decode_launch_structure(hw: HardwareProfile, s: LoopStructure, m: int, n: in
     if m > 64 or not s.warp_specialized:
         return s
     if fk.ring_depth == "share":
-        k_steps = math.ceil(k / s.block_k)
-        per, parts = split_parts(k_steps * s.block_k, s)
-        programs = math.ceil(n / s.block_n) * math.ceil(m / s.block_t) * parts
+        k_padded = math.ceil(k / s.block_k) * s.block_k
+        per, _ = split_parts(k_padded, s)
+        programs = launch_programs(s, m, n, k_padded)
 
         def at(stages: int) -> LoopStructure:
             smem = s.shared_bytes_per_program + round((stages - s.stages) * s.ring_slot_bytes)
